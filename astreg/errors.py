@@ -1,0 +1,79 @@
+"""The one exception tree of astreg.
+
+    AstregError
+    ├── ConfigError              bad settings or a broken deployment layout (e.g. topics)
+    ├── MalformedAmiEvent        an AMI message that cannot become a RegistrationEvent
+    ├── UndecodableRecord        Kafka bytes that are not a record of the expected schema
+    ├── SchemaRegistryError      the Schema Registry refused or could not be reached
+    └── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
+        └── (raised by sinks; the runner pauses, backs off and retries)
+
+Every error says what was wrong and where; wrap lower-level errors with ``raise ... from exc``.
+This module imports nothing from the rest of astreg, so every package may use it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AstregError",
+    "ConfigError",
+    "MalformedAmiEvent",
+    "UndecodableRecord",
+    "SchemaRegistryError",
+    "SinkUnavailable",
+    "PermanentWriteError",
+]
+
+
+class AstregError(Exception):
+    """Base of every error astreg raises on purpose."""
+
+
+class ConfigError(AstregError):
+    """Settings or deployment layout that astreg refuses to run on."""
+
+
+class MalformedAmiEvent(AstregError):
+    """An AMI message with missing headers, unknown values or oversize fields."""
+
+    def __init__(self, reason: str, event: str = "", headers: dict[str, str] | None = None):
+        self.reason = reason
+        self.event = event
+        self.headers = dict(headers or {})
+        super().__init__(f"malformed AMI event {event or '?'}: {reason}")
+
+
+class UndecodableRecord(AstregError):
+    """Bytes that are not a record of the expected schema; names where they came from."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ):
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        where = f"{topic or '?'}[{partition if partition is not None else '?'}]@{offset if offset is not None else '?'}"
+        super().__init__(f"undecodable record at {where}: {reason}")
+
+
+class SchemaRegistryError(AstregError):
+    """The Schema Registry answered with an error or could not be reached."""
+
+
+class SinkUnavailable(AstregError):
+    """The store cannot take writes now; try again after ``retry_after`` seconds."""
+
+    def __init__(self, reason: str, retry_after: float = 1.0):
+        self.reason = reason
+        self.retry_after = retry_after
+        super().__init__(f"sink unavailable ({reason}); retry after {retry_after:.1f}s")
+
+
+class PermanentWriteError(AstregError):
+    """A record that can never be written (constraint violation): dead-letter it and go on."""

@@ -1,0 +1,171 @@
+"""Settings shared by every astreg process: Kafka connection and topic names.
+
+Read once per process at the edge (the CLI builds them from options and ``ASTREG_*``
+environment variables) and passed down. Secrets are ``SecretStr`` and never logged. The
+same ``KafkaSettings`` feed aiokafka clients (:meth:`KafkaSettings.aiokafka_kwargs`) and Faust
+(:meth:`KafkaSettings.faust_kwargs`), so producer, worker, sinks, topics and bench all connect
+the same way.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+__all__ = ["KafkaSettings", "TopicSettings", "TOPIC_DEFAULTS"]
+
+TOPIC_DEFAULTS = {
+    "registrations": "asterisk.registrations.v1",
+    "nodes": "asterisk.nodes.v1",
+    "locations": "asterisk.locations.v1",
+    "deadletter": "asterisk.deadletter.v1",
+}
+
+
+class _Base(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
+
+
+class KafkaSettings(_Base):
+    """How every astreg process reaches Kafka."""
+
+    bootstrap: str = Field(
+        "127.0.0.1:9092", description="Kafka bootstrap servers, comma separated HOST:PORT."
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism when the protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    ssl_cafile: Path | None = Field(None, description="CA bundle to verify the brokers (TLS).")
+    ssl_certfile: Path | None = Field(None, description="Client certificate for mutual TLS.")
+    ssl_keyfile: Path | None = Field(None, description="Client private key for mutual TLS.")
+    ssl_key_password: SecretStr | None = Field(None, description="Password of the client key.")
+    client_id: str = Field("astreg", description="Kafka client id prefix.")
+    idempotence: bool = Field(
+        False,
+        description="Idempotent producers (turn on for Apache Kafka; the embedded broker cannot).",
+    )
+    embedded: bool = Field(
+        False,
+        description="Tune for the embedded Tansu broker (short group timeouts, no idempotence).",
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent Schema Registry URL; unset = Avro single-object encoding."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ConfigError(f"security protocol {self.security_protocol} needs --sasl-username")
+        if self.embedded and self.idempotence:
+            raise ConfigError("the embedded broker cannot do idempotent producers")
+        return self
+
+    @property
+    def servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.security_protocol.endswith("SSL"):
+            return None
+        ctx = ssl.create_default_context(cafile=str(self.ssl_cafile) if self.ssl_cafile else None)
+        if self.ssl_certfile:
+            ctx.load_cert_chain(
+                str(self.ssl_certfile),
+                str(self.ssl_keyfile) if self.ssl_keyfile else None,
+                self.ssl_key_password.get_secret_value() if self.ssl_key_password else None,
+            )
+        return ctx
+
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Connection arguments for any aiokafka client."""
+        kw: dict[str, Any] = {
+            "bootstrap_servers": self.servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kw["sasl_mechanism"] = self.sasl_mechanism
+            kw["sasl_plain_username"] = self.sasl_username
+            kw["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        ctx = self.ssl_context()
+        if ctx is not None:
+            kw["ssl_context"] = ctx
+        return kw
+
+    def group_kwargs(self) -> dict[str, Any]:
+        """Consumer-group timeouts: short on the embedded broker (its joins wait the whole
+        rebalance timeout), Kafka's defaults otherwise."""
+        if not self.embedded:
+            return {}
+        return {
+            "session_timeout_ms": 6000,
+            "heartbeat_interval_ms": 1000,
+            "rebalance_timeout_ms": 3000,
+        }
+
+    def faust_kwargs(self) -> dict[str, Any]:
+        """Broker settings for ``faust.App(...)``."""
+        from faust.auth import SASLCredentials, SSLCredentials  # Faust only where it's used
+
+        kw: dict[str, Any] = {
+            "broker": ";".join(f"kafka://{s}" for s in self.servers),
+            "broker_client_id": self.client_id,
+        }
+        if self.security_protocol.startswith("SASL"):
+            kw["broker_credentials"] = SASLCredentials(
+                username=self.sasl_username,
+                password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+                mechanism=self.sasl_mechanism,
+                ssl_context=self.ssl_context(),
+            )
+        elif self.security_protocol == "SSL":
+            kw["broker_credentials"] = SSLCredentials(self.ssl_context())
+        if self.embedded:
+            kw.update(
+                broker_rebalance_timeout=3,
+                broker_session_timeout=6,
+                broker_heartbeat_interval=1,
+                producer_max_batch_size=16384,
+                recovery_consistency_check=False,
+            )
+        return kw
+
+    def __repr__(self) -> str:  # SecretStr already masks; keep repr short for logs
+        return f"KafkaSettings(bootstrap={self.bootstrap!r}, security_protocol={self.security_protocol!r})"
+
+
+class TopicSettings(_Base):
+    """Topic names (the public contract) and layout."""
+
+    topic_registrations: str = Field(TOPIC_DEFAULTS["registrations"], description="Registrations topic.")
+    topic_nodes: str = Field(TOPIC_DEFAULTS["nodes"], description="Node status topic.")
+    topic_locations: str = Field(TOPIC_DEFAULTS["locations"], description="Locations topic.")
+    topic_deadletter: str = Field(TOPIC_DEFAULTS["deadletter"], description="Dead-letter topic.")
+    partitions: int = Field(12, ge=1, description="Partitions of the endpoint-keyed topics.")
+    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    registrations_retention_ms: int = Field(
+        7 * 24 * 3600 * 1000, description="Retention of the registrations history (ms)."
+    )
+
+    def with_suffix(self, suffix: str) -> TopicSettings:
+        """Same layout, every topic name suffixed (tests and side-by-side benchmarks)."""
+        return self.model_copy(
+            update={
+                "topic_registrations": f"{self.topic_registrations}.{suffix}",
+                "topic_nodes": f"{self.topic_nodes}.{suffix}",
+                "topic_locations": f"{self.topic_locations}.{suffix}",
+                "topic_deadletter": f"{self.topic_deadletter}.{suffix}",
+            }
+        )

@@ -1,0 +1,395 @@
+"""Avro encoding and decoding of astreg records, in both framings of the contract.
+
+* **Single-object encoding** (default): ``C3 01`` + the 8-byte little-endian CRC-64-AVRO
+  fingerprint of the writer schema's canonical form + the Avro body.
+* **Confluent wire format** (when a Schema Registry URL is configured): ``00`` + 4-byte
+  big-endian schema id + the Avro body; the writer schema is registered under the subject
+  ``<topic>-value`` and fetched by id when reading.
+
+Readers accept both framings whatever they write, resolve old writer schemas to today's reader
+schema (schema evolution), and reject anything else with :class:`UndecodableRecord` naming the
+topic/partition/offset. Usage::
+
+    codec = Codec.for_model(RegistrationEvent)
+    data = codec.encode(event)
+    event = codec.decode(data, topic=t, partition=p, offset=o)
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import io
+import json
+import struct
+import threading
+import types
+import typing
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import fastavro
+import fastavro.schema
+import httpx
+
+from astreg.errors import SchemaRegistryError, UndecodableRecord
+
+from . import models
+
+__all__ = [
+    "SCHEMA_DIR",
+    "Codec",
+    "SchemaRegistryClient",
+    "load_schema",
+    "fingerprint",
+    "to_dict",
+    "from_dict",
+    "registration_codec",
+    "node_codec",
+    "location_codec",
+]
+
+SCHEMA_DIR = Path(__file__).resolve().parent
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+
+T = TypeVar("T")
+
+_SCHEMA_FILES: dict[type, str] = {
+    models.RegistrationEvent: "registration_event.avsc",
+    models.NodeStatus: "node_status.avsc",
+    models.EndpointLocation: "endpoint_location.avsc",
+}
+
+
+def load_schema(name_or_path: str | Path) -> dict[str, Any]:
+    """Load an ``.avsc`` file (a bare name is looked up in ``schemas/``)."""
+    path = Path(name_or_path)
+    if not path.is_absolute() and not path.exists():
+        path = SCHEMA_DIR / path
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _strip_logical_types(node: Any) -> Any:
+    # astreg keeps times as epoch-ms ints in memory; fastavro would turn timestamp-millis into
+    # datetimes on read. The canonical form (and so the fingerprint) ignores logicalType anyway.
+    if isinstance(node, dict):
+        return {k: _strip_logical_types(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_strip_logical_types(v) for v in node]
+    return node
+
+
+def fingerprint(schema: dict[str, Any]) -> bytes:
+    """CRC-64-AVRO fingerprint of the schema's parsing canonical form, little-endian bytes."""
+    canonical = fastavro.schema.to_parsing_canonical_form(schema)
+    hexfp = fastavro.schema.fingerprint(canonical, "CRC-64-AVRO")
+    return bytes.fromhex(hexfp)
+
+
+# ---------------------------------------------------------------- dataclass <-> dict
+
+
+def _field_converters(cls: type) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        origin = typing.get_origin(tp)
+        inner = args[0] if origin in (typing.Union, types.UnionType) and len(args) == 1 else tp
+        if isinstance(inner, type) and issubclass(inner, enum.Enum):
+            ecls = inner
+            out.append((f.name, _enc_enum, _make_dec_enum(ecls)))
+        elif typing.get_origin(inner) is tuple:
+            item = typing.get_args(inner)[0]
+            if dataclasses.is_dataclass(item):
+                out.append((f.name, _make_enc_list(item), _make_dec_list(item)))
+            else:
+                out.append((f.name, list, tuple))
+        else:
+            out.append((f.name, _ident, _ident))
+    return out
+
+
+def _ident(v: Any) -> Any:
+    return v
+
+
+def _enc_enum(v: Any) -> Any:
+    return None if v is None else v.value
+
+
+def _make_dec_enum(ecls: type[enum.Enum]) -> Callable[[Any], Any]:
+    def dec(v: Any) -> Any:
+        return None if v is None else ecls(v)
+
+    return dec
+
+
+def _make_enc_list(item: type) -> Callable[[Any], Any]:
+    return lambda seq: [to_dict(x) for x in seq]
+
+
+def _make_dec_list(item: type) -> Callable[[Any], Any]:
+    return lambda seq: tuple(from_dict(item, x) for x in seq)
+
+
+_CONVERTERS: dict[type, list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]] = {}
+
+
+def _converters(cls: type) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+    conv = _CONVERTERS.get(cls)
+    if conv is None:
+        conv = _CONVERTERS[cls] = _field_converters(cls)
+    return conv
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """A model instance as the plain dict Avro (and JSON) wants: enums as symbols."""
+    return {name: enc(getattr(obj, name)) for name, enc, _ in _converters(type(obj))}
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build a model instance from a decoded dict; fields the model lacks are ignored."""
+    kwargs = {name: dec(data[name]) for name, _, dec in _converters(cls) if name in data}
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- Schema Registry
+
+
+class SchemaRegistryClient:
+    """Minimal Confluent Schema Registry client: register a subject's schema, fetch by id.
+
+    Synchronous on purpose: it is called once per schema (results are cached), so a blocking
+    round trip on first use costs less than making every encode/decode a coroutine.
+    """
+
+    def __init__(self, url: str, *, auth: tuple[str, str] | None = None, timeout: float = 10.0):
+        self.url = url.rstrip("/")
+        self._client = httpx.Client(base_url=self.url, auth=auth, timeout=timeout)
+        self._by_id: dict[int, dict[str, Any]] = {}
+        self._ids: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        """Register ``schema`` under ``subject`` (idempotent) and return its id."""
+        text = json.dumps(schema, separators=(",", ":"), sort_keys=True)
+        key = (subject, text)
+        with self._lock:
+            if key in self._ids:
+                return self._ids[key]
+        try:
+            resp = self._client.post(
+                f"/subjects/{subject}/versions",
+                json={"schema": text},
+                headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            )
+        except httpx.HTTPError as exc:
+            raise SchemaRegistryError(f"cannot reach schema registry {self.url}: {exc}") from exc
+        if resp.status_code >= 400:
+            raise SchemaRegistryError(
+                f"schema registry refused subject {subject!r}: {resp.status_code} {resp.text[:200]}"
+            )
+        schema_id = int(resp.json()["id"])
+        with self._lock:
+            self._ids[key] = schema_id
+            self._by_id[schema_id] = schema
+        return schema_id
+
+    def get(self, schema_id: int) -> dict[str, Any]:
+        """The writer schema with this id."""
+        with self._lock:
+            if schema_id in self._by_id:
+                return self._by_id[schema_id]
+        try:
+            resp = self._client.get(f"/schemas/ids/{schema_id}")
+        except httpx.HTTPError as exc:
+            raise SchemaRegistryError(f"cannot reach schema registry {self.url}: {exc}") from exc
+        if resp.status_code == 404:
+            raise SchemaRegistryError(f"schema id {schema_id} unknown to registry {self.url}")
+        if resp.status_code >= 400:
+            raise SchemaRegistryError(f"schema registry error {resp.status_code}: {resp.text[:200]}")
+        schema = json.loads(resp.json()["schema"])
+        with self._lock:
+            self._by_id[schema_id] = schema
+        return schema
+
+    def close(self) -> None:
+        self._client.close()
+
+
+# ---------------------------------------------------------------- codec
+
+
+class Codec(Generic[T]):
+    """Encode/decode one record type; see the module docstring for framings."""
+
+    def __init__(
+        self,
+        model: type[T],
+        schema: dict[str, Any],
+        *,
+        registry: SchemaRegistryClient | None = None,
+        subject: str | None = None,
+        writers: Iterable[dict[str, Any]] = (),
+    ):
+        self.model = model
+        self.schema = schema
+        self._reader = fastavro.parse_schema(_strip_logical_types(copy.deepcopy(schema)))
+        self.fingerprint = fingerprint(schema)
+        self._prefix = SINGLE_OBJECT_MAGIC + self.fingerprint
+        self._writers: dict[bytes, Any] = {self.fingerprint: self._reader}
+        for w in writers:
+            self.add_writer(w)
+        self.registry = registry
+        self.subject = subject
+        self._registry_writers: dict[int, Any] = {}
+        if registry is not None:
+            if not subject:
+                raise ValueError("a Schema Registry codec needs a subject (e.g. '<topic>-value')")
+            schema_id = registry.register(subject, schema)
+            self._prefix = CONFLUENT_MAGIC + struct.pack(">I", schema_id)
+            self._registry_writers[schema_id] = self._reader
+
+    @classmethod
+    def for_model(
+        cls,
+        model: type[T],
+        *,
+        registry: SchemaRegistryClient | None = None,
+        topic: str | None = None,
+    ) -> Codec[T]:
+        """The codec for one of the contract's record types (today's ``.avsc``)."""
+        schema = load_schema(_SCHEMA_FILES[model])
+        subject = f"{topic}-value" if topic else None
+        return cls(model, schema, registry=registry, subject=subject, writers=_history(model))
+
+    def add_writer(self, schema: dict[str, Any]) -> None:
+        """Accept single-object bytes written with another (older or newer) version."""
+        self._writers[fingerprint(schema)] = fastavro.parse_schema(
+            _strip_logical_types(copy.deepcopy(schema))
+        )
+
+    def encode(self, obj: T) -> bytes:
+        buf = io.BytesIO()
+        buf.write(self._prefix)
+        fastavro.schemaless_writer(buf, self._reader, to_dict(obj))
+        return buf.getvalue()
+
+    def decode_dict(
+        self,
+        data: bytes | None,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> dict[str, Any]:
+        """Decode to a plain dict (today's reader schema), raising UndecodableRecord."""
+        where = {"topic": topic, "partition": partition, "offset": offset}
+        if data is None:
+            raise UndecodableRecord("null value where a record was expected", **where)
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise UndecodableRecord(f"value is {type(data).__name__}, not bytes", **where)
+        data = bytes(data)
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < 10:
+                raise UndecodableRecord("truncated single-object header", **where)
+            writer = self._writers.get(data[2:10])
+            if writer is None:
+                raise UndecodableRecord(
+                    f"unknown schema fingerprint {data[2:10].hex()} (not a {self.model.__name__})",
+                    **where,
+                )
+            body = data[10:]
+        elif data[:1] == CONFLUENT_MAGIC and len(data) >= 5:
+            schema_id = struct.unpack(">I", data[1:5])[0]
+            writer = self._registry_writers.get(schema_id)
+            if writer is None:
+                if self.registry is None:
+                    raise UndecodableRecord(
+                        f"Confluent-framed record (schema id {schema_id}) but no schema registry configured",
+                        **where,
+                    )
+                try:
+                    wschema = self.registry.get(schema_id)
+                except SchemaRegistryError as exc:
+                    raise UndecodableRecord(str(exc), **where) from exc
+                if wschema.get("name") != self.schema.get("name"):
+                    raise UndecodableRecord(
+                        f"schema id {schema_id} is {wschema.get('name')!r}, not {self.schema.get('name')!r}",
+                        **where,
+                    )
+                writer = fastavro.parse_schema(_strip_logical_types(copy.deepcopy(wschema)))
+                self._registry_writers[schema_id] = writer
+            body = data[5:]
+        else:
+            raise UndecodableRecord(
+                f"unknown framing (first bytes {data[:4].hex() or 'empty'}; expected c301 or 00)",
+                **where,
+            )
+        buf = io.BytesIO(body)
+        try:
+            if writer is self._reader:
+                record = fastavro.schemaless_reader(buf, writer, None)
+            else:
+                record = fastavro.schemaless_reader(buf, writer, self._reader)
+        except Exception as exc:  # fastavro raises EOFError, ValueError, UnicodeDecodeError...
+            raise UndecodableRecord(f"bad Avro body: {type(exc).__name__}: {exc}", **where) from exc
+        if buf.tell() != len(body):
+            raise UndecodableRecord(
+                f"{len(body) - buf.tell()} trailing bytes after the record", **where
+            )
+        if not isinstance(record, dict):
+            raise UndecodableRecord("body is not a record", **where)
+        return record
+
+    def decode(
+        self,
+        data: bytes | None,
+        *,
+        topic: str | None = None,
+        partition: int | None = None,
+        offset: int | None = None,
+    ) -> T:
+        record = self.decode_dict(data, topic=topic, partition=partition, offset=offset)
+        try:
+            return from_dict(self.model, record)
+        except (TypeError, ValueError) as exc:
+            raise UndecodableRecord(
+                f"record does not fit {self.model.__name__}: {exc}",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+            ) from exc
+
+
+def _history(model: type) -> list[dict[str, Any]]:
+    # Older versions of a schema live in schemas/history/<file stem>/*.avsc; their bytes stay
+    # readable forever (the topics keep history for analytics).
+    stem = Path(_SCHEMA_FILES[model]).stem
+    folder = SCHEMA_DIR / "history" / stem
+    if not folder.is_dir():
+        return []
+    return [load_schema(p) for p in sorted(folder.glob("*.avsc"))]
+
+
+def registration_codec(
+    registry: SchemaRegistryClient | None = None, topic: str | None = None
+) -> Codec[models.RegistrationEvent]:
+    return Codec.for_model(models.RegistrationEvent, registry=registry, topic=topic)
+
+
+def node_codec(
+    registry: SchemaRegistryClient | None = None, topic: str | None = None
+) -> Codec[models.NodeStatus]:
+    return Codec.for_model(models.NodeStatus, registry=registry, topic=topic)
+
+
+def location_codec(
+    registry: SchemaRegistryClient | None = None, topic: str | None = None
+) -> Codec[models.EndpointLocation]:
+    return Codec.for_model(models.EndpointLocation, registry=registry, topic=topic)
