@@ -1,0 +1,1 @@
+"""astreg producers (see docs/design.md)."""

@@ -1,0 +1,1 @@
+"""astreg sinks (see docs/design.md)."""

@@ -1,0 +1,1 @@
+"""astreg streams (see docs/design.md)."""
