@@ -1,0 +1,192 @@
+"""End-to-end measurements across every part: AMI event → SQL row latency, storm convergence.
+
+Used by ``astreg bench`` (sections ``e2e`` and ``storm``) and by the fault-injection suite. The
+simulator runs in this process (its Python API gives exact emit times); the producers, workers
+and the SQL sink run as separate ``astreg`` processes, exactly as deployed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import sqlite3
+import statistics
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .broker import EmbeddedBroker, free_port, wait_port
+from .proc import ProcessGroup, astreg_argv
+from .settings import KafkaSettings, TopicSettings
+from .topics import ensure_topics
+
+__all__ = ["Pipeline", "pipeline", "sql_nodes", "percentile"]
+
+logger = logging.getLogger(__name__)
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def sql_nodes(path: Path) -> dict[str, str | None]:
+    """endpoint → node from the SQLite sink's table (empty when the table is not there yet)."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    except sqlite3.Error:
+        return {}
+    try:
+        return {ep: node for ep, node in con.execute("SELECT endpoint, node FROM astreg_locations")}
+    except sqlite3.Error:
+        return {}
+    finally:
+        con.close()
+
+
+@dataclass
+class Pipeline:
+    """A running pipeline: broker, topics, processes; the simulator is driven by the caller."""
+
+    kafka: KafkaSettings
+    topics: TopicSettings
+    procs: ProcessGroup
+    sqlite_path: Path
+    web_urls: list[str] = field(default_factory=list)
+
+    def topic_args(self) -> list[str]:
+        t = self.topics
+        return ["--topic-registrations", t.topic_registrations, "--topic-nodes", t.topic_nodes,
+                "--topic-locations", t.topic_locations, "--topic-deadletter", t.topic_deadletter,
+                "--partitions", str(t.partitions)]
+
+
+@contextmanager
+def pipeline(
+    work: Path,
+    ami: dict[str, int],
+    *,
+    kafka: KafkaSettings | None = None,
+    workers: int = 1,
+    partitions: int = 12,
+    suffix: str | None = None,
+    sinks: tuple[str, ...] = ("sql",),
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[Pipeline]:
+    """Broker (embedded unless ``kafka`` is given) + topics + producers + workers + sinks."""
+    work.mkdir(parents=True, exist_ok=True)
+    broker = None
+    if kafka is None:
+        broker = EmbeddedBroker(log_file=work / "broker.log").start()
+        kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+    topics = TopicSettings(partitions=partitions)
+    if suffix:
+        topics = topics.with_suffix(suffix)
+    env = {"ASTREG_BOOTSTRAP": kafka.bootstrap, "ASTREG_EMBEDDED": "1" if kafka.embedded else "0",
+           "ASTREG_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    procs = ProcessGroup(log_dir=work / "logs", env=env)
+    pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite")
+    try:
+        asyncio.run(ensure_topics(kafka, topics))
+        for node, port in ami.items():
+            procs.start(f"producer-{node}", astreg_argv(
+                "producer", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg", "--ami-secret", "astreg",
+                "--node", node, *pipe.topic_args()))
+        for i in range(workers):
+            port = free_port()
+            procs.start(f"worker{i + 1}", astreg_argv(
+                "worker", "--web-port", str(port), "--store", "memory", "--data-dir", str(work / f"worker{i + 1}"),
+                *pipe.topic_args()))
+            pipe.web_urls.append(f"http://127.0.0.1:{port}")
+        if "sql" in sinks:
+            procs.start("sink-sql", astreg_argv("sink", "sql", "--url", f"sqlite+aiosqlite:///{pipe.sqlite_path}",
+                                                *pipe.topic_args()))
+        for url in pipe.web_urls:
+            wait_port("127.0.0.1", int(url.rsplit(":", 1)[1]), 60)
+        yield pipe
+    finally:
+        procs.stop_all()
+        if broker is not None:
+            broker.stop()
+
+
+async def wait_converged(path: Path, want: dict[str, str], timeout: float, poll: float = 0.05) -> float | None:
+    """Seconds until the SQL store's endpoint → node equals ``want`` (None on timeout)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        have = await asyncio.to_thread(sql_nodes, path)
+        if have == want:
+            return time.monotonic() - start
+        await asyncio.sleep(poll)
+    return None
+
+
+def primaries(truth: dict[str, Any], live_only: bool = True) -> dict[str, str]:
+    """endpoint → expected primary node from a simulator truth dump (SPEC item 3)."""
+    best: dict[str, tuple[bool, int, str]] = {}
+    for node, info in truth["nodes"].items():
+        if live_only and not info.get("up", True):
+            continue
+        for c in info.get("contacts", []):
+            rank = (c["status"] in ("Reachable", "NonQualified"), int(c["registered_seq"]), node)
+            if c["endpoint"] not in best or rank > best[c["endpoint"]]:
+                best[c["endpoint"]] = rank
+    return {ep: r[2] for ep, r in best.items()}
+
+
+async def measure_latency(sim: Any, pipe: Pipeline, *, moves: int, rate: float, seed: int = 7) -> dict[str, Any]:
+    """Move phones between nodes at ``rate``/s; time each until its SQL row shows the new node."""
+    rng = random.Random(seed)
+    truth = sim.truth()
+    nodes = sorted(truth["nodes"])
+    current = primaries(truth)
+    pending: dict[str, tuple[str, float]] = {}
+    latencies: list[float] = []
+    timeline: list[tuple[float, float]] = []
+    t_start = time.perf_counter()
+
+    async def poll() -> None:
+        while True:
+            have = await asyncio.to_thread(sql_nodes, pipe.sqlite_path)
+            now = time.perf_counter()
+            for ep, (node, t0) in list(pending.items()):
+                if have.get(ep) == node:
+                    latencies.append(now - t0)
+                    timeline.append((now - t_start, now - t0))
+                    del pending[ep]
+            await asyncio.sleep(0.005)
+
+    poller = asyncio.create_task(poll())
+    try:
+        endpoints = sorted(current)
+        for _ in range(moves):
+            ep = rng.choice(endpoints)
+            if ep in pending:
+                continue
+            target = rng.choice([n for n in nodes if n != current[ep]])
+            phone = ep.split("/", 1)[1]
+            await sim.move(phone, target)
+            pending[ep] = (target, time.perf_counter())
+            current[ep] = target
+            await asyncio.sleep(1.0 / rate)
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        poller.cancel()
+    return {
+        "moves": len(latencies),
+        "lost": len(pending),
+        "rate_per_s": rate,
+        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
+        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
+        "timeline": timeline,
+    }
