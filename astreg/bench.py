@@ -1,0 +1,150 @@
+"""``astreg bench``: every speed figure of SPEC.md in one run, side by side with baselines.
+
+Sections (each also runnable alone with ``--only``): simulator generation rate, producer
+throughput + RSS, stream throughput (astreg worker vs a naive Faust app vs raw aiokafka
+consume+decode, same broker, same run), sink upserts/s, query latency under 50 clients,
+end-to-end AMI event → SQL row latency at a steady rate, storm convergence, worker recovery.
+Prints a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps
+the whole run under two minutes on a 2-core machine. Figures go to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import logging
+import platform
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["bench", "SECTIONS", "run_sections"]
+
+logger = logging.getLogger(__name__)
+
+# name -> (module:function, description). Each function: async def f(quick: bool, work: Path) -> dict
+SECTIONS: dict[str, tuple[str, str]] = {
+    "simulator": ("producers.simulator.bench:run", "AMI events/s generated, bytes per phone"),
+    "producer": ("producers.bench:run", "AMI events/s parsed+mapped+encoded+sent, RSS"),
+    "stream": ("streams.bench:run", "events/s per worker vs naive Faust vs raw aiokafka"),
+    "sinks": ("sinks.bench:run", "upserts/s per store"),
+    "web": ("streams.webbench:run", "/node lookup latency, 50 concurrent clients"),
+    "e2e": ("astreg.bench_e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
+    "storm": ("astreg.bench_e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
+    "recovery": ("streams.bench:run_recovery", "restarted worker serving a large table"),
+}
+
+
+def _load(target: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+
+
+async def run_sections(names: list[str], quick: bool, work: Path, console: Console) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for name in names:
+        target, what = SECTIONS[name]
+        console.print(f"[bold]▶ {name}[/]: {what} …")
+        t0 = time.monotonic()
+        try:
+            fn = _load(target)
+            figures = await fn(quick=quick, work=work / name)
+            figures["elapsed_s"] = round(time.monotonic() - t0, 1)
+            results[name] = figures
+            console.print(f"  done in {figures['elapsed_s']} s")
+        except Exception as exc:  # noqa: BLE001 - one failing section must not hide the others
+            logger.debug("section %s failed", name, exc_info=True)
+            results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+            console.print(f"  [red]failed[/]: {type(exc).__name__}: {exc}")
+    return results
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:,.1f}" if abs(v) >= 10 else f"{v:,.3g}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def render(results: dict[str, Any], console: Console) -> None:
+    table = Table(title="astreg bench", show_lines=False)
+    table.add_column("section")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for section, figures in results.items():
+        if "error" in figures:
+            table.add_row(section, "error", figures["error"][:80])
+            continue
+        for key, value in figures.items():
+            if key in ("timeline", "series", "trace") or isinstance(value, (list, dict)):
+                continue
+            table.add_row(section, key, _fmt(value))
+            section = ""
+    console.print(table)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    e2e = results.get("e2e", {})
+    if e2e.get("timeline"):
+        xs, ys = zip(*e2e["timeline"], strict=True)
+        axes[0].plot(xs, [y * 1000 for y in ys], ".", markersize=3)
+        axes[0].set_title(f"AMI event → SQL row latency (p50 {e2e.get('p50_ms')} ms, p99 {e2e.get('p99_ms')} ms)")
+        axes[0].set_xlabel("s since start")
+        axes[0].set_ylabel("ms")
+    stream = results.get("stream", {})
+    for key, label in (("astreg_series", "astreg worker"), ("naive_series", "naive Faust"), ("raw_series", "raw aiokafka")):
+        series = stream.get(key)
+        if series:
+            xs, ys = zip(*series, strict=True)
+            axes[1].plot(xs, ys, label=label)
+    axes[1].set_title("throughput over time (events/s)")
+    axes[1].set_xlabel("s since start")
+    axes[1].legend(loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+@click.command()
+@click.option("--quick", is_flag=True, envvar="ASTREG_BENCH_QUICK", show_envvar=True,
+              help="Small sizes: the whole run in under two minutes.")
+@click.option("--only", default=",".join(SECTIONS), envvar="ASTREG_BENCH_ONLY", show_envvar=True,
+              help=f"Comma separated sections: {', '.join(SECTIONS)}.")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), default=None, envvar="ASTREG_BENCH_JSON",
+              show_envvar=True, help="Write all figures as JSON here.")
+@click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, envvar="ASTREG_BENCH_PLOT",
+              show_envvar=True, help="Plot latency and throughput over time to this PNG.")
+def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None) -> None:
+    """Measure astreg against its baselines on this machine (embedded broker)."""
+    console = Console()
+    names = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in SECTIONS]
+    if unknown:
+        raise click.UsageError(f"unknown sections: {', '.join(unknown)}")
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
+        results = asyncio.run(run_sections(names, quick, Path(tmp), console))
+    meta = {"quick": quick, "total_s": round(time.monotonic() - t0, 1), "python": platform.python_version(),
+            "machine": f"{platform.machine()} {platform.node()}", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    render(results, console)
+    console.print(f"total {meta['total_s']} s")
+    if json_path:
+        json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+    if plot_path:
+        plot(results, plot_path)
+    if any("error" in r for r in results.values()):
+        raise SystemExit(1)
