@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["ControlServer", "ACTIONS"]
 
 ACTIONS = ("register", "refresh", "unregister", "expire", "move", "qualify", "device_state", "call", "hold",
-           "unhold", "hangup", "crash", "recover", "restart", "inject_fault")
+           "unhold", "hangup", "crash", "recover", "restart", "shutdown", "boot", "inject_fault")
 
 
 class ControlServer:

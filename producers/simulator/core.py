@@ -263,9 +263,16 @@ class Simulator:
 
     async def restart(self, node: str) -> None:
         """``core restart``: Shutdown event, socket closes, then a new boot (new Uptime)."""
+        await self.shutdown(node, restart=True)
+        await asyncio.sleep(self.config.restart_delay)
+        await self.boot(node)
+
+    async def shutdown(self, node: str, *, restart: bool = False) -> None:
+        """``core stop``: Shutdown event (Restart: False), the sockets close, the node stays down
+        until ``boot(node)`` (13)."""
         n = self.node(node)
         if n.ami == "up":
-            n.emit([n.shutdown_event(restart=True)])
+            n.emit([n.shutdown_event(restart=restart)])
             n.flush()
             await asyncio.sleep(0)
         n.ami = "down"
@@ -273,7 +280,12 @@ class Simulator:
         for s in list(n.sessions):
             s.close()
         n.sessions.clear()
-        await asyncio.sleep(self.config.restart_delay)
+
+    async def boot(self, node: str) -> None:
+        """Start a stopped node: new boot time, contacts kept (PruneOnBoot: no), calls gone."""
+        n = self.node(node)
+        if n.ami != "down":
+            raise SimulatorError(f"{node} is {n.ami}, not down")
         n.boot_time = n.reload_time = time.time()
         n.reset_calls()
         await n.listen()

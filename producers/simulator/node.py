@@ -405,18 +405,12 @@ class AmiNode:
         if why == "unregister":
             self._sip_noise(phone, c, out, now)
         removed = contact_status(ep, uri, "Removed", 0)
-        if why == "expire" and c.qualify:
-            # 05: PeerStatus Unreachable, Removed, PeerStatus Unreachable again, UNAVAILABLE.
+        if c.qualify or why == "expire":
+            # 04 (1003), 06 (1005), 05 (1004): PeerStatus, Removed, UNAVAILABLE;
+            # 05 (1009, unqualified expiry): PeerStatus, UNAVAILABLE, Removed.
             if reachable:
                 out.append(peer_status(ep, "Unreachable"))
-            out.append(removed)
-            out.append(peer_status(ep, "Unreachable"))
-            self._set_state(phone, "UNAVAILABLE", out)
-        elif c.qualify or why == "expire":
-            # 04 (1003), 06 (1005): PeerStatus, Removed, UNAVAILABLE; 05 (1009): PeerStatus, UNAVAILABLE, Removed.
-            if reachable:
-                out.append(peer_status(ep, "Unreachable"))
-            if why == "expire":
+            if why == "expire" and not c.qualify:
                 self._set_state(phone, "UNAVAILABLE", out)
                 out.append(removed)
             else:
