@@ -129,6 +129,8 @@ class Simulator:
     def _phone(self, phone: int | str) -> int:
         if isinstance(phone, str):
             text = phone.removeprefix("PJSIP/")
+            if self.config.endpoint_format == "{n}" and text.isdigit():
+                return self._phone(int(text) - 1000)
             for i in range(1, self.config.phones + 1):  # names are formatted: search is rare (HTTP only)
                 if self.endpoint(i) == text:
                     return i
