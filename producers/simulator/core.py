@@ -195,15 +195,15 @@ class Simulator:
         refreshed and are expired by their node's expiration check (as in Asterisk)."""
         p = self._phone(phone)
         target = self.node(to_node)
+        now = time.time()
         for name, node in self.nodes.items():
-            c = node.contacts.get(p)
-            if name != to_node and c is not None and c.alive:
-                now = time.time()
-                c.reg_time = c.expires_at(now) - c.expires  # last refresh the phone sent there
-                c.alive = False
+            if name != to_node:
+                node.stop_refreshing(p, now)
         old = target.contacts.get(p)
-        if "port" not in register_kw and old is None:
-            register_kw["port"] = 5060
+        if "port" not in register_kw:
+            # A move always makes a new contact (a new source port if it had one there), so it is
+            # observable: re-using the old binding would be a silent refresh.
+            register_kw["port"] = 5060 if old is None else (old.port % 65535) + 1
         register_kw.setdefault("qualify", self._qualified(p))
         await self.register(p, to_node, **register_kw)
 
