@@ -650,6 +650,28 @@ async def _show_contacts(node: AmiNode, s: AmiSession, a: Action) -> None:
     s.send(encode([("Event", "ContactListComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
 
 
+async def _inbound_contact_statuses(node: AmiNode, s: AmiSession, a: Action) -> None:
+    aid = _aid(a)
+    s.respond(a, "Success", [("EventList", "start"),
+                             ("Message", "Following are ContactStatusEvents for each Inbound registration")])
+
+    def items() -> Iterator[bytes]:
+        now = time.time()
+        for phone, c in list(node.contacts.items()):
+            ep = node.endpoint(phone)
+            rtt = str(c.rtt) if c.status == REACHABLE else ("N/A" if c.status == NONQUALIFIED else "0")
+            yield encode([("Event", "ContactStatusDetail"), *aid, ("AOR", ep), ("URI", c.uri(ep)),
+                          ("UserAgent", c.user_agent or f"simphone-{ep}"), ("RegExpire", str(c.expires_at(now))),
+                          ("ViaAddress", f"{c.address()}:{c.port}"), ("CallID", f"{c.call_id}-{phone}@{c.address()}"),
+                          ("Status", STATUS_NAMES[c.status]), ("RoundtripUsec", rtt), ("EndpointName", ep),
+                          ("ID", c.object_name(ep)), ("AuthenticateQualify", "0"), ("OutboundProxy", ""), ("Path", ""),
+                          ("QualifyFrequency", "5" if c.qualify else "0"), ("QualifyTimeout", "3.000"),
+                          ("Qualify2xxOnly", "0")])
+
+    n = await node._stream(s, items())
+    s.send(encode([("Event", "ContactStatusDetailComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
+
+
 def _all_phones(node: AmiNode) -> Iterator[int]:
     return iter(range(1, node.phones + 1))
 
@@ -751,7 +773,8 @@ async def _db_del_tree(node: AmiNode, s: AmiSession, a: Action) -> None:
 _ACTIONS = {
     "ping": _ping, "events": _events, "coresettings": _core_settings, "corestatus": _core_status,
     "pjsipshowcontacts": _show_contacts, "pjsipshowendpoints": _show_endpoints,
-    "devicestatelist": _device_state_list, "dbput": _db_put, "dbget": _db_get, "dbgettree": _db_get_tree,
+    "devicestatelist": _device_state_list,
+    "pjsipshowregistrationinboundcontactstatuses": _inbound_contact_statuses, "dbput": _db_put, "dbget": _db_get, "dbgettree": _db_get_tree,
     "dbdel": _db_del, "dbdeltree": _db_del_tree,
 }
 
