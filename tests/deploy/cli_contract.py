@@ -29,39 +29,39 @@ __all__ = [
     "command_of_argv",
 ]
 
-# Options of each command beyond KafkaSettings/TopicSettings, as fixed in the parts' briefs.
-DOCUMENTED: dict[str, tuple[str, ...]] = {
-    "producer": (
+# Options of each command beyond KafkaSettings/TopicSettings, as fixed in the parts' briefs and
+# as the parts built them: (field, env prefix). The sinks prefix their own settings
+# (ASTREG_SINK_* for the runner, ASTREG_SQL_*/ASTREG_REDIS_*/ASTREG_ASTDB_* for the store).
+_SINK_RUNNER = (("group", "ASTREG_SINK_"), ("rebuild", "ASTREG_SINK_"), ("metrics_port", "ASTREG_SINK_"))
+DOCUMENTED: dict[str, tuple[tuple[str, str], ...]] = {
+    "producer": tuple((f, "ASTREG_") for f in (
         "ami", "ami_user", "ami_secret", "ami_tls", "ami_md5", "node", "resync_interval",
         "heartbeat_interval", "buffer_size", "metrics_port", "epoch_file",
-    ),
-    "worker": (
-        "web_port", "data_dir", "store", "node_timeout", "node_grace", "expiry_grace", "api_token",
-    ),
-    "sink sql": ("url", "metrics_port", "group", "rebuild"),
-    "sink astdb": ("ami", "ami_user", "ami_secret", "family", "metrics_port", "group", "rebuild"),
-    "sink redis": ("url", "key_prefix", "metrics_port", "group", "rebuild"),
+    )),
+    "worker": tuple((f, "ASTREG_") for f in (
+        "web_port", "web_host", "data_dir", "store", "node_timeout", "node_grace", "expiry_grace", "api_token",
+    )),
+    "sink sql": (("url", "ASTREG_SQL_"), *_SINK_RUNNER),
+    "sink astdb": (("ami", "ASTREG_ASTDB_"), ("ami_user", "ASTREG_ASTDB_"), ("ami_secret", "ASTREG_ASTDB_"),
+                   ("family", "ASTREG_ASTDB_"), *_SINK_RUNNER),
+    "sink redis": (("url", "ASTREG_REDIS_"), ("key_prefix", "ASTREG_REDIS_"), *_SINK_RUNNER),
     "topics create": (),
 }
 COMMANDS = tuple(DOCUMENTED)
 
-_SHARED_FIELDS = tuple(KafkaSettings.model_fields) + tuple(TopicSettings.model_fields)
+_SHARED = tuple((f, "ASTREG_") for f in (*KafkaSettings.model_fields, *TopicSettings.model_fields))
 _GROUP_ENVVARS = {"ASTREG_LOG_LEVEL"}  # option of the `astreg` group itself
-
-
-def _env(field: str) -> str:
-    return f"ASTREG_{field.upper()}"
 
 
 def documented_envvars(command: str) -> set[str]:
     """Every ASTREG_* variable the command is documented to read."""
-    return {_env(f) for f in _SHARED_FIELDS + DOCUMENTED[command]} | _GROUP_ENVVARS
+    return {prefix + f.upper() for f, prefix in _SHARED + DOCUMENTED[command]} | _GROUP_ENVVARS
 
 
 def documented_flags(command: str) -> set[str]:
     """Every --option (and --no-option of booleans) the command is documented to take."""
     flags = set()
-    for f in _SHARED_FIELDS + DOCUMENTED[command]:
+    for f, _ in _SHARED + DOCUMENTED[command]:
         flags.add(option_name(f))
         flags.add("--no-" + f.replace("_", "-"))
     return flags

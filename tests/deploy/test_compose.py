@@ -88,7 +88,8 @@ def test_workers_keep_their_tables_on_their_own_volume(compose: dict[str, Any]) 
         volume = next(v.split(":")[0] for v in svc["volumes"] if v.split(":")[1] == data_dir)
         assert volume in compose["volumes"] and volume not in seen
         seen.add(volume)
-        assert svc["hostname"] == name  # Faust routes lookups to the owner by host name
+        # Faust routes lookups to the owner by its canonical URL, built from ASTREG_WEB_HOST.
+        assert svc["hostname"] == name == svc["environment"]["ASTREG_WEB_HOST"]
         assert svc["environment"]["ASTREG_STORE"] == "rocksdb"
 
 
