@@ -18,7 +18,7 @@ ASTDB_FAMILY = "astreg"
 ASTDB_KEYS = {"node", "addr", "state", "contact"}
 SQL_TABLE = "astreg_locations"
 SQL_COLUMNS = {"endpoint", "technology", "resource", "node", "ip", "port", "transport", "status",
-               "device_state", "user_agent", "rtt_us", "expires_at", "updated_at", "contacts"}
+               "device_state", "contact_uri", "user_agent", "rtt_us", "expires_at", "updated_at", "contacts"}
 REDIS_PREFIX = "astreg:"
 
 # Manager action → write classes allowed to run it (0 classes = any logged-in user), from the
