@@ -124,3 +124,20 @@ def test_env_names_are_real_options(compose: dict[str, Any], command: str) -> No
     for svc in services:
         names = {k for k in svc["environment"] if k.startswith("ASTREG_")}
         assert names <= real, f"`astreg {command}` has no option for {sorted(names - real)}"
+
+
+def test_dockerfile_installs_every_package_of_the_project() -> None:
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    text = (ROOT / "deploy" / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    copied = {line.split()[1] for line in text.splitlines() if line.startswith("COPY ")}
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages <= copied, f"pip install . in the image would miss {packages - copied}"
+    assert project["project"]["readme"] in " ".join(copied)  # setuptools reads it at build time
+    assert "pip install ." in text and 'ENTRYPOINT ["astreg"]' in text
+    assert "USER astreg" in text  # never root at run time
+    for svc in astreg_services(yaml.safe_load(COMPOSE.read_text())).values():
+        assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
+        assert (COMPOSE.parent / svc["build"]["context"]).resolve() == ROOT
