@@ -9,6 +9,7 @@ then). Shared Kafka/topic options come from the settings models themselves.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Iterable
 
 import click
@@ -27,6 +28,7 @@ __all__ = [
     "real_envvars",
     "real_flags",
     "command_of_argv",
+    "parse_with_env",
 ]
 
 # Options of each command beyond KafkaSettings/TopicSettings, as fixed in the parts' briefs and
@@ -115,3 +117,19 @@ def command_of_argv(argv: list[str]) -> str:
         if key in DOCUMENTED:
             return key
     raise AssertionError(f"not an astreg command this deployment knows: {argv}")
+
+
+def parse_with_env(command: str, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, object]:
+    """Parse the real command's options from ``env`` alone (click types and choices apply), then
+    validate the shared settings models on them; returns the parsed parameters."""
+    from astreg.options import build
+
+    cmd = real_command(command)
+    for key in [k for k in os.environ if k.startswith("ASTREG_")]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    ctx = cmd.make_context(command, [], resilient_parsing=False)
+    params = dict(ctx.params)
+    build(params, KafkaSettings, TopicSettings)  # raises click.UsageError on invalid values
+    return params

@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from .cli_contract import COMMANDS, command_of_argv, documented_envvars, documented_flags, real_envvars
+from .cli_contract import (
+    COMMANDS,
+    command_of_argv,
+    documented_envvars,
+    documented_flags,
+    parse_with_env,
+    real_envvars,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -141,3 +148,13 @@ def test_dockerfile_installs_every_package_of_the_project() -> None:
     for svc in astreg_services(yaml.safe_load(COMPOSE.read_text())).values():
         assert svc["build"]["dockerfile"] == "deploy/Dockerfile"
         assert (COMPOSE.parent / svc["build"]["context"]).resolve() == ROOT
+
+
+@pytest.mark.parametrize("service", ["topics", "worker-1", "worker-2", "sink-sql", "sink-redis", "producer"])
+def test_env_values_parse_with_the_real_command(
+    compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = compose["services"][service]
+    env = {k: str(v) for k, v in svc["environment"].items() if v is not None}
+    params = parse_with_env(command_of_argv(svc["command"]), env, monkeypatch)
+    assert params["bootstrap"] == "kafka:9092" and params["idempotence"] is True

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .cli_contract import COMMANDS, command_of_argv, documented_envvars, real_envvars
+from .cli_contract import COMMANDS, command_of_argv, documented_envvars, parse_with_env, real_envvars
 
 ROOT = Path(__file__).resolve().parents[2]
 UNITS = ROOT / "deploy" / "systemd"
@@ -193,3 +193,11 @@ def test_systemd_analyze_verify(tmp_path: Path) -> None:
     problems = [line for line in (res.stdout + res.stderr).splitlines()
                 if "network-online.target" not in line and "asterisk.service" not in line]
     assert res.returncode == 0 and not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("name", "instance"), units())
+def test_env_values_parse_with_the_real_command(name: str, instance: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    unit = load(name, instance)
+    cmd, _ = command(unit)
+    params = parse_with_env(cmd, unit_env(unit), monkeypatch)
+    assert params["security_protocol"] == "SASL_SSL" and params["partitions"] == 12
