@@ -158,3 +158,10 @@ def test_env_values_parse_with_the_real_command(
     env = {k: str(v) for k, v in svc["environment"].items() if v is not None}
     params = parse_with_env(command_of_argv(svc["command"]), env, monkeypatch)
     assert params["bootstrap"] == "kafka:9092" and params["idempotence"] is True
+
+
+def test_every_process_agrees_on_the_topic_layout(compose: dict[str, Any]) -> None:
+    # The workers create missing topics and their changelog as well as `topics create` does.
+    for key in ("ASTREG_PARTITIONS", "ASTREG_REPLICATION_FACTOR"):
+        values = {s["environment"].get(key) for s in astreg_services(compose).values()}
+        assert len(values) == 1 and None not in values, f"{key} differs between services: {values}"

@@ -201,3 +201,14 @@ def test_env_values_parse_with_the_real_command(name: str, instance: str, monkey
     cmd, _ = command(unit)
     params = parse_with_env(cmd, unit_env(unit), monkeypatch)
     assert params["security_protocol"] == "SASL_SSL" and params["partitions"] == 12
+
+
+def test_topic_layout_is_shared_by_every_unit() -> None:
+    # Workers create missing topics and their changelog too: the layout lives in common.env only.
+    layout = {"ASTREG_PARTITIONS", "ASTREG_REPLICATION_FACTOR", "ASTREG_REGISTRATIONS_RETENTION_MS"}
+    assert layout <= set(parse_env_file(ENV_EXAMPLES / "common.env"))
+    for path in ENV_EXAMPLES.glob("*.env"):
+        if path.name != "common.env":
+            assert not layout & set(parse_env_file(path)), f"{path.name} overrides the topic layout"
+    for name, inst in units():
+        assert "/etc/astreg/common.env" in load(name, inst)["Service"]["EnvironmentFile"]
