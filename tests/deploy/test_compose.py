@@ -6,6 +6,7 @@ astreg commands really accept (settings models and click commands).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +166,14 @@ def test_every_process_agrees_on_the_topic_layout(compose: dict[str, Any]) -> No
     for key in ("ASTREG_PARTITIONS", "ASTREG_REPLICATION_FACTOR"):
         values = {s["environment"].get(key) for s in astreg_services(compose).values()}
         assert len(values) == 1 and None not in values, f"{key} differs between services: {values}"
+
+
+def test_healthchecks_probe_the_port_the_service_serves(compose: dict[str, Any]) -> None:
+    for name, svc in astreg_services(compose).items():
+        if "healthcheck" not in svc:
+            continue
+        probe = " ".join(svc["healthcheck"]["test"])
+        port = re.search(r":(\d+)/(healthz|metrics)", probe)
+        assert port, f"{name}: healthcheck probes no HTTP port"
+        served = {v for k, v in svc["environment"].items() if k.endswith(("METRICS_PORT", "WEB_PORT"))}
+        assert port.group(1) in served, f"{name}: healthcheck probes {port.group(1)}, service serves {served}"
