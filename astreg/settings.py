@@ -29,7 +29,7 @@ TOPIC_DEFAULTS = {
 
 
 class _Base(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True)
 
 
 class KafkaSettings(_Base):
