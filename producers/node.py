@@ -290,6 +290,9 @@ class NodeProducer:
         self._login_at = 0.0
         self._malformed_seen: set[tuple[str, str]] = set()
         self._producer_name = f"{socket.gethostname()} astreg"
+        self._node_known = asyncio.Event()
+        if self.node is not None:
+            self._node_known.set()
         self.connected = asyncio.Event()  # set while logged in (tests and bench wait on it)
         self.snapshots_completed = 0
         self.malformed = 0
@@ -314,7 +317,9 @@ class NodeProducer:
         )
 
     async def stop(self) -> None:
-        """Clean shutdown: STOPPED record, bounded flush, close everything."""
+        """Clean shutdown: STOPPED record, bounded flush, close everything (idempotent)."""
+        if self._stopping:
+            return
         self._stopping = True
         if self.node is not None:
             self._emit_node(NodeEventKind.STOPPED)
@@ -381,6 +386,7 @@ class NodeProducer:
             if self.node is None:
                 self.node = (info.get("SystemName") or "").strip() or socket.gethostname()
                 logger.info("node id %s (from %s)", self.node, "SystemName" if info.get("SystemName") else "host name")
+                self._node_known.set()
             self._login_at = time.monotonic()
             self._set_link(True)
             self.request_snapshot("login")
@@ -462,6 +468,10 @@ class NodeProducer:
                 self._queue_event.clear()
                 await self._queue_event.wait()
                 continue
+            if self.node is None:
+                # Before the first CoreSettings answer the node id is unknown: hold the queue
+                # (the per-session FullyBooted arrives before it) instead of dropping events.
+                await self._node_known.wait()
             item = queue.popleft()
             try:
                 if isinstance(item, Message):
@@ -483,8 +493,7 @@ class NodeProducer:
             return
         self.metrics.events_in.labels(name).inc()
         node = self.node
-        if node is None:
-            return  # not logged in yet: cannot happen after login, events need a node id
+        assert node is not None  # _consume waits for it
         action_id = msg.get("ActionID", "")
         snap: _Snapshot | None = None
         source = Source.LIVE
