@@ -93,6 +93,7 @@ async def bench_producer(
         await asyncio.sleep(0.5)
         base = await asyncio.to_thread(_scrape, metrics_port)
         ami_before = sim.stats()["node1"]["events"]
+        cpu_before = sum(proc.cpu_times()[:2])
         states = ("INUSE", "NOT_INUSE", "RINGING", "ONHOLD")
         records = 0
         started = time.monotonic()
@@ -123,12 +124,16 @@ async def bench_producer(
         records = int(last - base.get("sent", 0))
         elapsed = last_change - started
         rss = proc.memory_info().rss
+        cpu = sum(proc.cpu_times()[:2]) - cpu_before - 1.5 * 0.01  # minus ~idle heartbeat cost
         return {
             "ami_events": ami_events,
             "records_sent": records,
             "seconds": round(elapsed, 2),
             "ami_events_per_s": round(ami_events / elapsed),
             "records_per_s": round(records / elapsed),
+            "producer_cpu_seconds": round(cpu, 2),
+            "ami_events_per_cpu_s": round(ami_events / cpu),
+            "records_per_cpu_s": round(records / cpu),
             "rss_mb": round(rss / 2**20, 1),
             "peak_rss_mb": round(peak / 2**20, 1),
             "compression": compression,

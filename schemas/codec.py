@@ -474,18 +474,86 @@ def _compile_type(schema: Any, named: dict[str, Any], model: type | None) -> Cal
 
 
 def _compile_record(schema: dict[str, Any], named: dict[str, Any], model: type | None) -> Callable[[Any, bytearray], None]:
+    fast = _generate_flat_writer(schema, named)
+    if fast is not None:
+        return fast
     writers = [(f["name"], _compile_type(f["type"], named, None)) for f in schema["fields"]]
     getters = [(operator.attrgetter(name), w) for name, w in writers]
 
     def write_record(obj: Any, out: bytearray) -> None:
         if isinstance(obj, dict):
-            for (name, w) in writers:
+            for name, w in writers:
                 w(obj.get(name), out)
             return
         for get, w in getters:
             w(get(obj), out)
 
     return write_record
+
+
+def _generate_flat_writer(schema: dict[str, Any], named: dict[str, Any]) -> Callable[[Any, bytearray], None] | None:
+    """Straight-line Python source for a record of scalars/enums/[null, scalar] unions (the
+    RegistrationEvent / NodeStatus shape): no per-field call, small ints and short strings
+    inline. Records with arrays or nested records use the closure writer above."""
+    lines = ["def write(obj, out):", "    if isinstance(obj, dict):", "        return slow(obj, out)"]
+    env: dict[str, Any] = {"_wl": _write_long}
+
+    def scalar(t: Any, var: str, indent: str, fname: str) -> list[str] | None:
+        if isinstance(t, str) and t in named:
+            t = named[t]
+        if isinstance(t, dict) and t.get("type") == "enum":
+            named[t["name"]] = t
+            table: dict[Any, bytes] = {}
+            for i, sym in enumerate(t["symbols"]):
+                buf = bytearray()
+                _write_long(i, buf)
+                table[sym] = bytes(buf)
+            dbuf = bytearray()
+            _write_long(t["symbols"].index(t.get("default", t["symbols"][0])), dbuf)
+            env[f"E_{fname}"] = table
+            env[f"D_{fname}"] = bytes(dbuf)
+            return [f"{indent}out += E_{fname}.get({var}) or D_{fname}"]
+        if isinstance(t, dict):
+            t = t.get("type")
+            if isinstance(t, dict | list):
+                return None
+        if t in ("long", "int"):
+            return [f"{indent}if 0 <= {var} < 64: out.append({var} << 1)", f"{indent}else: _wl({var}, out)"]
+        if t == "string":
+            return [f"{indent}b = {var}.encode()", f"{indent}n = len(b)",
+                    f"{indent}if n < 64: out.append(n << 1)", f"{indent}else: _wl(n, out)", f"{indent}out += b"]
+        if t == "boolean":
+            return [f"{indent}out.append(1 if {var} else 0)"]
+        return None
+
+    for f in schema["fields"]:
+        name, t = f["name"], f["type"]
+        if not name.isidentifier():
+            return None
+        lines.append(f"    v = obj.{name}")
+        if isinstance(t, list):
+            if len(t) != 2 or "null" not in t:
+                return None
+            ni = t.index("null")
+            body = scalar(t[1 - ni], "v", "        ", name)
+            if body is None:
+                return None
+            lines += ["    if v is None:", f"        out.append({ni * 2})", "    else:",
+                      f"        out.append({(1 - ni) * 2})", *body]
+        else:
+            body = scalar(t, "v", "    ", name)
+            if body is None:
+                return None
+            lines += body
+    writers = [(f["name"], _compile_type(f["type"], named, None)) for f in schema["fields"]]
+
+    def slow(obj: dict[str, Any], out: bytearray) -> None:
+        for fname, w in writers:
+            w(obj.get(fname), out)
+
+    env["slow"] = slow
+    exec(compile("\n".join(lines), f"<avro writer {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
+    return env["write"]  # type: ignore[no-any-return]
 
 
 def _compile_writer(model: type, schema: dict[str, Any]) -> Callable[[Any, bytearray], None]:
