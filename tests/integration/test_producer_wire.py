@@ -3,6 +3,7 @@ ordering, snapshots, split UTF-8, malformed input and dead letters, half-open li
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
@@ -167,3 +168,24 @@ async def test_half_open_link_is_detected_by_ping(fake_ami: FakeAmi, kafka: Kafk
     heartbeats = [n for n in data.nodes if n.kind is NodeEventKind.HEARTBEAT]
     assert heartbeats and heartbeats[-1].asterisk_version == "22.10.1"
     assert kinds.count(NodeEventKind.STOPPED) == 1
+
+
+async def test_md5_login_and_refused_secret_never_crash(fake_ami: FakeAmi, kafka: KafkaSettings,
+                                                        topics: TopicSettings) -> None:
+    p = await start_producer(fake_ami, kafka, topics, ami_md5=True)
+    try:
+        await fake_ami.wait_login(1)
+        assert fake_ami.md5_logins == 1
+    finally:
+        await p.stop()
+    fake_ami.secret = "changed"
+    p = await start_producer(fake_ami, kafka, topics)
+    try:
+        for _ in range(200):
+            if fake_ami.failed_logins >= 2:
+                break
+            await asyncio.sleep(0.05)
+        assert fake_ami.failed_logins >= 2 and fake_ami.logins == 1  # refused, retried, still alive
+        assert not p.connected.is_set()
+    finally:
+        await p.stop()

@@ -18,6 +18,10 @@ class FakeAmi:
     contacts: list[dict[str, str]] = field(default_factory=list)
     devices: list[tuple[str, str]] = field(default_factory=list)
     answer_ping: bool = True
+    secret: str = "s"
+    challenge: str = "840415273"
+    failed_logins: int = 0
+    md5_logins: int = 0
     port: int = 0
     logins: int = 0
     _server: asyncio.AbstractServer | None = None
@@ -82,11 +86,23 @@ class FakeAmi:
                 self._writers.remove(writer)
             writer.close()
 
+    def _login_ok(self, a: dict[str, str]) -> bool:
+        if a.get("authtype", "").lower() == "md5":
+            ok = a.get("key") == _md5(self.challenge + self.secret)
+            self.md5_logins += ok
+            return ok
+        return a.get("secret") == self.secret
+
     async def _answer(self, w: asyncio.StreamWriter, a: dict[str, str]) -> None:
         aid = a.get("actionid", "")
         name = a.get("action", "").lower()
         out: list[dict[str, str]] = []
-        if name == "login":
+        if name == "challenge":
+            out.append({"Response": "Success", "ActionID": aid, "Challenge": self.challenge})
+        elif name == "login" and not self._login_ok(a):
+            self.failed_logins += 1
+            out.append({"Response": "Error", "ActionID": aid, "Message": "Authentication failed"})
+        elif name == "login":
             self.logins += 1
             out.append({"Response": "Success", "ActionID": aid, "Message": "Authentication accepted"})
             out.append({"Event": "FullyBooted", "Privilege": "system,all", "Uptime": "10", "LastReload": "10",
@@ -121,6 +137,12 @@ class FakeAmi:
         for m in out:
             w.write(_frame(m))
         await w.drain()
+
+
+def _md5(text: str) -> str:
+    import hashlib
+
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - AMI's challenge protocol
 
 
 def _frame(headers: dict[str, str]) -> bytes:
