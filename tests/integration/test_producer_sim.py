@@ -230,3 +230,32 @@ async def test_kill9_and_restart_converges(
         assert not any(n.kind is NodeEventKind.STOPPED and n.producer_epoch == first_epoch for n in data.nodes)
     finally:
         await reader.stop()
+
+
+async def test_split_writes_utf8_and_injected_faults(kafka: KafkaSettings, topics: TopicSettings) -> None:
+    sim = Simulator(SimConfig(nodes=1, phones=6, ami_port=0, seed=5, initial="spread", split_writes=True,
+                              endpoint_format="jörg€{n}"))
+    await sim.start()
+    p = NodeProducer(producer_settings(sim, "node1"), kafka, topics)
+    reader = await TopicReader(kafka, topics).start()
+    try:
+        await p.start()
+        await reader.until(lambda d: bool(completed_snapshots(d, "node1")))
+        for fault in ("oversized", "missing_headers", "broken_utf8", "unknown_enum"):
+            await sim.inject_fault("node1", fault)
+        await sim.register(3, "node1", user_agent="Téléphone ☎ 电话")
+        await sim.device_state(3, "node1", "RINGING")
+        await reader.until(lambda d: len(d.deadletters) >= 4
+                           and any(e.endpoint == "PJSIP/jörg€1003" and e.kind is EventKind.DEVICE for e in d.events()))
+        data = await fresh_snapshot(p, reader, "node1")
+        assert folded(data, "node1") == truth_contacts(sim, "node1")
+        assert p.malformed == 4 and len(data.deadletters) == 4
+    finally:
+        await reader.stop()
+        await p.stop()
+        await sim.stop()
+    reasons = sorted(h["astreg.reason"].decode().split(" ")[0] for _k, _v, h in data.deadletters)
+    assert reasons == ["header", "header", "missing", "unknown"]  # oversize, bad UTF-8, missing, enum
+    rows = [e for e in data.events() if e.endpoint == "PJSIP/jörg€1003" and e.source is Source.SNAPSHOT
+            and e.kind is EventKind.CONTACT]
+    assert rows and rows[-1].user_agent == "Téléphone ☎ 电话"
