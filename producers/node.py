@@ -152,6 +152,7 @@ class AmiProtocol(AMIProtocol):
 
     def __init__(self, link: AmiLink):
         self.link = link
+        self.version: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -540,7 +541,7 @@ class NodeProducer:
             if handled % 500 == 0:
                 await asyncio.sleep(0)  # let the sender and the reader breathe in a burst
 
-    def _handle(self, msg: AmiMessage) -> None:
+    def _handle(self, msg: Mapping[str, Any]) -> None:
         name = msg.get("Event", "")
         if name not in ami.CONSUMED_EVENTS:
             action_id = msg.get("ActionID", "")
