@@ -400,6 +400,8 @@ class NodeProducer:
                 backoff = RECONNECT_MIN  # the session had logged in: start over quickly
             except (TimeoutError, OSError, ConnectionError, LoginFailed) as exc:
                 logger.warning("AMI %s: %s; retrying in %.1fs", self.settings.ami, exc or type(exc).__name__, backoff)
+            except Exception:  # noqa: BLE001 - the link must come back whatever went wrong
+                logger.exception("AMI %s: unexpected error; retrying in %.1fs", self.settings.ami, backoff)
             self._set_link(False)
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, RECONNECT_MAX)
@@ -737,9 +739,12 @@ class NodeProducer:
             snap = _Snapshot(f"{self.node}-{self.epoch}-{count}", getattr(self, "_snapshot_reason", "?"), time.monotonic())
             try:
                 await self._snapshot(proto, snap)
-            except (TimeoutError, ConnectionError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - a failed snapshot must not stop later ones
                 self.metrics.snapshots.labels("aborted").inc()
-                logger.warning("snapshot %s aborted: %s", snap.id, exc or type(exc).__name__)
+                if isinstance(exc, TimeoutError | ConnectionError | OSError):
+                    logger.warning("snapshot %s aborted: %s", snap.id, exc or type(exc).__name__)
+                else:
+                    logger.exception("snapshot %s aborted", snap.id)
                 for action_id in [a for a, e in self._lists.items() if e[0] is snap]:
                     self._lists.pop(action_id, None)
 
@@ -768,7 +773,10 @@ class NodeProducer:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             if self.node is not None:
-                self._emit_node(NodeEventKind.HEARTBEAT)
+                try:
+                    self._emit_node(NodeEventKind.HEARTBEAT)
+                except Exception:  # noqa: BLE001 - heartbeats go on
+                    logger.exception("heartbeat failed")
 
     async def _resync_loop(self) -> None:
         while True:

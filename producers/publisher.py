@@ -202,7 +202,9 @@ class Publisher:
                 producer = await self._ensure_producer()
                 started = time.perf_counter()
                 await asyncio.gather(*await self._send_batches(producer, self._inflight))
-            except (TimeoutError, KafkaError, OSError) as exc:
+            except Exception as exc:  # noqa: BLE001 - KafkaError, OSError, timeouts, client bugs: retry
+                if not isinstance(exc, KafkaError | OSError | TimeoutError):
+                    logger.exception("unexpected error sending to Kafka")
                 if self._kafka_up:
                     logger.error("Kafka unreachable (%s): buffering (%d records)", exc, self.depth)
                 self._kafka_up = False
