@@ -62,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 QUEUE_HIGH = 2000  # AMI messages waiting for the consumer before reading pauses
 QUEUE_LOW = 500
+SEND_HIGH = 10_000  # records waiting for Kafka (while it is up) before the consumer waits
+SEND_LOW = 4_000
 MAX_PENDING = 1 << 20  # an AMI message without its terminating blank line beyond this is junk
 RECONNECT_MIN = 0.5
 RECONNECT_MAX = 30.0
@@ -527,6 +529,10 @@ class NodeProducer:
                 # Before the first CoreSettings answer the node id is unknown: hold the queue
                 # (the per-session FullyBooted arrives before it) instead of dropping events.
                 await self._node_known.wait()
+            if self.publisher.depth > SEND_HIGH and self.publisher.kafka_up:
+                # Kafka is up but slower than the AMI: let the queue (and then TCP) hold the
+                # backlog instead of the send buffer, which is sized for outages.
+                await self.publisher.wait_below(SEND_LOW)
             item = queue.popleft()
             try:
                 if isinstance(item, dict):

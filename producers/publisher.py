@@ -110,6 +110,11 @@ class Publisher:
         if not self._wakeup.is_set():
             self._wakeup.set()
 
+    async def wait_below(self, depth: int) -> None:
+        """Wait until at most ``depth`` records are unacknowledged, or Kafka is down."""
+        while self.depth > depth and self._kafka_up and not self._closing:
+            await asyncio.sleep(0.005)
+
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="kafka-sender")
 
