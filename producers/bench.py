@@ -28,7 +28,7 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
-__all__ = ["bench_producer"]
+__all__ = ["bench_producer", "bench"]
 
 
 def _scrape(port: int) -> dict[str, float]:
@@ -144,6 +144,11 @@ async def bench_producer(
         await sim.stop()
         if broker is not None:
             broker.stop()
+
+
+def bench(**kw: Any) -> dict[str, Any]:
+    """Synchronous entry for ``astreg bench``: ``bench(events=..., phones=..., bootstrap=...)``."""
+    return asyncio.run(bench_producer(**kw))
 
 
 def main() -> None:
