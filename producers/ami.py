@@ -220,10 +220,12 @@ def to_event(
     snapshot_id: str | None = None,
     contacts: Mapping[str, ContactInfo] | None = None,
     peer_uris: Mapping[str, str] | None = None,
+    system_name: str | None = None,
 ) -> RegistrationEvent | None:
     """One AMI message → one RegistrationEvent, or None when it is not about a registration.
 
-    ``contacts`` maps contact URI → the last ContactList data of this node (user agent, expiry),
+    ``system_name`` is Asterisk's own SystemName (what ContactList's RegServer holds; defaults
+    to ``node``, which may be overridden by configuration). ``contacts`` maps contact URI → the last ContactList data of this node (user agent, expiry),
     ``peer_uris`` maps a chan_sip/IAX2 endpoint → its last known contact URI. Raises
     MalformedAmiEvent when the message is about an endpoint but cannot be trusted.
     """
@@ -231,6 +233,11 @@ def to_event(
     handler = _HANDLERS.get(name)
     if handler is None:
         return None
+    if name == "ContactList":
+        own = system_name or node
+        reg_server = msg.get("RegServer") or ""
+        if reg_server and reg_server.strip() != own:
+            return None  # a shared realtime ps_contacts table lists every node's contacts
     return handler(
         msg,
         node,
@@ -283,9 +290,7 @@ def _contact_list(msg: Mapping[str, Any], node: str, t: int, epoch: int, seq: in
                   snapshot_id: str | None, contacts: Mapping[str, ContactInfo],
                   peer_uris: Mapping[str, str]) -> RegistrationEvent | None:
     ev = "ContactList"
-    reg_server = _field(msg, "RegServer", ev, required=False)
-    if reg_server and reg_server != node:
-        return None  # a shared realtime ps_contacts table lists every node's contacts
+    _field(msg, "RegServer", ev, required=False)  # validates size / UTF-8 (filtered in to_event)
     uri = _field(msg, "Uri", ev)
     resource = _field(msg, "Endpoint", ev)
     status_text = _field(msg, "Status", ev, required=False) or "Unknown"

@@ -219,6 +219,7 @@ class AmiProtocol(AMIProtocol):
         for action in self.responses.values():
             if not action.future.done():
                 action.future.set_exception(ConnectionError("AMI connection lost"))
+                action.future.exception()  # the waiter (if any) still gets it; never logged as lost
         self.responses.clear()
         self.link.protocol_lost(self, exc)
 
@@ -328,6 +329,7 @@ class NodeProducer:
         self._last_snapshot: _Snapshot | None = None
         self._last_snapshot_at = 0
         self._asterisk_version: str | None = None
+        self._system_name: str | None = None
         self._ami_version: str | None = None
         self._login_at = 0.0
         self._malformed_seen: set[tuple[str, str]] = set()
@@ -427,6 +429,7 @@ class NodeProducer:
             info = await self._action(proto, {"Action": "CoreSettings"})
             self._asterisk_version = info.get("AsteriskVersion") or None
             self._ami_version = info.get("AMIversion") or proto.version
+            self._system_name = (info.get("SystemName") or "").strip() or None
             if self.node is None:
                 self.node = (info.get("SystemName") or "").strip() or socket.gethostname()
                 logger.info("node id %s (from %s)", self.node, "SystemName" if info.get("SystemName") else "host name")
@@ -491,6 +494,7 @@ class NodeProducer:
         for action_id, (_snap, _complete, future) in list(self._lists.items()):
             if not future.done():
                 future.set_exception(ConnectionError("AMI connection lost during a snapshot"))
+                future.exception()  # retrieved: the snapshot may be awaiting another future
             self._lists.pop(action_id, None)
 
     def _set_link(self, up: bool) -> None:
@@ -579,6 +583,7 @@ class NodeProducer:
             ev = ami.to_event(
                 msg, node=node, now_ms=now, epoch=self.epoch, seq=self.seq + 1, source=source,
                 snapshot_id=snap.id if snap else None, contacts=self._contacts, peer_uris=self._peer_uris,
+                system_name=self._system_name,
             )
         except MalformedAmiEvent as exc:
             self._malformed(msg, exc)

@@ -127,6 +127,9 @@ def test_snapshot_rows_carry_enrichment_and_filter_other_nodes() -> None:
     assert evs[1] is not None and evs[1].rtt_us is None  # RoundtripUsec: N/A
     # A shared realtime ps_contacts lists node2's contacts too: not ours.
     assert all(to_event(r, node="node2", now_ms=NOW) is None for r in rows)
+    # RegServer is Asterisk's SystemName, not a --node override
+    assert all(to_event(r, node="pbx-a", now_ms=NOW, system_name="node1") is not None for r in rows)
+    assert all(to_event(r, node="pbx-a", now_ms=NOW, system_name="node2") is None for r in rows)
 
 
 def test_live_contact_event_enriched_from_cache() -> None:
