@@ -259,3 +259,26 @@ async def test_split_writes_utf8_and_injected_faults(kafka: KafkaSettings, topic
     rows = [e for e in data.events() if e.endpoint == "PJSIP/jörg€1003" and e.source is Source.SNAPSHOT
             and e.kind is EventKind.CONTACT]
     assert rows and rows[-1].user_agent == "Téléphone ☎ 电话"
+
+
+async def test_asterisk_restart_shutdown_booted_and_resnapshot(
+    sim: Simulator, kafka: KafkaSettings, topics: TopicSettings
+) -> None:
+    p = NodeProducer(producer_settings(sim, "node1"), kafka, topics)
+    reader = await TopicReader(kafka, topics).start()
+    try:
+        await p.start()
+        await reader.until(lambda d: bool(completed_snapshots(d, "node1")))
+        await asyncio.sleep(1.1)  # a boot time visibly later than the first one
+        await sim.restart("node1")
+        data = await reader.until(lambda d: any(n.kind is NodeEventKind.SHUTDOWN for n in d.nodes)
+                                  and len(completed_snapshots(d, "node1")) >= 2, timeout=20)
+        assert folded(data, "node1") == truth_contacts(sim, "node1")
+    finally:
+        await reader.stop()
+        await p.stop()
+    kinds = [n.kind for n in data.nodes]
+    shutdown = kinds.index(NodeEventKind.SHUTDOWN)
+    assert NodeEventKind.AMI_DOWN in kinds[shutdown:] and NodeEventKind.BOOTED in kinds[shutdown:]
+    boots = [n.boot_time_ms for n in data.nodes if n.kind is NodeEventKind.BOOTED]
+    assert boots[-1] is not None and boots[0] is not None and boots[-1] > boots[0]
