@@ -47,9 +47,9 @@ codecs.register("astreg-row", RowCodec())
 def declare_locations(app: faust.App, partitions: int) -> faust.Table:
     table = app.Table(
         "locations", default=None, partitions=partitions, key_type=str,
-        # The changelog record goes to hash(key) like the source topic, so writes done after a
-        # batch (not inside one event's processing) still land in the right partition.
-        use_partitioner=True,
+        # Changelog partition = partition of the current event; the agent writes each row under
+        # the last event of that endpoint in the batch (same partition: co-partitioned).
+        use_partitioner=False,
     )
     # Faust derives serializers from Record types only; set ours before the changelog exists.
     table.key_serializer = "raw"

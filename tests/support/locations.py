@@ -40,7 +40,7 @@ async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0) -> li
         deadline = loop.time() + timeout
         while len(done) < len(tps) and loop.time() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
-            for tp, records in batches.items():
+            for records in batches.values():
                 out.extend((r.key, r.value, list(r.headers)) for r in records)
             for tp in tps:
                 hw = consumer.highwater(tp)
