@@ -97,7 +97,7 @@ def attach(stream: StreamApp) -> None:
     app, table, settings = stream.app, stream.locations, stream.settings
     codec = registration_codec()
     outputs = Outputs(stream)
-    stream.outputs = outputs  # type: ignore[attr-defined]
+    stream.outputs = outputs
     metrics = stream.metrics
     events_counter = metrics.events
 
@@ -160,5 +160,5 @@ def attach(stream: StreamApp) -> None:
                     continue  # nothing was ever published for it
                 await outputs.location(key, row)
 
-    stream.apply_batch = apply_batch  # type: ignore[attr-defined]
-    stream.agent = track_registrations  # type: ignore[attr-defined]
+    stream.apply_batch = apply_batch
+    stream.agent = track_registrations

@@ -8,6 +8,7 @@ the web views attach to ``stream.app``, tests use ``stream.app`` in ``test_conte
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import faust
 
@@ -30,6 +31,9 @@ class StreamApp:
     kafka: KafkaSettings
     settings: WorkerSettings
     metrics: StreamMetrics = field(default_factory=StreamMetrics)
+    agent: Any = None  # the track_registrations agent (set by agents.attach)
+    outputs: Any = None  # agents.Outputs: locations, dead letters, synthetic events
+    apply_batch: Any = None
 
 
 def app_id_for(topics: TopicSettings, worker: WorkerSettings) -> str:

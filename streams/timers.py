@@ -107,7 +107,7 @@ def attach(stream: StreamApp) -> None:
                             st = codec.decode(r.value, topic=r.topic, partition=r.partition, offset=r.offset)
                         except UndecodableRecord as exc:
                             if _owns_partition_zero():
-                                await stream.outputs.deadletter(  # type: ignore[attr-defined]
+                                await stream.outputs.deadletter(
                                     names.topic_nodes, r.key, r.value, "undecodable", r.partition, r.offset,
                                     exc.reason)
                             continue
@@ -149,7 +149,7 @@ def attach(stream: StreamApp) -> None:
                     continue  # already on its way
                 sent[ident] = now
                 count += 1
-                await stream.outputs.synthetic(ev)  # type: ignore[attr-defined]
+                await stream.outputs.synthetic(ev)
         for ident, at in list(sent.items()):
             if now - at > 60_000:
                 del sent[ident]

@@ -45,8 +45,8 @@ def ev(node: str, seq: int, status: ContactStatus, uri: str = "sip:1001@h:5060",
 
 async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> Recorder:
     rec = Recorder()
-    stream.outputs._send = rec  # type: ignore[attr-defined]
-    agent = stream.agent  # type: ignore[attr-defined]
+    stream.outputs._send = rec
+    agent = stream.agent
     async with agent.test_context() as ctx:
         # wait=False: let the agent take them as one batch, like a real fetch would deliver.
         for key, value in records:
