@@ -40,8 +40,9 @@ logger = logging.getLogger(__name__)
 NODES = ("ast1", "ast2", "ast3")
 
 
-def workload(n: int, endpoints: int) -> list[RegistrationEvent]:
-    """A realistic mix: registrations and moves, qualify RTT updates, device state changes."""
+def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEvent]:
+    """``churn``: registrations and moves, qualify RTT updates, device state changes (3 of 4
+    events visible). ``steady``: one registration per endpoint, then only qualifies (RTT)."""
     seqs = dict.fromkeys(NODES, 0)
     out = []
     now = int(time.time() * 1000)
@@ -49,7 +50,9 @@ def workload(n: int, endpoints: int) -> list[RegistrationEvent]:
         rnd, e = divmod(i, endpoints)
         node = NODES[(rnd // 4 + e) % 3]
         seqs[node] += 1
-        step = rnd % 4
+        step = rnd % 4 if mix == "churn" else min(rnd, 1)
+        if mix == "steady":
+            node = NODES[e % 3]
         base = {"endpoint": f"PJSIP/{e}", "node": node, "producer_epoch": 1, "seq": seqs[node],
                 "event_time_ms": now + i, "source": Source.LIVE}
         uri = f"sip:{e}@10.{e % 250}.{rnd % 250}.1:5060"
@@ -176,12 +179,12 @@ async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str],
 
 
 async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: int = 20_000,
-                           partitions: int = 4, timeout: float = 300) -> dict[str, Any]:
+                           partitions: int = 4, timeout: float = 300, mix: str = "churn") -> dict[str, Any]:
     """Events/s of astreg's worker, a naive Faust app and raw aiokafka on the same input."""
     work = Path(tempfile.mkdtemp(prefix="astreg-bench-"))
     try:
-        events = workload(n, endpoints)
-        results: dict[str, Any] = {"events": n, "endpoints": endpoints, "partitions": partitions}
+        events = workload(n, endpoints, mix)
+        results: dict[str, Any] = {"events": n, "endpoints": endpoints, "partitions": partitions, "mix": mix}
         for variant in ("astreg", "naive"):
             topics = TopicSettings(partitions=partitions).with_suffix(f"bench{variant}{int(time.time())}")
             app_id = f"bench-{variant}-{int(time.time() * 1000)}"
@@ -336,6 +339,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--endpoints", type=int, default=20_000)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--recovery-endpoints", type=int, default=100_000)
+    parser.add_argument("--mix", choices=["churn", "steady"], default="churn")
     args = parser.parse_args(argv)
     if args.cmd == "naive-worker":
         naive_worker(args)
@@ -343,7 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING)
 
     async def run(kafka: KafkaSettings) -> dict[str, Any]:
-        res = {"throughput": await bench_throughput(kafka, args.events, args.endpoints, args.partitions)}
+        res = {"throughput": await bench_throughput(kafka, args.events, args.endpoints, args.partitions,
+                                                    mix=args.mix)}
         if args.recovery_endpoints:
             res["recovery"] = await bench_recovery(kafka, args.recovery_endpoints, args.partitions)
         return res
