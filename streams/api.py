@@ -31,6 +31,8 @@ from schemas.models import (
     split_endpoint,
 )
 
+from .web_settings import DEFAULT_TECHNOLOGIES
+
 __all__ = [
     "BadQuery",
     "DEFAULT_LIMIT",
@@ -51,6 +53,7 @@ __all__ = [
     "matches",
     "merge_counts",
     "merge_pages",
+    "node_state",
     "node_summaries",
     "parse_query",
     "resolve",
@@ -60,8 +63,6 @@ __all__ = [
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
-#: Channel technologies tried, in this order, for a bare resource such as ``1001``.
-DEFAULT_TECHNOLOGIES: tuple[str, ...] = ("PJSIP", "SIP", "IAX2")
 
 #: Sort fields whose values are integers (the others are text).
 _NUMERIC_SORTS = frozenset({"rtt", "last_change"})
@@ -449,6 +450,26 @@ def merge_counts(parts: Iterable[Mapping[str, Mapping[str, int]]]) -> dict[str, 
             n.primary += int(c.get("primary", 0))
             n.stale += int(c.get("stale", 0))
     return total
+
+
+_DOWN_KINDS = frozenset({"SHUTDOWN", "STOPPED"})
+
+
+def node_state(view: Mapping[str, Any], node_grace_ms: int | None = None) -> str:
+    """``up``, ``stale`` or ``down`` from what the worker knows of a node.
+
+    Down: the producer said the node shut down or stopped, or it has been stale longer than
+    the grace after which its contacts are removed. A lost AMI link alone is ``stale``
+    (Asterisk may be fine and its phones still registered).
+    """
+    if str(view.get("last_kind") or "") in _DOWN_KINDS:
+        return "down"
+    if not view.get("stale"):
+        return "up"
+    ago = view.get("seen_ms_ago")
+    if node_grace_ms is not None and isinstance(ago, int) and ago > node_grace_ms:
+        return "down"
+    return "stale"
 
 
 def node_summaries(views: Mapping[str, Mapping[str, Any]], counts: Mapping[str, NodeCounts]) -> list[dict[str, Any]]:

@@ -300,3 +300,18 @@ def test_node_summaries_list_nodes_from_either_source() -> None:
     assert [n["node"] for n in out] == ["a", "z"]
     assert out[0]["state"] == "up" and out[0]["table"] == {"contacts": 3, "primary": 2, "stale": 0}
     assert out[1]["state"] == "unknown" and out[1]["table"]["stale"] == 1
+
+
+@pytest.mark.parametrize(
+    ("view", "grace", "expected"),
+    [
+        ({"stale": False, "last_kind": "HEARTBEAT"}, None, "up"),
+        ({"stale": True, "last_kind": "AMI_DOWN", "seen_ms_ago": 5_000}, 120_000, "stale"),
+        ({"stale": True, "last_kind": "HEARTBEAT", "seen_ms_ago": 200_000}, 120_000, "down"),
+        ({"stale": True, "last_kind": "HEARTBEAT", "seen_ms_ago": 200_000}, None, "stale"),
+        ({"stale": True, "last_kind": "SHUTDOWN", "seen_ms_ago": 1}, 120_000, "down"),
+        ({"stale": False, "last_kind": "STOPPED"}, None, "down"),
+    ],
+)
+def test_node_state(view: dict[str, object], grace: int | None, expected: str) -> None:
+    assert api.node_state(view, grace) == expected
