@@ -33,6 +33,7 @@ from urllib.parse import quote
 
 import aiohttp
 import faust
+from aiokafka.partitioner import murmur2
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
@@ -164,18 +165,25 @@ class WebService:
         topic = self.changelog_topic
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
 
-    def partition_of(self, key: Any) -> int:
+    def partition_of(self, key: str) -> int:
+        """Kafka's default partition of an endpoint id (murmur2, as every astreg producer uses).
+
+        Not ``app.producer.key_partition``: with aiokafka 0.14 it ignores the serialized key and
+        picks a random partition, which also makes Faust's ``app.router.key_store`` (and so
+        ``table_route``) name a wrong owner.
+        """
         part = self._partition_of.get(key)
         if part is None:
-            raw = self.locations.changelog_topic.prepare_key(key, None)[0]
-            try:
-                tp = self.app.producer.key_partition(self.changelog_topic, raw)
-            except Exception as exc:  # noqa: BLE001 - producer not started / no metadata yet
-                raise Unavailable(f"partition of {key!r} unknown yet ({exc})") from exc
-            if tp is None or tp.partition is None or tp.partition < 0:
-                raise Unavailable(f"partition of {key!r} unknown yet (no topic metadata)")
-            part = self._partition_of[key] = int(tp.partition)
+            count = int(self.locations.partitions or self.app.conf.topic_partitions)
+            part = self._partition_of[key] = (murmur2(key.encode()) & 0x7FFFFFFF) % count
         return part
+
+    def owner_of(self, part: int) -> str | None:
+        """Web URL of the worker the last assignment gave this partition to."""
+        for url, parts in self.members().items():
+            if part in parts:
+                return url
+        return None
 
     # ------------------------------------------------------------ one endpoint
 
@@ -193,9 +201,8 @@ class WebService:
             return Lookup(self._read_local(endpoint_id), False, self.url)
         if not forwarded:
             try:
-                owner = str(self.app.router.key_store(self.locations.name, endpoint_id)).rstrip("/")
-            except (KeyError, Exception) as exc:  # noqa: BLE001 - no assignment yet
-                logger.debug("no owner known for %s: %s", endpoint_id, exc)
+                owner = self.owner_of(part)
+            except Unavailable:
                 owner = None
             if owner and _ident(owner) != _ident(self.url):
                 try:
@@ -469,7 +476,7 @@ class ReadyView(_Base):
     async def get(self, request: Request) -> Response:
         reason = self.service.not_ready_reason()
         if reason is not None:
-            return self._error(503, reason, {"Retry-After": str(RETRY_AFTER_S)}, status="not ready")
+            return self._error(503, reason, {"Retry-After": str(RETRY_AFTER_S)}, ready=False)
         return self.ok_json({"status": "ready", "partitions": sorted(self.service.active_partitions())})
 
 

@@ -6,7 +6,7 @@ Faust. Every field is also an ``ASTREG_*`` environment variable (``ASTREG_API_TO
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["WebSettings", "DEFAULT_TECHNOLOGIES"]
@@ -33,6 +33,16 @@ class WebSettings(BaseSettings):
         1000, ge=0, description="Maximum age of the per-worker row snapshot behind lists and counts (ms)."
     )
     web_peer_timeout: float = Field(3.0, gt=0, description="Timeout of a request to another worker (s).")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # ASTREG_API_TOKEN= (empty) must mean "no token", not "the empty token".
+        if value is None or (isinstance(value, str | SecretStr) and not str(
+            value.get_secret_value() if isinstance(value, SecretStr) else value
+        ).strip()):
+            return None
+        return value
 
     @property
     def technology_list(self) -> tuple[str, ...]:
