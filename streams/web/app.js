@@ -170,7 +170,7 @@ function renderNodes(data) {
     const add = (k, v) => dl.append(el("dt", k), el("dd", v));
     add("state", n.state || "unknown");
     add("AMI", n.ami_link || n.ami || "?");
-    add("heartbeat", fmtAge(n.last_heartbeat_ms ?? n.last_seen_ms, now));
+    add("last heard", n.seen_ms_ago === undefined || n.seen_ms_ago === null ? "never" : fmtAge(now - n.seen_ms_ago, now));
     add("Asterisk", n.asterisk_version || "?");
     add("registered", n.table.primary);
     add("contacts", n.table.contacts + (n.table.stale ? ` (${n.table.stale} stale)` : ""));
@@ -210,6 +210,7 @@ function drawChart(names) {
   const points = state.history;
   let max = 1;
   for (const p of points) for (const v of Object.values(p.counts)) max = Math.max(max, v);
+  max = Math.ceil(max * 1.1); // headroom: a flat line should not sit on the frame
   const t0 = points.length ? points[0].t : 0;
   const span = Math.max(1, (points.length ? points[points.length - 1].t : 1) - t0);
   const lines = [];

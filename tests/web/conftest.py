@@ -1,7 +1,7 @@
 """Fixtures of the web tests: real ``astreg worker`` processes on the embedded broker, fed with
 RegistrationEvents and NodeStatus records produced with aiokafka.
 
-``web_cluster`` (module scope, started once per test module): two workers sharing 4 partitions
+``web_cluster`` (session scope: started once, shared by the API and browser tests): two workers sharing 4 partitions
 and 10,000 endpoints over three nodes (plus a few deliberately awkward rows). Everything started
 here is stopped, even when a test fails (ProcessGroup context manager).
 """
@@ -201,9 +201,9 @@ def build_feed(feeder: Feeder, n: int) -> tuple[list[RegistrationEvent | NodeSta
     return records, expected
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def web_cluster(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    """Two workers, 4 partitions, 10,001 endpoints applied (module scope: started once)."""
+    """Two workers, 4 partitions, 10,001 endpoints applied (started once per session)."""
     tmp = tmp_path_factory.mktemp("webcluster")
     topics = TopicSettings(partitions=4).with_suffix(unique_name("w"))
     asyncio.run(ensure_topics(kafka, topics))
