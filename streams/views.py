@@ -217,6 +217,27 @@ class WebService:
             return Lookup(row, True, self.url)
         raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
 
+    async def lookup_node(self, endpoint_id: str, request: Request) -> tuple[int, str | None, str]:
+        """(status, primary node, served by) of a full id: never from a standby copy."""
+        api.candidate_ids(endpoint_id)  # BadQuery on "PJSIP/" and the like
+        part = self.partition_of(endpoint_id)
+        reason = self.not_ready_reason()
+        if reason is None and self.app.assignor.is_active(TP(self.changelog_topic, part)):
+            value = self.locations.get(endpoint_id)
+            loc = self.location_of(value) if value is not None else None
+            node = loc.primary_node if loc is not None else None
+            return (200 if node else 404), node, self.url
+        owner = None if request.headers.get(FORWARDED) == "1" else self.owner_of(part)
+        if owner is None or _ident(owner) == _ident(self.url):
+            raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
+        url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}/node"
+        status, body, headers = await self._peer_get(url, request, kind="node")
+        if status == 200 and body:
+            return 200, body, headers.get(SERVED_BY, owner)
+        if status == 404:
+            return 404, None, owner
+        raise Unavailable(f"owner {owner} answered {status} for {endpoint_id}")
+
     async def _lookup_remote(self, owner: str, endpoint_id: str, request: Request) -> Lookup:
         url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}"
         status, body, headers = await self._peer_get(url, request, kind="lookup")
@@ -414,6 +435,12 @@ class EndpointNodeView(_Base):
     """What Asterisk's CURL() reads: the node name alone, or an empty body."""
 
     async def get(self, request: Request, endpoint: str) -> Response:
+        if "/" in endpoint:  # full id: the short path (no JSON row on the way)
+            try:
+                status, node, served_by = await self.service.lookup_node(endpoint, request)
+            except Unavailable:
+                return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
+            return self._text(node or "", status, {SERVED_BY: served_by} if status == 200 else None)
         try:
             resolution, found = await self.service.find(endpoint, request)
         except Unavailable:
