@@ -45,13 +45,19 @@ codecs.register("astreg-row", RowCodec())
 
 
 def declare_locations(app: faust.App, partitions: int) -> faust.Table:
+    # Faust derives serializers from Record types only, and builds the changelog topic (which
+    # recovery decodes with) as soon as the table is registered: declare both explicitly.
+    changelog = app.topic(
+        f"{app.conf.id}-locations-changelog", key_type=str, key_serializer="raw",
+        value_serializer="astreg-row", partitions=partitions, compacting=True, deleting=False,
+        acks=False, internal=True,
+    )
     table = app.Table(
-        "locations", default=None, partitions=partitions, key_type=str,
+        "locations", default=None, partitions=partitions, key_type=str, changelog_topic=changelog,
         # Changelog partition = partition of the current event; the agent writes each row under
         # the last event of that endpoint in the batch (same partition: co-partitioned).
         use_partitioner=False,
     )
-    # Faust derives serializers from Record types only; set ours before the changelog exists.
     table.key_serializer = "raw"
     table.value_serializer = "astreg-row"
     return table
