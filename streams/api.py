@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
+import contextlib
+import enum
+import gc
 import heapq
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from schemas.models import (
@@ -42,6 +47,7 @@ __all__ = [
     "MAX_LIMIT",
     "NodeCounts",
     "Resolution",
+    "RowIndex",
     "SORT_FIELDS",
     "candidate_ids",
     "contact_json",
@@ -56,6 +62,7 @@ __all__ = [
     "node_state",
     "node_summaries",
     "parse_query",
+    "paused_gc",
     "resolve",
     "sort_key",
     "summary_json",
@@ -343,11 +350,6 @@ def matches(loc: EndpointLocation, query: EndpointQuery) -> bool:
     return True
 
 
-def _after(key: tuple[Any, ...], query: EndpointQuery) -> bool:
-    assert query.after is not None
-    return key < query.after if query.desc else key > query.after
-
-
 @dataclass
 class LocalPage:
     """One worker's answer for its own partitions: the first ``limit`` matches after the cursor."""
@@ -365,25 +367,107 @@ class LocalPage:
         return cls(list(data["items"]), bool(data["more"]), int(data["total"]), list(data.get("partitions", [])))
 
 
+@contextlib.contextmanager
+def paused_gc() -> Iterator[None]:
+    """Build large lists of tuples without the cyclic GC re-scanning every live object each
+    few hundred allocations (two thirds of the time of a 50,000-row sort, measured)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+class RowIndex:
+    """One worker's rows, ready for many list questions: sorted orders and search text, built
+    lazily once per sort field and reused until the rows change (a new snapshot)."""
+
+    def __init__(self, rows: Iterable[EndpointLocation]) -> None:
+        self.rows = list(rows)
+        self._orders: dict[str, tuple[list[tuple[Any, ...]], list[EndpointLocation]]] = {}
+        self._text: dict[str, str] | None = None
+        self._totals: dict[tuple[Any, ...], int] = {}
+
+    def _order(self, sort: str) -> tuple[list[tuple[Any, ...]], list[EndpointLocation]]:
+        if sort not in self._orders:
+            attr = SORT_FIELDS[sort]
+
+            def key(r: EndpointLocation) -> tuple[Any, ...]:  # sort_key without its generality: hot
+                v = getattr(r, attr)
+                if v is None:
+                    return (1, "", r.endpoint)
+                return (0, v.value if isinstance(v, enum.Enum) else v, r.endpoint)
+
+            with paused_gc():
+                keyed = sorted(((key(r), r) for r in self.rows), key=itemgetter(0))
+                self._orders[sort] = ([k for k, _ in keyed], [r for _, r in keyed])
+        return self._orders[sort]
+
+    def _search_text(self) -> dict[str, str]:
+        if self._text is None:
+            with paused_gc():
+                self._text = self._build_text()
+        return self._text
+
+    def _build_text(self) -> dict[str, str]:
+        return {
+            r.endpoint: "\x00".join(
+                h.casefold() for h in (r.endpoint, r.primary_node, r.ip, r.contact_uri, r.user_agent) if h
+            )
+            for r in self.rows
+        }
+
+    def _predicate(self, query: EndpointQuery) -> Callable[[EndpointLocation], bool] | None:
+        """The filters as one function (None: no filter), same meaning as :func:`matches`."""
+        if query.node is None and query.state is None and query.device_state is None and not query.q:
+            return None
+        text = self._search_text() if query.q else {}
+        needle = (query.q or "").casefold()
+        node, state, device = query.node, query.state, query.device_state
+
+        def keep(loc: EndpointLocation) -> bool:
+            if node is not None and node != loc.primary_node and node not in loc.nodes:
+                return False
+            if state is not None and loc.status != state:
+                return False
+            if device is not None and loc.device_state != device:
+                return False
+            return not needle or needle in text[loc.endpoint]
+
+        return keep
+
+    def page(self, query: EndpointQuery, partitions: Iterable[int] = ()) -> LocalPage:
+        """The first ``limit`` matches after the cursor; ``total`` counts every match."""
+        keys, locs = self._order(query.sort)
+        keep = self._predicate(query)
+        if query.desc:
+            end = bisect.bisect_left(keys, query.after) if query.after is not None else len(keys)
+            positions: Iterable[int] = range(end - 1, -1, -1)
+        else:
+            start = bisect.bisect_right(keys, query.after) if query.after is not None else 0
+            positions = range(start, len(keys))
+        items: list[dict[str, Any]] = []
+        more = False
+        for i in positions:
+            loc = locs[i]
+            if keep is None or keep(loc):
+                if len(items) == query.limit:
+                    more = True
+                    break
+                items.append(summary_json(loc))
+        filters = (query.node, query.state, query.device_state, query.q)
+        total = self._totals.get(filters)
+        if total is None:
+            total = len(self.rows) if keep is None else sum(1 for r in self.rows if keep(r))
+            self._totals[filters] = total
+        return LocalPage(items=items, more=more, total=total, partitions=sorted(partitions))
+
+
 def local_page(rows: Iterable[EndpointLocation], query: EndpointQuery, partitions: Iterable[int] = ()) -> LocalPage:
     """Filter, sort and cut this worker's rows; ``total`` counts every match (cursor ignored)."""
-    keyed: list[tuple[tuple[Any, ...], EndpointLocation]] = []
-    total = 0
-    for loc in rows:
-        if not matches(loc, query):
-            continue
-        total += 1
-        key = sort_key(loc, query.sort)
-        if query.after is None or _after(key, query):
-            keyed.append((key, loc))
-    pick = heapq.nlargest if query.desc else heapq.nsmallest
-    top = pick(query.limit + 1, keyed, key=lambda kv: kv[0])
-    return LocalPage(
-        items=[summary_json(loc) for _, loc in top[: query.limit]],
-        more=len(top) > query.limit,
-        total=total,
-        partitions=sorted(partitions),
-    )
+    return RowIndex(rows).page(query, partitions)
 
 
 def merge_pages(pages: Sequence[LocalPage], query: EndpointQuery) -> dict[str, Any]:

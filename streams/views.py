@@ -97,6 +97,7 @@ class Snapshot:
     generation: int
     taken: float
     counts: dict[str, api.NodeCounts] = field(default_factory=dict)
+    index: api.RowIndex = field(default_factory=lambda: api.RowIndex(()))
 
 
 def _ident(url: URL | str) -> tuple[str, int]:
@@ -271,7 +272,8 @@ class WebService:
             snap = self._snapshot
             fresh = time.monotonic() - self.settings.web_snapshot_ms / 1000.0
             if snap is None or snap.generation != generation or snap.taken < fresh:
-                snap = self._snapshot = self._take_snapshot(generation)
+                with api.paused_gc():
+                    snap = self._snapshot = self._take_snapshot(generation)
         return snap
 
     def _take_snapshot(self, generation: int) -> Snapshot:
@@ -285,11 +287,12 @@ class WebService:
             if loc is not None:
                 rows.append(loc)
         WEB_LOCAL_ROWS.set(len(rows))
-        return Snapshot(rows, sorted(actives), generation, time.monotonic(), api.count_by_node(rows))
+        return Snapshot(rows, sorted(actives), generation, time.monotonic(), api.count_by_node(rows),
+                        api.RowIndex(rows))
 
     async def local_endpoints(self, query: api.EndpointQuery) -> api.LocalPage:
         snap = await self.snapshot()
-        return api.local_page(snap.rows, query, snap.partitions)
+        return snap.index.page(query, snap.partitions)
 
     async def local_counts(self) -> dict[str, Any]:
         snap = await self.snapshot()
