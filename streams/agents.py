@@ -105,7 +105,9 @@ def attach(stream: StreamApp) -> None:
     async def track_registrations(records: Any) -> None:
         """Apply every registration event to its endpoint's row, a batch at a time."""
         async for events in records.take_events(settings.batch_size, within=settings.batch_within):
+            t0 = time.perf_counter()
             await apply_batch(events)
+            logger.debug("batch of %d events applied in %.1f ms", len(events), (time.perf_counter() - t0) * 1000)
             yield len(events)
 
     async def apply_batch(events: list[Any]) -> None:

@@ -43,6 +43,7 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
         datadir=str(worker.data_dir), web_port=worker.web_port, web_host=worker.web_host,
         web_bind=worker.web_host, topic_partitions=topics.partitions, topic_allow_declare=False,
         table_standby_replicas=0, producer_acks=-1, consumer_auto_offset_reset="earliest",
+        producer_linger=0.005,  # a few ms of linger: batches of records instead of one request each
     )
     stream = StreamApp(app, declare_locations(app, topics.partitions), NodeBook(),
                        declare_topics(app, topics), kafka, worker)

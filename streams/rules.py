@@ -65,6 +65,7 @@ class ContactState:
     rtt_us: int | None = None
     expires_at_ms: int | None = None
     stale: bool = False
+    snapshot_seen: Seq = (0, 0)  # last confirmation by a snapshot row: what reconciliation needs
 
     @property
     def ident(self) -> tuple[str, str]:
@@ -138,7 +139,7 @@ class Row:
 
 _CFIELDS = (
     "node", "uri", "reg_offset", "registered_at_ms", "updated_at_ms", "confirmed", "status", "aor",
-    "ip", "port", "transport", "user_agent", "rtt_us", "expires_at_ms", "stale",
+    "ip", "port", "transport", "user_agent", "rtt_us", "expires_at_ms", "stale", "snapshot_seen",
 )
 
 
@@ -146,12 +147,14 @@ def _contact_to_list(c: ContactState) -> list[Any]:
     out: list[Any] = [getattr(c, f) for f in _CFIELDS]
     out[5] = list(c.confirmed)
     out[6] = c.status.value
+    out[15] = list(c.snapshot_seen)
     return out
 
 
 def _contact_from_list(x: list[Any]) -> ContactState:
     kw = dict(zip(_CFIELDS, x, strict=True))
     kw["confirmed"] = tuple(kw["confirmed"])
+    kw["snapshot_seen"] = tuple(kw["snapshot_seen"])
     kw["status"] = ContactStatus(kw["status"])
     return ContactState(**kw)
 
@@ -255,18 +258,20 @@ def _upsert(
 ) -> tuple[ContactState, ...] | None:
     old = next((c for c in contacts if c.node == ev.node and c.uri == uri), None)
     st = status or (old.status if old else ContactStatus.UNKNOWN)
+    snap = stamp if ev.source is Source.SNAPSHOT else (old.snapshot_seen if old else (0, 0))
     if old is None:
         new = ContactState(
             node=ev.node, uri=uri, reg_offset=offset, registered_at_ms=ev.event_time_ms,
             updated_at_ms=now, confirmed=stamp, status=st, aor=ev.aor, ip=ev.ip, port=ev.port,
             transport=ev.transport, user_agent=ev.user_agent, rtt_us=ev.rtt_us,
-            expires_at_ms=ev.expires_at_ms,
+            expires_at_ms=ev.expires_at_ms, snapshot_seen=snap,
         )
         return (*contacts, new)
     new = replace(
         old,
         status=st,
         confirmed=stamp,
+        snapshot_seen=snap,
         stale=False,
         updated_at_ms=now,
         aor=ev.aor or old.aor,
@@ -332,25 +337,28 @@ def visible_key(row: Row) -> tuple[Any, ...]:
     """What a consumer of the locations topic sees, minus pure freshness (expiry, RTT, times).
 
     A refresh that only moves ``expires_at_ms`` or a qualify that only changes the RTT is kept
-    in the table row but is not re-published: that is the publication granularity.
+    in the table row but is not re-published: that is the publication granularity. Computed
+    from the row directly (no EndpointLocation built): it runs for every event.
     """
-    loc = location_of(row)
-    if loc is None:
+    if not row.contacts:
         return ()
+    primary = max(row.contacts, key=ContactState.rank)
     return (
-        loc.primary_node, loc.status, loc.device_state, loc.contact_uri, loc.ip, loc.port,
-        loc.transport, loc.user_agent, loc.nodes,
-        tuple((c.node, c.uri, c.status, c.stale, c.primary, c.ip, c.port) for c in loc.contacts),
+        primary.node, primary.uri, primary.rank()[0], row.device_of(primary.node),
+        tuple((c.node, c.uri, c.reg_offset, c.status, c.stale, c.ip, c.port, c.transport, c.user_agent, c.aor)
+              for c in row.contacts),
     )
 
 
 def durable_key(row: Row) -> tuple[Any, ...]:
-    """What must survive a restart: visible state plus confirmations and expiries.
+    """What must survive a restart: visible state, snapshot confirmations, expiries, devices.
 
-    Rows differing only in ``last`` (per-node order) need not be written: re-applying an
-    event whose effect was not durable produces the same durable state again.
+    Rows differing only in per-node order, live confirmations (a qualify) or RTT need not be
+    written (docs/stream.md "Table writes"): an event whose effect was not durable produces
+    the same durable state if replayed, and reconciliation only needs snapshot confirmations
+    (any contact alive after a snapshot's begin is listed by it, or was created after it).
     """
-    return (visible_key(row), tuple((c.ident, c.confirmed, c.expires_at_ms) for c in row.contacts), row.devices)
+    return (visible_key(row), tuple((c.ident, c.snapshot_seen, c.expires_at_ms) for c in row.contacts), row.devices)
 
 
 def location_of(row: Row | None) -> EndpointLocation | None:

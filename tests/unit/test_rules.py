@@ -309,3 +309,10 @@ def test_replaying_any_suffix_changes_nothing(case: tuple[dict, list[Registratio
     for off, e in enumerate(merged[start:], start=len(merged)):
         again = apply(again, e, off)
     assert location_of(again) == location_of(row)
+
+
+def test_live_qualify_with_same_status_needs_no_table_write() -> None:
+    row = run(ev("A", 1, ContactStatus.REACHABLE))
+    assert row is not None
+    again = apply(row, ev("A", 2, ContactStatus.REACHABLE), 1)
+    assert durable_key(again) == durable_key(row) and again.last_of("A") == (1, 2)
