@@ -91,3 +91,27 @@ async def test_page_search_live_update_and_escaping(web_cluster: Cluster, page) 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=False)
     assert problems == []
+
+
+async def test_page_with_token(kafka, topics, procs, tmp_path, http, page) -> None:  # type: ignore[no-untyped-def]
+    """``/?token=`` once: the page keeps it in sessionStorage, drops it from the address bar,
+    and gets data; without it the page asks for a token instead of showing rows."""
+    from .conftest import Cluster, Feeder, wait_ready, wait_total
+
+    token = "page-token-1"
+    cluster = Cluster(kafka, topics, procs, Feeder(kafka, topics), [], token=token)
+    w = cluster.start_worker("wp", tmp_path / "wp", token=token)
+    feeder = cluster.feeder
+    await feeder.send([feeder.heartbeat("node0"), feeder.contact("PJSIP/5001", "node0", ip="10.5.0.1")])
+    await wait_ready(http, [w])
+    await wait_total(http, cluster, 1)
+
+    await page.goto(f"{w.url}/")
+    await expect(page.locator("#token-form")).to_be_visible(timeout=10_000)
+    assert await page.locator("#rows tr").count() == 0
+
+    await page.goto(f"{w.url}/?token={token}")
+    await page.locator("#rows tr[data-endpoint='PJSIP/5001']").wait_for(timeout=10_000)
+    assert "token" not in page.url
+    assert await page.evaluate("sessionStorage.getItem('astreg.token')") == token
+    await expect(page.locator("#token-form")).to_be_hidden()
