@@ -156,7 +156,8 @@ class WebService:
         app = self.app
         if getattr(app, "rebalancing", False):
             return "rebalancing"
-        if getattr(app, "in_recovery", False) or not app.tables.recovery.completed.is_set():
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # concrete TableManager only
+        if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
             return "table recovery in progress"
         if not self.active_partitions():
             return "owns no partition of the table"

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-__all__ = ["measure_node_lookups", "run", "main"]
+__all__ = ["measure_node_lookups", "measure_row_index", "run", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,45 @@ async def measure_node_lookups(
     }
 
 
+def measure_row_index(rows: int = 50_000) -> dict[str, Any]:
+    """CPU cost of one worker's list questions over ``rows`` rows (no HTTP): index build per
+    snapshot (first question of a sort order / search) and the following cached questions."""
+    from schemas.models import Contact, ContactStatus, EndpointLocation, LocationStatus
+
+    from . import api
+
+    def row(i: int) -> EndpointLocation:
+        ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"
+        contact = Contact(node=f"node{i % 3}", uri=f"sip:{i}@{ip}:5060", registered_at_ms=i, updated_at_ms=i,
+                          status=ContactStatus.REACHABLE, ip=ip, port=5060, user_agent=f"Yealink {i % 5}",
+                          rtt_us=i % 900, primary=True)
+        return EndpointLocation(endpoint=f"PJSIP/{100000 + i}", technology="PJSIP", resource=str(100000 + i),
+                                updated_at_ms=i, primary_node=contact.node, status=LocationStatus.REGISTERED,
+                                contact_uri=contact.uri, ip=ip, port=5060, user_agent=contact.user_agent,
+                                rtt_us=contact.rtt_us, contacts=(contact,), nodes=(contact.node,))
+
+    locs = [row(i) for i in range(rows)]
+    out: dict[str, Any] = {"rows": rows}
+
+    def timed(name: str, index: api.RowIndex, params: dict[str, str]) -> None:
+        t0 = time.perf_counter()
+        index.page(api.parse_query(params))
+        out[name] = round((time.perf_counter() - t0) * 1000, 1)
+
+    t0 = time.perf_counter()
+    with api.paused_gc():
+        api.count_by_node(locs)
+    out["node_counts_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    index = api.RowIndex(locs)
+    timed("first_page_by_endpoint_ms", index, {})
+    timed("next_question_same_order_ms", index, {"limit": "100"})
+    timed("first_search_ms", index, {"q": "1234"})
+    timed("next_search_ms", index, {"q": "12345"})
+    timed("first_sort_by_rtt_desc_ms", index, {"sort": "rtt", "order": "desc"})
+    timed("filter_node_ms", index, {"node": "node1"})
+    return out
+
+
 def _same_origin(a: str, b: str) -> bool:
     pa, pb = urlsplit(a), urlsplit(b)
     return (pa.port, pa.hostname in ("127.0.0.1", "localhost")) == (pb.port, pb.hostname in ("127.0.0.1", "localhost"))
@@ -222,8 +261,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-seconds", type=float, default=60.0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--bare", action="store_true", help="ask for 1001 instead of PJSIP%%2F1001")
+    parser.add_argument("--index-only", type=int, metavar="ROWS", help="only measure_row_index(ROWS)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.index_only:
+        print(json.dumps(measure_row_index(args.index_only), indent=2))
+        return
     figures = run(args.endpoints, args.clients, args.requests, args.max_seconds, args.workers, args.bare)
     print(json.dumps(figures, indent=2))
 
