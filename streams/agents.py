@@ -152,6 +152,9 @@ def attach(stream: StreamApp) -> None:
             _current_event.set(weakref.ref(batch.last_event[key]))
             table[key] = row
             metrics.table_writes.inc()
+            had, has = bool(before is not None and before.contacts), bool(row.contacts)
+            if had != has:  # rows with a registration written by this worker process
+                metrics.table_size.inc() if has else metrics.table_size.dec()
             if before is None or visible_key(before) != visible_key(row):
                 if before is None and not row.contacts:
                     continue  # nothing was ever published for it

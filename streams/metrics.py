@@ -27,6 +27,6 @@ class StreamMetrics:
                                  ["kind"], registry=r)
         self.synthetic = Counter("astreg_stream_synthetic", "Synthetic events sent by the timers.",
                                  ["kind", "cause"], registry=r)
-        self.table_size = Gauge("astreg_stream_table_rows", "Rows with a contact in owned partitions.", registry=r)
+        self.table_size = Gauge("astreg_stream_table_rows", "Rows with a contact, as counted by this worker process's writes.", registry=r)
         self.stale_nodes = Gauge("astreg_stream_stale_nodes", "Nodes currently stale.", registry=r)
         self.nodes = Gauge("astreg_stream_nodes", "Nodes known.", registry=r)

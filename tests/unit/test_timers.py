@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from schemas.models import ContactStatus, EventKind, LinkState, NodeEventKind, NodeStatus, RegistrationEvent, Source
+from schemas.models import (
+    ContactStatus,
+    EventKind,
+    LinkState,
+    NodeEventKind,
+    NodeStatus,
+    RegistrationEvent,
+    Source,
+)
 from streams.rules import Row, apply, location_of
 from streams.tables import NodeBook, node_view
 from streams.timers import partition_of, synthetic_for
