@@ -20,6 +20,7 @@ from astreg.options import build, settings_options
 from astreg.settings import KafkaSettings, TopicSettings
 
 from .settings import WorkerSettings
+from .web_settings import WebSettings
 
 __all__ = ["worker", "clear_faust_env"]
 
@@ -39,10 +40,10 @@ def clear_faust_env() -> list[str]:
 
 
 @click.command()
-@settings_options(KafkaSettings, TopicSettings, WorkerSettings)
+@settings_options(KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
 def worker(**kw: object) -> None:
     """Run a stream worker: registrations + nodes → locations table → locations topic."""
-    kafka, topics, settings = build(kw, KafkaSettings, TopicSettings, WorkerSettings)
+    kafka, topics, settings, web = build(kw, KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
     removed = clear_faust_env()
     if removed:
         logger.warning("ignoring Faust environment variables %s (use ASTREG_* options)", removed)
@@ -63,7 +64,7 @@ def worker(**kw: object) -> None:
     except ImportError:
         views = None
     if views is not None and hasattr(views, "register"):
-        views.register(stream)
+        views.register(stream, web)
     logger.info("worker %s starting (app %s, store %s, web port %d)", settings.worker_id, stream.app.conf.id,
                 settings.store, settings.web_port)
     from faust.worker import Worker
