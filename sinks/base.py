@@ -27,14 +27,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Gauge, Histogram
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import PermanentWriteError, SinkUnavailable, UndecodableRecord
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import Codec, location_codec
 from schemas.models import EndpointLocation
+
+from .settings import RunnerSettings
 
 __all__ = [
     "Sink",
@@ -55,19 +55,6 @@ UNAVAILABLE = Counter("astreg_sink_unavailable", "Writes refused because the sto
 STORE_UP = Gauge("astreg_sink_store_up", "1 when the last write succeeded, 0 while retrying", ["sink"])
 LAG = Gauge("astreg_sink_lag_records", "High watermark minus committed position, all partitions", ["sink"])
 RECONCILED = Counter("astreg_sink_reconciled_deletes", "Stale keys removed by a rebuild", ["sink"])
-
-
-class RunnerSettings(BaseSettings):
-    """How a sink consumes the locations topic."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_SINK_", extra="ignore", frozen=True)
-
-    group: str | None = Field(None, description="Consumer group (default astreg-sink-<kind>).")
-    rebuild: bool = Field(False, description="Read the whole topic again and remove stale keys from the store.")
-    batch_size: int = Field(5000, ge=1, description="Most records written in one batch.")
-    batch_linger_ms: int = Field(50, ge=0, description="How long to wait for a batch to fill (ms).")
-    backoff_max: float = Field(30.0, gt=0, description="Longest pause between retries of a store that is down (s).")
-    metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port (unset = off).")
 
 
 class Sink(Protocol):

@@ -17,28 +17,17 @@ import logging
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from redis import exceptions as redis_exc
 
 from astreg.errors import SinkUnavailable
 from schemas.models import EndpointLocation
 
+from .settings import RedisSettings
 from .sql import row_of
 
 __all__ = ["RedisSink", "RedisSettings", "hash_of"]
 
 logger = logging.getLogger(__name__)
-
-
-class RedisSettings(BaseSettings):
-    """Where the Redis sink writes."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_REDIS_", extra="ignore", frozen=True)
-
-    url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://).")
-    key_prefix: str = Field("astreg:", description="Prefix of every key the sink writes.")
-    timeout: float = Field(5.0, gt=0, description="Socket timeout; slower answers count as store unavailable (s).")
 
 
 def hash_of(key: str, loc: EndpointLocation) -> dict[str, str]:

@@ -18,8 +18,6 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -40,6 +38,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from astreg.errors import ConfigError, PermanentWriteError, SinkUnavailable
 from schemas.codec import to_dict
 from schemas.models import EndpointLocation
+
+from .settings import SqlSettings
 
 __all__ = ["SqlSink", "SqlSettings", "TABLE", "row_of"]
 
@@ -66,19 +66,6 @@ TABLE = Table(
     Column("contacts", JSON, comment="every contact of the endpoint, primary first"),
 )
 _UPDATABLE = [c.name for c in TABLE.columns if c.name != "endpoint"]
-
-
-class SqlSettings(BaseSettings):
-    """Where the SQL sink writes."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_SQL_", extra="ignore", frozen=True)
-
-    url: str = Field(
-        "sqlite+aiosqlite:///astreg.sqlite",
-        description="SQLAlchemy async URL: sqlite+aiosqlite:///FILE, postgresql+asyncpg://..., mysql+asyncmy://...",
-    )
-    write_timeout: float = Field(10.0, gt=0, description="A write slower than this counts as store unavailable (s).")
-    chunk: int = Field(5000, ge=1, description="Rows per INSERT statement.")
 
 
 def row_of(key: str, loc: EndpointLocation) -> dict[str, Any]:
