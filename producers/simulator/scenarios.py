@@ -1,0 +1,152 @@
+"""Scenario steps and fault injection for a running ``Simulator`` (deterministic per seed).
+
+``run_scenario(sim, name, **params)`` runs one bounded step and returns a summary; the CLI
+repeats steps forever. ``--rate`` is honoured through ``Simulator._pace``.
+
+steady   phones refresh at their expiry interval: no AMI event at all (03), and an unchanged
+         qualify result emits nothing either (02, README obs. 7) — so steady is silent.
+churn    random register / unregister / expire of ``count`` phones.
+move     ``count`` phones re-register on another node; the old node expires them later.
+calls    ``count`` calls: RINGING/INUSE → INUSE → ONHOLD → INUSE → NOT_INUSE (09).
+storm    every phone of ``node`` re-registers on the other nodes (after ``node`` died).
+crash    ``node`` crashes (``mode`` close|halfopen); ``restart``: Shutdown then new boot.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .core import Simulator
+
+__all__ = ["run_scenario", "inject_fault", "SCENARIOS", "FAULTS"]
+
+
+async def steady(sim: Simulator, count: int = 0) -> dict[str, Any]:
+    await sim._pace(0)
+    return {"events": 0}
+
+
+async def churn(sim: Simulator, count: int = 100) -> dict[str, Any]:
+    rng, ops = sim.rng, {"register": 0, "unregister": 0, "expire": 0}
+    names = sim.node_names
+    for _ in range(count):
+        if sim.config.phones == 0:
+            break
+        phone = rng.randint(1, sim.config.phones)
+        where = sim.location(phone)
+        if where is None:
+            await sim.register(phone, rng.choice(names), qualify=sim._qualified(phone), port=rng.randint(5060, 5999))
+            ops["register"] += 1
+        elif rng.random() < 0.8:
+            await sim.unregister(phone, where)
+            ops["unregister"] += 1
+        else:
+            await sim.expire(phone, where)
+            ops["expire"] += 1
+        await sim._pace(4)
+    return ops
+
+
+async def move(sim: Simulator, count: int = 10) -> dict[str, Any]:
+    moved = 0
+    names = sim.node_names
+    if len(names) < 2:
+        return {"moved": 0}
+    for _ in range(count):
+        phone = sim.rng.randint(1, max(1, sim.config.phones))
+        where = sim.location(phone)
+        target = sim.rng.choice([n for n in names if n != where])
+        await sim.move(phone, target, port=sim.rng.randint(5060, 5999))
+        moved += 1
+        await sim._pace(4)
+    return {"moved": moved}
+
+
+async def calls(sim: Simulator, count: int = 5) -> dict[str, Any]:
+    done = 0
+    for _ in range(count):
+        registered = [p for p in (sim.rng.randint(1, max(1, sim.config.phones)) for _ in range(8)) if sim.location(p)]
+        if len(set(registered)) < 2:
+            continue
+        a, b = registered[0], next(p for p in registered if p != registered[0])
+        await sim.call(a, b)
+        await sim.hold(a, b)
+        await sim.unhold(a, b)
+        await sim.hangup(a, b)
+        done += 1
+        await sim._pace(7)
+    return {"calls": done}
+
+
+async def storm(sim: Simulator, node: str = "node1", mode: str = "close") -> dict[str, Any]:
+    victim = sim.node(node)
+    if victim.ami == "up":
+        await sim.crash(node, mode)
+    others = [n for n in sim.node_names if n != node]
+    moved = 0
+    for i, phone in enumerate(list(victim.contacts)):
+        if not others:
+            break
+        await sim.move(phone, others[i % len(others)], port=5060 + (phone % 900))
+        moved += 1
+        await sim._pace(4)
+    return {"moved": moved}
+
+
+async def crash(sim: Simulator, node: str = "node1", mode: str = "close") -> dict[str, Any]:
+    await sim.crash(node, mode)
+    return {"crashed": node, "mode": mode}
+
+
+async def restart(sim: Simulator, node: str = "node1") -> dict[str, Any]:
+    await sim.restart(node)
+    return {"restarted": node, "boot_time": int(sim.node(node).boot_time)}
+
+
+SCENARIOS = {"steady": steady, "churn": churn, "move": move, "calls": calls, "storm": storm, "crash": crash,
+             "restart": restart}
+
+
+async def run_scenario(sim: Simulator, name: str, **params: Any) -> dict[str, Any]:
+    from .core import SimulatorError
+
+    fn = SCENARIOS.get(name)
+    if fn is None:
+        raise SimulatorError(f"unknown scenario {name!r} (have {', '.join(SCENARIOS)})")
+    try:
+        result: dict[str, Any] = await fn(sim, **params)
+    except TypeError as exc:
+        raise SimulatorError(f"bad parameters for scenario {name!r}: {exc}") from exc
+    return result
+
+
+def _fault_bytes(kind: str, node: str) -> bytes:
+    head = f"Event: ContactStatus\r\nPrivilege: system,all\r\nSystemName: {node}\r\n"
+    if kind == "oversized":
+        return (head + "URI: sip:" + "x" * 100_000 + "@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 1001\r\n"
+                "EndpointName: 1001\r\nRoundtripUsec: 1\r\n\r\n").encode()
+    if kind == "missing_headers":
+        return (head + "ContactStatus: Reachable\r\n\r\n").encode()
+    if kind == "broken_utf8":
+        return head.encode() + b"URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 10\xff\xfe01\r\n" \
+            b"EndpointName: 1001\xc3\r\nRoundtripUsec: 1\r\n\r\n"
+    if kind == "unknown_enum":
+        return (head + "URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Teleported\r\nAOR: 1001\r\n"
+                "EndpointName: 1001\r\nRoundtripUsec: 1\r\n\r\n").encode()
+    if kind == "utf8":
+        return (head + "URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 1001\r\n"
+                "EndpointName: 1001\r\nRoundtripUsec: 1\r\nUserAgent: Téléphone ☎ 电话\r\n\r\n").encode()
+    raise KeyError(kind)
+
+
+FAULTS = ("oversized", "missing_headers", "broken_utf8", "unknown_enum", "utf8")
+
+
+async def inject_fault(sim: Simulator, node: str, kind: str) -> None:
+    """Write one deliberately bad event to every client of ``node`` (it changes no state)."""
+    from .core import SimulatorError
+
+    if kind not in FAULTS:
+        raise SimulatorError(f"unknown fault {kind!r} (have {', '.join(FAULTS)})")
+    sim.node(node).inject_raw(_fault_bytes(kind, node))
