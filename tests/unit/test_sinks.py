@@ -9,7 +9,6 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-import sinks
 from schemas.models import DeviceState
 from sinks.astdb import AmiClient, all_keys, entries, key_part, value_text
 from sinks.base import coalesce, partition_of, stale_keys
@@ -102,3 +101,11 @@ def test_public_api_is_honest() -> None:
         for name in mod.__all__:
             assert hasattr(mod, name), f"{mod.__name__}.{name}"
     assert sinks.__doc__
+
+
+def test_contact_dict_equals_the_codec_conversion() -> None:
+    from schemas.codec import to_dict
+    from sinks.sql import contact_dict
+
+    loc = location("PJSIP/1001")
+    assert [contact_dict(c) for c in loc.contacts] == to_dict(loc)["contacts"]
