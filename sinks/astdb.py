@@ -11,8 +11,9 @@ AMI reconnect (a restarted node may have lost its AstDB), it reconciles the node
 Actions are pipelined: up to ``--window`` in flight per node, matched by ActionID.
 
 Encoding (AMI is a line protocol; a CR/LF in a value would inject headers): the resource in a
-key is percent-encoded like RFC 3986 (letters, digits and ``-._~`` stay; ``/`` becomes ``%2F``,
-so a name can never open a sub-tree), so plain extensions such as ``1001`` are stored as is. A
+key is percent-encoded exactly like Asterisk's ``${URIENCODE()}`` (letters, digits and
+``-_.!~*'()`` stay; ``/`` becomes ``%2F``, so a name can never open a sub-tree), so plain
+extensions such as ``1001`` are stored as is. A
 value keeps its text except ``%``, control characters (CR, LF, TAB, ...) and leading/trailing
 spaces, which are percent-encoded; read such values with ``${URIDECODE(...)}``.
 
@@ -46,8 +47,9 @@ _VALUE_SAFE = {chr(c) for c in range(0x20, 0x7F)} - {"%"}
 
 
 def key_part(text: str) -> str:
-    """A resource as one AstDB key segment: RFC 3986 percent-encoding (``${URIENCODE()}``-like)."""
-    return quote(text, safe="")
+    """A resource as one AstDB key segment, exactly as Asterisk's ``${URIENCODE()}`` writes it
+    (``ast_uri_http``: letters, digits and ``-_.!~*'()`` stay, other UTF-8 bytes become ``%XX``)."""
+    return quote(text, safe="!*'()")
 
 
 def value_text(text: str) -> str:
