@@ -6,7 +6,7 @@ options without importing SQLAlchemy, redis-py or the AMI client.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["RunnerSettings", "SqlSettings", "RedisSettings", "AstDbSettings"]
@@ -60,10 +60,19 @@ class AstDbSettings(BaseSettings):
     window: int = Field(256, ge=1, description="AMI actions in flight per node.")
     timeout: float = Field(10.0, gt=0, description="An AMI answer slower than this counts as node unavailable (s).")
 
+    @field_validator("ami")
+    @classmethod
+    def _check_ami(cls, value: str) -> str:
+        for part in value.split(","):
+            host, _, port = part.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{part.strip()!r} is not HOST:PORT")
+        return value
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
         out = []
         for part in self.ami.split(","):
             host, _, port = part.strip().rpartition(":")
-            out.append((host or "127.0.0.1", int(port)))
+            out.append((host.strip("[]"), int(port)))
         return out

@@ -109,3 +109,14 @@ def test_contact_dict_equals_the_codec_conversion() -> None:
 
     loc = location("PJSIP/1001")
     assert [contact_dict(c) for c in loc.contacts] == to_dict(loc)["contacts"]
+
+
+def test_astdb_settings_parse_node_lists_and_refuse_bad_addresses() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from sinks.settings import AstDbSettings
+
+    assert AstDbSettings(ami="pbx1:5038, [::1]:5039").addresses == [("pbx1", 5038), ("::1", 5039)]
+    with pytest.raises(ValidationError, match="not HOST:PORT"):
+        AstDbSettings(ami="pbx1")
