@@ -73,11 +73,14 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
         try:
             yield sink
         finally:
-            assert sink.client is not None
-            keys = [k async for k in sink.client.scan_iter(match=f"{name}:*", count=5000)]
+            await sink.close()  # the runner may have closed it already; clean up on our own link
+            import redis.asyncio as aioredis
+
+            client = aioredis.from_url(REDIS)
+            keys = [k async for k in client.scan_iter(match=f"{name}:*", count=5000)]
             for i in range(0, len(keys), 5000):
-                await sink.client.delete(*keys[i : i + 5000])
-            await sink.close()
+                await client.delete(*keys[i : i + 5000])
+            await client.aclose()
     elif kind == "astdb":
         from producers.simulator import SimConfig, Simulator
 
@@ -215,8 +218,9 @@ async def run_all(rows: int = 50_000, kinds: tuple[str, ...] = KINDS) -> dict[st
 @click.option("--rows", default=50_000, show_default=True, help="Endpoints per run.")
 @click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Sinks to measure (default: all).")
 def main(rows: int, kinds: tuple[str, ...]) -> None:
-    """Measure every sink and print the figures as JSON."""
-    print(json.dumps(asyncio.run(run_all(rows, kinds or KINDS)), indent=2))
+    """Measure every sink and print the figures as JSON, one line per sink."""
+    for kind in kinds or KINDS:
+        print(json.dumps(asyncio.run(run_all(rows, (kind,)))), flush=True)
 
 
 if __name__ == "__main__":
