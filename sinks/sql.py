@@ -119,11 +119,28 @@ def _chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[i : i + size]
 
 
-def _pg_arrays(rows: list[dict[str, Any]]) -> tuple[list[Any], ...]:
-    """Column-wise arrays of a batch for _PG_UPSERT."""
-    out = tuple([r[c] for r in rows] for c in _COLUMNS)
-    out[-1][:] = [json.dumps(v, ensure_ascii=False) for v in out[-1]]
-    return out
+def _pg_arrays(part: list[tuple[str, EndpointLocation]]) -> tuple[list[Any], ...]:
+    """Column-wise arrays of a chunk for _PG_UPSERT, in _COLUMNS order (built straight from the
+    locations: this runs for every row and was half the cost of a write)."""
+    locs = [loc for _, loc in part]
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    return (
+        [k for k, _ in part],
+        [x.technology for x in locs],
+        [x.resource for x in locs],
+        [x.primary_node for x in locs],
+        [x.ip for x in locs],
+        [x.port for x in locs],
+        [x.transport for x in locs],
+        [x.status.value for x in locs],
+        [x.device_state.value for x in locs],
+        [x.contact_uri for x in locs],
+        [x.user_agent for x in locs],
+        [x.rtt_us for x in locs],
+        [x.expires_at_ms for x in locs],
+        [x.updated_at_ms for x in locs],
+        [dumps([contact_dict(c) for c in x.contacts]) for x in locs],
+    )
 
 
 class SqlSink:
@@ -198,14 +215,16 @@ class SqlSink:
 
     async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
         assert self.engine is not None
-        rows = [row_of(k, v) for k, v in upserts.items()]
+        postgres = self.engine.dialect.name == "postgresql"
+        items = list(upserts.items())
+        rows = [] if postgres else [row_of(k, v) for k, v in items]
         gone = sorted(deletes)
 
         async def write() -> None:
             assert self.engine is not None
             async with self.engine.begin() as conn:
-                if self.engine.dialect.name == "postgresql":
-                    await self._pg_upsert(conn, rows)
+                if postgres:
+                    await self._pg_upsert(conn, items)
                 else:
                     for part in _chunks(rows, self.settings.chunk):
                         await conn.execute(self._upsert, part)
@@ -214,7 +233,7 @@ class SqlSink:
 
         await self._guard(write(), "write")
 
-    async def _pg_upsert(self, conn: Any, rows: list[dict[str, Any]]) -> None:
+    async def _pg_upsert(self, conn: Any, rows: list[tuple[str, EndpointLocation]]) -> None:
         """Upsert in chunks, preparing the next chunk while the server runs the previous one
         (the server works on the other core: this roughly doubles the rate)."""
         running: asyncio.Task[Any] | None = None

@@ -120,3 +120,15 @@ def test_astdb_settings_parse_node_lists_and_refuse_bad_addresses() -> None:
     assert AstDbSettings(ami="pbx1:5038, [::1]:5039").addresses == [("pbx1", 5038), ("::1", 5039)]
     with pytest.raises(ValidationError, match="not HOST:PORT"):
         AstDbSettings(ami="pbx1")
+
+
+def test_postgres_arrays_are_the_rows_column_by_column() -> None:
+    from sinks.sql import _COLUMNS, _pg_arrays
+
+    part = [("PJSIP/1001", location("PJSIP/1001")), ("PJSIP/x", location("PJSIP/x", None, user_agent=None))]
+    arrays = _pg_arrays(part)
+    for i, (key, loc) in enumerate(part):
+        row = row_of(key, loc)
+        got = {c: arrays[j][i] for j, c in enumerate(_COLUMNS)}
+        assert json.loads(got.pop("contacts")) == row.pop("contacts")
+        assert got == row
