@@ -55,10 +55,18 @@ async def run(config: SimConfig, stop: asyncio.Event | None = None) -> None:
 
 
 async def _loop_scenarios(sim: Simulator, names: list[str], stop: asyncio.Event) -> None:
-    if not names:
+    # crash/restart/storm are events, not load: run them once, loop the others.
+    once = [n for n in names if n in ("crash", "restart", "storm")]
+    looped = [n for n in names if n not in once]
+    for name in once:
+        try:
+            await sim.run_scenario(name)
+        except Exception:
+            logger.exception("scenario %s failed", name)
+    if not looped:
         return
     while not stop.is_set():
-        for name in names:
+        for name in looped:
             try:
                 await sim.run_scenario(name)
             except Exception:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -43,7 +44,7 @@ class ControlServer:
         await site.start()
         server = site._server
         if server is not None and self.port == 0:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -87,8 +88,13 @@ class ControlServer:
         params = dict(body.get("params") or {})
         if op not in ACTIONS:
             return web.json_response({"error": f"unknown op {op!r} (have {', '.join(ACTIONS)})"}, status=400)
+        method = getattr(self.sim, op)
         try:
-            result = await getattr(self.sim, op)(**params)
-        except (SimulatorError, TypeError) as exc:
+            inspect.signature(method).bind(**params)
+        except TypeError as exc:
+            return web.json_response({"error": f"bad parameters for {op}: {exc}"}, status=400)
+        try:
+            result = await method(**params)
+        except SimulatorError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "result": result, "seq": self.sim.seq})

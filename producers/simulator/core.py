@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
 import time
@@ -64,10 +65,17 @@ class Simulator:
                 node.trunk_names = [f"node{j}" for j in range(1, cfg.nodes + 1) if j != i]
             self.nodes[name] = node
         if cfg.initial == "spread":
-            for phone in range(1, cfg.phones + 1):
-                node = self.nodes[f"node{(phone - 1) % cfg.nodes + 1}"]
-                node.register(phone, expires=cfg.expires, qualify=self._qualified(phone), user_agent=None, ip=None,
-                              port=None, transport="udp", quiet=True)
+            # A million long-lived objects would trigger many full GC passes that find nothing.
+            gc_was_enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for phone in range(1, cfg.phones + 1):
+                    node = self.nodes[f"node{(phone - 1) % cfg.nodes + 1}"]
+                    node.register(phone, expires=cfg.expires, qualify=self._qualified(phone), user_agent=None,
+                                  ip=None, port=None, transport="udp", quiet=True)
+            finally:
+                if gc_was_enabled:
+                    gc.enable()
         try:
             for node in self.nodes.values():
                 await node.listen()
@@ -121,6 +129,8 @@ class Simulator:
     def _phone(self, phone: int | str) -> int:
         if isinstance(phone, str):
             text = phone.removeprefix("PJSIP/")
+            if self.config.endpoint_format == "{n}" and text.isdigit():
+                return self._phone(int(text) - 1000)
             for i in range(1, self.config.phones + 1):  # names are formatted: search is rare (HTTP only)
                 if self.endpoint(i) == text:
                     return i
@@ -185,15 +195,15 @@ class Simulator:
         refreshed and are expired by their node's expiration check (as in Asterisk)."""
         p = self._phone(phone)
         target = self.node(to_node)
+        now = time.time()
         for name, node in self.nodes.items():
-            c = node.contacts.get(p)
-            if name != to_node and c is not None and c.alive:
-                now = time.time()
-                c.reg_time = c.expires_at(now) - c.expires  # last refresh the phone sent there
-                c.alive = False
+            if name != to_node:
+                node.stop_refreshing(p, now)
         old = target.contacts.get(p)
-        if "port" not in register_kw and old is None:
-            register_kw["port"] = 5060
+        if "port" not in register_kw:
+            # A move always makes a new contact (a new source port if it had one there), so it is
+            # observable: re-using the old binding would be a silent refresh.
+            register_kw["port"] = 5060 if old is None else (old.port % 65535) + 1
         register_kw.setdefault("qualify", self._qualified(p))
         await self.register(p, to_node, **register_kw)
 

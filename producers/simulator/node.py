@@ -197,6 +197,7 @@ class AmiNode:
         self.phones = config.phones
         self.contacts: dict[int, Contact] = {}
         self.states: dict[int, str] = {}  # phone -> device state, UNAVAILABLE when absent
+        self.quiet: set[int] = set()  # phones whose contact is no longer refreshed (expiry candidates)
         self.trunk_names: list[str] = []
         self.sessions: set[AmiSession] = set()
         self.server: asyncio.AbstractServer | None = None
@@ -342,6 +343,7 @@ class AmiNode:
         if old is not None and (old.ip == ip and old.port == port and old.transport == transport):
             # A refresh REGISTER: Asterisk emits only the auth noise.
             old.reg_time, old.expires, old.alive = now, expires, keepalive
+            self._track_quiet(phone, keepalive)
             if user_agent is not None:
                 old.user_agent = user_agent
             if not quiet:
@@ -351,6 +353,7 @@ class AmiNode:
             return old
         c = Contact(phone, ip, port, transport, user_agent, qualify, expires, now, self._next_seq(), self.new_call_id())
         c.alive = keepalive
+        self._track_quiet(phone, keepalive)
         was_reachable = self._reachable(phone)
         self.contacts[phone] = c
         if qualify:
@@ -395,6 +398,7 @@ class AmiNode:
     def remove(self, phone: int, *, why: str) -> bool:
         """Contact gone: ``unregister`` (REGISTER Expires 0) or ``expire`` (expiration check)."""
         c = self.contacts.pop(phone, None)
+        self.quiet.discard(phone)
         if c is None:
             return False
         now = time.time()
@@ -460,9 +464,23 @@ class AmiNode:
         self._set_state(phone, state, out)
         self.emit(out)
 
+    def _track_quiet(self, phone: int, alive: bool) -> None:
+        if alive:
+            self.quiet.discard(phone)
+        else:
+            self.quiet.add(phone)
+
+    def stop_refreshing(self, phone: int, now: float) -> None:
+        """The phone went elsewhere: its contact here expires one interval after its last refresh."""
+        c = self.contacts.get(phone)
+        if c is not None and c.alive:
+            c.reg_time = c.expires_at(now) - c.expires
+            c.alive = False
+            self.quiet.add(phone)
+
     def expired(self, now: float) -> list[int]:
         """Phones whose contact ran out (phone stopped refreshing) and is due for removal."""
-        return [p for p, c in self.contacts.items() if not c.alive and c.expires_at(now) <= now]
+        return [p for p in self.quiet if (c := self.contacts.get(p)) is not None and c.expires_at(now) <= now]
 
     def reset_calls(self) -> None:
         for phone, st in list(self.states.items()):
@@ -632,6 +650,28 @@ async def _show_contacts(node: AmiNode, s: AmiSession, a: Action) -> None:
     s.send(encode([("Event", "ContactListComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
 
 
+async def _inbound_contact_statuses(node: AmiNode, s: AmiSession, a: Action) -> None:
+    aid = _aid(a)
+    s.respond(a, "Success", [("EventList", "start"),
+                             ("Message", "Following are ContactStatusEvents for each Inbound registration")])
+
+    def items() -> Iterator[bytes]:
+        now = time.time()
+        for phone, c in list(node.contacts.items()):
+            ep = node.endpoint(phone)
+            rtt = str(c.rtt) if c.status == REACHABLE else ("N/A" if c.status == NONQUALIFIED else "0")
+            yield encode([("Event", "ContactStatusDetail"), *aid, ("AOR", ep), ("URI", c.uri(ep)),
+                          ("UserAgent", c.user_agent or f"simphone-{ep}"), ("RegExpire", str(c.expires_at(now))),
+                          ("ViaAddress", f"{c.address()}:{c.port}"), ("CallID", f"{c.call_id}-{phone}@{c.address()}"),
+                          ("Status", STATUS_NAMES[c.status]), ("RoundtripUsec", rtt), ("EndpointName", ep),
+                          ("ID", c.object_name(ep)), ("AuthenticateQualify", "0"), ("OutboundProxy", ""), ("Path", ""),
+                          ("QualifyFrequency", "5" if c.qualify else "0"), ("QualifyTimeout", "3.000"),
+                          ("Qualify2xxOnly", "0")])
+
+    n = await node._stream(s, items())
+    s.send(encode([("Event", "ContactStatusDetailComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
+
+
 def _all_phones(node: AmiNode) -> Iterator[int]:
     return iter(range(1, node.phones + 1))
 
@@ -733,7 +773,8 @@ async def _db_del_tree(node: AmiNode, s: AmiSession, a: Action) -> None:
 _ACTIONS = {
     "ping": _ping, "events": _events, "coresettings": _core_settings, "corestatus": _core_status,
     "pjsipshowcontacts": _show_contacts, "pjsipshowendpoints": _show_endpoints,
-    "devicestatelist": _device_state_list, "dbput": _db_put, "dbget": _db_get, "dbgettree": _db_get_tree,
+    "devicestatelist": _device_state_list,
+    "pjsipshowregistrationinboundcontactstatuses": _inbound_contact_statuses, "dbput": _db_put, "dbget": _db_get, "dbgettree": _db_get_tree,
     "dbdel": _db_del, "dbdeltree": _db_del_tree,
 }
 

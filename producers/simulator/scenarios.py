@@ -14,6 +14,8 @@ crash    ``node`` crashes (``mode`` close|halfopen); ``restart``: Shutdown then 
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -104,7 +106,7 @@ async def restart(sim: Simulator, node: str = "node1") -> dict[str, Any]:
     return {"restarted": node, "boot_time": int(sim.node(node).boot_time)}
 
 
-SCENARIOS = {"steady": steady, "churn": churn, "move": move, "calls": calls, "storm": storm, "crash": crash,
+SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {"steady": steady, "churn": churn, "move": move, "calls": calls, "storm": storm, "crash": crash,
              "restart": restart}
 
 
@@ -115,9 +117,10 @@ async def run_scenario(sim: Simulator, name: str, **params: Any) -> dict[str, An
     if fn is None:
         raise SimulatorError(f"unknown scenario {name!r} (have {', '.join(SCENARIOS)})")
     try:
-        result: dict[str, Any] = await fn(sim, **params)
+        inspect.signature(fn).bind(sim, **params)
     except TypeError as exc:
         raise SimulatorError(f"bad parameters for scenario {name!r}: {exc}") from exc
+    result: dict[str, Any] = await fn(sim, **params)
     return result
 
 

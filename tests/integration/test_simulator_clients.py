@@ -252,3 +252,18 @@ async def test_astreg_simulate_command_prints_ports_and_stops_on_sigterm() -> No
             proc.send_signal(signal.SIGTERM)
         rc = await asyncio.wait_for(proc.wait(), 10)
     assert rc == 0
+
+
+async def test_moved_phone_is_removed_from_the_old_node_by_the_expiration_check() -> None:
+    async with Simulator(cfg(initial="none", expiration_check_interval=0.1)) as sim:
+        await sim.register(1, "node1", expires=1)
+        await sim.move(1, "node2", expires=1)
+        await sim.move(1, "node1")  # back again: a new contact on node1, never a silent refresh
+        t = sim.truth()["nodes"]
+        assert t["node1"]["contacts"][0]["port"] == 5061 and t["node1"]["contacts"][0]["registered_seq"] == sim.seq
+        for _ in range(60):
+            if not sim.truth()["nodes"]["node2"]["contacts"]:
+                break
+            await asyncio.sleep(0.05)
+        t = sim.truth()["nodes"]
+        assert t["node2"]["contacts"] == [] and len(t["node1"]["contacts"]) == 1
