@@ -10,6 +10,7 @@ import pytest
 from producers.simulator import SimConfig, Simulator
 from schemas.models import DeviceState
 from sinks.astdb import AstDbSink, entries
+from sinks.base import UNAVAILABLE
 from sinks.settings import AstDbSettings
 from tests.support.locations import NASTY, eventually, final_state, location, produce, running
 
@@ -29,6 +30,10 @@ async def tree(sim: Simulator, node: str, family: str = "astreg") -> dict[str, s
 
 async def trees(sim: Simulator) -> list[dict[str, str]]:
     return [await tree(sim, "node1"), await tree(sim, "node2")]
+
+
+async def _value(v: float) -> float:
+    return v
 
 
 async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kafka, topics, unique) -> None:
@@ -88,6 +93,19 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
             await sim.recover("node2")
             want2 = expected(items + more)
             got = await eventually(lambda: trees(sim), lambda t: t == [want2, want2])
-        assert got == [want2, want2]
+            assert got == [want2, want2]
+
+            # A hung node (TCP open, no answers): the write times out, is retried, and lands
+            # once the node talks again.
+            before = UNAVAILABLE.labels("astdb")._value.get()
+            await sim.crash("node1", mode="halfopen")
+            last = [("PJSIP/1004", location("PJSIP/1004", "node3", version=10))]
+            await produce(kafka, topics.topic_locations, last)
+            await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before)
+            assert UNAVAILABLE.labels("astdb")._value.get() > before
+            await sim.recover("node1")
+            want3 = expected(items + more + last)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want3, want3])
+        assert got == [want3, want3]
     finally:
         await sim.stop()
