@@ -409,4 +409,13 @@ class SinkRunner:
             offset=offset,
             error=type(exc).__name__ if exc is not None else None,
         )
-        await self._producer.send_and_wait(self.topics.topic_deadletter, value=value, key=key, headers=headers)
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(self.topics.topic_deadletter, value=value, key=key, headers=headers)
+                return
+            except KafkaError as exc:
+                # The offset is not committed before the dead letter is out: keep trying.
+                logger.warning("sink %s: dead letter not sent yet (%s); retrying", self.sink.kind, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max)
