@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import SecretStr
 
 from schemas.models import Contact, ContactStatus, EndpointLocation, LocationStatus
 
@@ -58,7 +59,7 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
         from .sql import SqlSink
 
         async with _scratch_sql(kind, name) as url:
-            sink = SqlSink(SqlSettings(url=url, write_timeout=120))
+            sink: Any = SqlSink(SqlSettings(url=url, write_timeout=120))
             await sink.setup()
             try:
                 yield sink
@@ -90,7 +91,7 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
         sim = Simulator(SimConfig(nodes=1, phones=0, ami_port=0, initial="none"))
         await sim.start()
         try:
-            sink = AstDbSink(AstDbSettings(ami=f"127.0.0.1:{sim.ports['node1']}", ami_secret="astreg", timeout=60))
+            sink = AstDbSink(AstDbSettings(ami=f"127.0.0.1:{sim.ports['node1']}", ami_secret=SecretStr("astreg"), timeout=60))
             await sink.setup()
             sink.ready = True
             try:

@@ -111,7 +111,8 @@ class RedisSink:
             pattern = _glob_escape(self.loc_key("")) + "*"
             return [k[head:] async for k in self.client.scan_iter(match=pattern, count=1000)]
 
-        return await self._guard(scan())  # type: ignore[no-any-return]
+        keys: list[str] = await self._guard(scan())  # type: ignore[assignment]
+        return keys
 
     async def reconcile(self, alive: set[str], owned: Callable[[str], bool]) -> int:
         from .base import stale_keys

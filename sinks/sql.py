@@ -187,13 +187,12 @@ class SqlSink:
         if dialect == "mysql":
             from sqlalchemy.dialects.mysql import insert as my_insert
 
-            ins = my_insert(TABLE)
-            return ins.on_duplicate_key_update({c: ins.inserted[c] for c in _UPDATABLE})
-        if dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert as pg_insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert as pg_insert  # same ON CONFLICT API
-        ins = pg_insert(TABLE)
+            mins = my_insert(TABLE)
+            return mins.on_duplicate_key_update({c: mins.inserted[c] for c in _UPDATABLE})
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+        from sqlalchemy.dialects.sqlite import insert as lite_insert  # same ON CONFLICT API
+
+        ins: Any = pg_insert(TABLE) if dialect == "postgresql" else lite_insert(TABLE)
         return ins.on_conflict_do_update(index_elements=["endpoint"], set_={c: ins.excluded[c] for c in _UPDATABLE})
 
     async def _migrate(self) -> None:
@@ -211,7 +210,7 @@ class SqlSink:
                 await conn.exec_driver_sql(ddl)
             # An older table may lack the index the dialplan's lookup by extension needs.
             for index in TABLE.indexes:
-                await conn.run_sync(lambda c, ix=index: ix.create(c, checkfirst=True))
+                await conn.run_sync(_create_index, index)
 
     async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
         assert self.engine is not None
@@ -293,6 +292,10 @@ class SqlSink:
             raise SinkUnavailable(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", 1.0) from exc
         except OSError as exc:
             raise SinkUnavailable(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", 1.0) from exc
+
+
+def _create_index(sync_conn: Any, index: Any) -> None:
+    index.create(sync_conn, checkfirst=True)
 
 
 def _refuses_the_data(exc: Exception) -> bool:
