@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+import shutil
 import signal
 import sys
 import time
@@ -103,6 +104,10 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
     """Start every part; on any failure stop what was started and raise."""
     data = cfg.data_dir.resolve()
     data.mkdir(parents=True, exist_ok=True)
+    # The embedded broker starts empty: worker state from an earlier run would hold offsets and
+    # rows of a log that no longer exists.
+    for old in data.glob("worker*"):
+        shutil.rmtree(old, ignore_errors=True)
     logs = data / "logs"
 
     def step(msg: str) -> None:

@@ -88,6 +88,11 @@ class Row:
     version: int = 0
     updated_at_ms: int = 0
     last_event_time_ms: int | None = None
+    # Highest partition offset applied to this row. A record at or below it was already applied
+    # (the worker crashed after writing the table, before committing the source offset): replays
+    # change nothing and are not "impossible" orders. Wipe the worker state when the registrations
+    # topic is recreated (offsets restart at 0).
+    offset: int = -1
 
     def last_of(self, node: str) -> Seq | None:
         for n, e, s in self.last:
@@ -119,6 +124,7 @@ class Row:
                 "v": self.version,
                 "u": self.updated_at_ms,
                 "t": self.last_event_time_ms,
+                "o": self.offset,
             },
             separators=(",", ":"),
         ).encode()
@@ -134,6 +140,7 @@ class Row:
             version=o["v"],
             updated_at_ms=o["u"],
             last_event_time_ms=o["t"],
+            offset=o.get("o", -1),
         )
 
 
@@ -181,6 +188,15 @@ def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: in
     """Like :func:`apply`, also saying why an event was ignored (counted in metrics)."""
     base = row if row is not None else empty_row(event.endpoint)
     now = event.event_time_ms if now_ms is None else now_ms
+    if offset <= base.offset:
+        return Outcome(base, False, "replay")
+    out = _decide(base, event, offset, now)
+    if out.row is base:
+        return out
+    return Outcome(replace(out.row, offset=offset), out.applied, out.reason)
+
+
+def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outcome:
     if event.source is Source.SYNTHETIC or event.kind in (EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE):
         return _synthetic(base, event, now)
     stamp = (event.producer_epoch, event.seq)

@@ -43,11 +43,18 @@ def ev(node: str, seq: int, status: ContactStatus, uri: str = "sip:1001@h:5060",
         source=Source.LIVE, contact_uri=uri, contact_status=status))
 
 
+_NEXT_OFFSET = [0]
+
+
 async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> Recorder:
     rec = Recorder()
     stream.outputs._send = rec
     agent = stream.agent
     async with agent.test_context() as ctx:
+        # One partition across feeds: offsets keep growing like a real log (a repeated offset is
+        # a replay after a crash and is ignored by the rules).
+        ctx.sent_offset = _NEXT_OFFSET[0]
+        _NEXT_OFFSET[0] += len(records)
         # wait=False: let the agent take them as one batch, like a real fetch would deliver.
         for key, value in records:
             await ctx.put(value, key=key, wait=False)
