@@ -36,7 +36,7 @@ import httpx
 
 from astreg.errors import SchemaRegistryError, UndecodableRecord
 
-from . import models
+from . import models, quality
 
 __all__ = [
     "SCHEMA_DIR",
@@ -61,6 +61,8 @@ _SCHEMA_FILES: dict[type, str] = {
     models.RegistrationEvent: "registration_event.avsc",
     models.NodeStatus: "node_status.avsc",
     models.EndpointLocation: "endpoint_location.avsc",
+    quality.QualitySample: "quality_sample.avsc",
+    quality.Alert: "alert.avsc",
 }
 
 
