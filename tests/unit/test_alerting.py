@@ -7,8 +7,24 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from schemas.models import ContactStatus, EventKind, LinkState, NodeEventKind, NodeStatus, RegistrationEvent, Source
-from schemas.quality import Alert, AlertKind, AlertSeverity, AlertState, QualityKind, QualitySample, ReportDirection
+from schemas.models import (
+    ContactStatus,
+    EventKind,
+    LinkState,
+    NodeEventKind,
+    NodeStatus,
+    RegistrationEvent,
+    Source,
+)
+from schemas.quality import (
+    Alert,
+    AlertKind,
+    AlertSeverity,
+    AlertState,
+    QualityKind,
+    QualitySample,
+    ReportDirection,
+)
 from streams.alerting import AlertEngine, AlertSettings, alert_id, replay
 from streams.quality_stats import QualityWindow, p95
 
@@ -239,7 +255,7 @@ records = st.lists(
         st.integers(0, 400),
         st.one_of(
             st.none(),
-            st.builds(lambda n, k, l, t: hb(n, T0 + t * S, k, l), st.sampled_from(["a", "b"]),
+            st.builds(lambda n, k, link, t: hb(n, T0 + t * S, k, link), st.sampled_from(["a", "b"]),
                       st.sampled_from(list(NodeEventKind)), st.sampled_from(list(LinkState)), st.integers(0, 400)),
             st.builds(lambda n, e, s, t: contact(n, e, s, T0 + t * S), st.sampled_from(["a", "b"]),
                       st.sampled_from(["PJSIP/1", "PJSIP/2", "PJSIP/3"]), st.sampled_from(list(ContactStatus)),
