@@ -23,6 +23,9 @@ older than every window only update the known contacts. Thresholds are :class:`A
 * HIGH_JITTER / HIGH_LOSS — the mean RTCP jitter / fraction lost of an endpoint on a node over
   ``quality_window_s`` is above its threshold (at least ``quality_min_samples`` samples);
   resolved below ``resolve_ratio`` × threshold or when the window is empty.
+
+Every threshold resolves with hysteresis (``resolve_ratio`` × threshold once raised), so a
+figure hovering at the edge does not flip the alert back and forth.
 * SNAPSHOT_HEALED — one snapshot of a node had to remove (RECONCILE) more than
   ``snapshot_healed_contacts`` contacts: events were lost. Resolved after ``snapshot_window_s``.
 """
@@ -226,7 +229,35 @@ class AlertEngine:
             out += self._check_quality(key, now_ms)
             if self._quality[key].empty() and not self._is_active_quality(key):
                 del self._quality[key]
+        for a in list(self._active.values()):
+            if not self._tracked(a):  # restored from a previous run, its subject is gone
+                out += self._set(
+                    a.kind,
+                    a.node,
+                    a.endpoint,
+                    _Condition(
+                        False,
+                        lambda: (
+                            "no longer observed (the alerter restarted and its subject sent nothing since)",
+                            {},
+                        ),
+                    ),
+                    now_ms,
+                )
         return out
+
+    def _tracked(self, a: Alert) -> bool:
+        if a.kind is AlertKind.ENDPOINT_FLAPPING:
+            return (a.node or "", a.endpoint or "") in self._flaps
+        if a.kind in (AlertKind.HIGH_JITTER, AlertKind.HIGH_LOSS):
+            return (a.node or "", a.endpoint or "") in self._quality
+        return a.kind is not AlertKind.UNKNOWN and a.node in self._nodes
+
+    def restore(self, alerts: list[Alert]) -> None:
+        """Take over the alerts a previous run left active (read back from the alerts topic)."""
+        for a in alerts:
+            if a.state is AlertState.RAISED:
+                self._active[a.alert_id] = a
 
     # ------------------------------------------------------------------ outputs
 
@@ -346,12 +377,15 @@ class AlertEngine:
         window = self.s.alert_storm_window_s
         _evict(n.new_contacts, now_ms - window * 1000)
         count = len(n.new_contacts)
+        limit = self.s.alert_storm_registrations
+        if alert_id(AlertKind.REGISTRATION_STORM, node) in self._active:
+            limit *= self.s.alert_resolve_ratio  # hysteresis: no flip-flop at the edge
         return self._set(
             AlertKind.REGISTRATION_STORM,
             node,
             None,
             _Condition(
-                count > self.s.alert_storm_registrations,
+                count > limit,
                 lambda: (
                     f"node {node}: {count} new registrations in {window:g} s "
                     f"(more than {self.s.alert_storm_registrations})",
@@ -372,12 +406,15 @@ class AlertEngine:
         lost = len(n.lost_contacts)
         before = lost + len(n.contacts)
         pct = 100.0 * lost / before if before else 0.0
+        limit = self.s.alert_contact_loss_percent
+        if alert_id(AlertKind.CONTACT_LOSS, node) in self._active:
+            limit *= self.s.alert_resolve_ratio
         return self._set(
             AlertKind.CONTACT_LOSS,
             node,
             None,
             _Condition(
-                lost >= self.s.alert_contact_loss_min and pct > self.s.alert_contact_loss_percent,
+                lost >= self.s.alert_contact_loss_min and pct > limit,
                 lambda: (
                     f"node {node} lost {lost} of its {before} contacts ({pct:.0f} %) in {window:g} s "
                     f"(alert above {self.s.alert_contact_loss_percent:g} %)",
@@ -447,12 +484,15 @@ class AlertEngine:
         window = self.s.alert_flapping_window_s
         _evict(changes, now_ms - window * 1000)
         count = len(changes)
+        limit = float(self.s.alert_flapping_changes)
+        if alert_id(AlertKind.ENDPOINT_FLAPPING, node, endpoint) in self._active:
+            limit *= self.s.alert_resolve_ratio
         out = self._set(
             AlertKind.ENDPOINT_FLAPPING,
             node,
             endpoint,
             _Condition(
-                count >= self.s.alert_flapping_changes,
+                count >= limit,
                 lambda: (
                     f"{endpoint} on node {node} changed between Reachable and Unreachable {count} times in {window:g} s "
                     f"(flapping from {self.s.alert_flapping_changes})",

@@ -283,3 +283,17 @@ def test_any_input_gives_alternating_pairs_and_active_matches(recs: list[tuple[i
     out2 = replay(e, calm)
     assert_pairs(out + out2)
     assert Counter(a.state for a in out + out2)[AlertState.RAISED] == Counter(a.state for a in out + out2)[AlertState.RESOLVED]
+
+
+def test_contact_loss_does_not_flip_flop_at_the_threshold() -> None:
+    # Partitions interleave one node's snapshot rows and removals in any order: the share of
+    # lost contacts wobbles around the threshold while the records arrive.
+    e = AlertEngine(cfg())
+    recs: list[tuple[int, object]] = [(T0, contact("n2", f"PJSIP/{i}", ContactStatus.REACHABLE, T0)) for i in range(5)]
+    recs += [(T0, contact("n2", f"PJSIP/{i}", ContactStatus.REMOVED, T0)) for i in range(3)]  # 3 of 5 = 60 %
+    recs += [(T0, contact("n2", "PJSIP/9", ContactStatus.REACHABLE, T0))]  # 3 of 6 = 50 %: stays raised
+    out = replay(e, recs)
+    assert transitions(out, AlertKind.CONTACT_LOSS) == [("CONTACT_LOSS/n2", AlertState.RAISED)]
+    out = replay(e, [(T0, contact("n2", f"PJSIP/{10 + i}", ContactStatus.REACHABLE, T0)) for i in range(3)])
+    # 3 of 9 = 33 % < 40 % (0.8 x 50 %): resolved.
+    assert transitions(out, AlertKind.CONTACT_LOSS) == [("CONTACT_LOSS/n2", AlertState.RESOLVED)]
