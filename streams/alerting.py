@@ -116,6 +116,9 @@ class AlertSettings(BaseSettings):
     )
 
 
+_QUALITY_KINDS = (AlertKind.HIGH_JITTER, AlertKind.HIGH_LOSS)
+
+
 def alert_id(kind: AlertKind, node: str | None, endpoint: str | None = None) -> str:
     """``KIND/node[/endpoint]``: stable for one condition, the Kafka key of the alert."""
     return "/".join(p for p in (kind.value, node or "-", endpoint) if p is not None)
@@ -151,7 +154,8 @@ class AlertEngine:
         self._status: dict[tuple[str, str, str], ContactStatus] = {}  # (node, endpoint, uri)
         self._flaps: dict[tuple[str, str], deque[int]] = {}  # (node, endpoint) -> change times
         self._quality: dict[tuple[str, str], QualityWindow] = {}  # (node, endpoint)
-        self._active: dict[str, Alert] = {}
+        self._active: dict[tuple[AlertKind, str | None, str | None], Alert] = {}
+        self._next_sweep = 0
         self.counts: dict[str, int] = {"registrations": 0, "nodes": 0, "quality": 0, "ignored_old": 0}
 
     # ------------------------------------------------------------------ inputs
@@ -225,10 +229,17 @@ class AlertEngine:
             out += self._check_node(node, now_ms)
         for key in list(self._flaps):
             out += self._check_flapping(key, now_ms)
-        for key in list(self._quality):
-            out += self._check_quality(key, now_ms)
-            if self._quality[key].empty() and not self._is_active_quality(key):
-                del self._quality[key]
+        # Only a window with an active alert can change state by ageing (its mean falls as
+        # samples leave); the others are checked on each new sample and swept now and then.
+        for key in [(n or "", e or "") for (k, n, e) in self._active if k in _QUALITY_KINDS]:
+            if key in self._quality:
+                out += self._check_quality(key, now_ms)
+        if now_ms >= self._next_sweep:  # forget endpoints without samples in the window
+            self._next_sweep = now_ms + 10_000
+            for key, win in list(self._quality.items()):
+                win.evict(now_ms)
+                if win.empty() and not self._is_active_quality(key):
+                    del self._quality[key]
         for a in list(self._active.values()):
             if not self._tracked(a):  # restored from a previous run, its subject is gone
                 out += self._set(
@@ -257,7 +268,7 @@ class AlertEngine:
         """Take over the alerts a previous run left active (read back from the alerts topic)."""
         for a in alerts:
             if a.state is AlertState.RAISED:
-                self._active[a.alert_id] = a
+                self._active[(a.kind, a.node, a.endpoint)] = a
 
     # ------------------------------------------------------------------ outputs
 
@@ -285,9 +296,12 @@ class AlertEngine:
     def _set(
         self, kind: AlertKind, node: str | None, endpoint: str | None, cond: _Condition, now_ms: int
     ) -> list[Alert]:
-        aid = alert_id(kind, node, endpoint)
-        current = self._active.get(aid)
-        if cond.active and current is None:
+        key = (kind, node, endpoint)
+        current = self._active.get(key)
+        if cond.active == (current is not None):  # the usual case: nothing changes
+            return []
+        if cond.active:
+            aid = alert_id(kind, node, endpoint)
             summary, figures = cond.describe()
             alert = Alert(
                 alert_id=aid,
@@ -300,11 +314,13 @@ class AlertEngine:
                 figures=figures,
                 raised_at_ms=now_ms,
             )
-            self._active[aid] = alert
+            self._active[key] = alert
             logger.info("alert raised %s: %s", aid, summary)
             return [alert]
-        if not cond.active and current is not None:
-            del self._active[aid]
+        else:
+            assert current is not None
+            aid = current.alert_id
+            del self._active[key]
             summary, now_figures = cond.describe()
             figures = dict(current.figures)
             figures.update(now_figures)
@@ -378,7 +394,7 @@ class AlertEngine:
         _evict(n.new_contacts, now_ms - window * 1000)
         count = len(n.new_contacts)
         limit = self.s.alert_storm_registrations
-        if alert_id(AlertKind.REGISTRATION_STORM, node) in self._active:
+        if (AlertKind.REGISTRATION_STORM, node, None) in self._active:
             limit *= self.s.alert_resolve_ratio  # hysteresis: no flip-flop at the edge
         return self._set(
             AlertKind.REGISTRATION_STORM,
@@ -407,7 +423,7 @@ class AlertEngine:
         before = lost + len(n.contacts)
         pct = 100.0 * lost / before if before else 0.0
         limit = self.s.alert_contact_loss_percent
-        if alert_id(AlertKind.CONTACT_LOSS, node) in self._active:
+        if (AlertKind.CONTACT_LOSS, node, None) in self._active:
             limit *= self.s.alert_resolve_ratio
         return self._set(
             AlertKind.CONTACT_LOSS,
@@ -485,7 +501,7 @@ class AlertEngine:
         _evict(changes, now_ms - window * 1000)
         count = len(changes)
         limit = float(self.s.alert_flapping_changes)
-        if alert_id(AlertKind.ENDPOINT_FLAPPING, node, endpoint) in self._active:
+        if (AlertKind.ENDPOINT_FLAPPING, node, endpoint) in self._active:
             limit *= self.s.alert_resolve_ratio
         out = self._set(
             AlertKind.ENDPOINT_FLAPPING,
@@ -505,92 +521,77 @@ class AlertEngine:
             ),
             now_ms,
         )
-        if not changes and alert_id(AlertKind.ENDPOINT_FLAPPING, node, endpoint) not in self._active:
+        if not changes and (AlertKind.ENDPOINT_FLAPPING, node, endpoint) not in self._active:
             del self._flaps[key]
         return out
 
     def _is_active_quality(self, key: tuple[str, str]) -> bool:
         node, endpoint = key
-        return any(
-            alert_id(k, node, endpoint) in self._active for k in (AlertKind.HIGH_JITTER, AlertKind.HIGH_LOSS)
-        )
+        return any((k, node, endpoint) in self._active for k in (AlertKind.HIGH_JITTER, AlertKind.HIGH_LOSS))
 
     def _check_quality(self, key: tuple[str, str], now_ms: int) -> list[Alert]:
         node, endpoint = key
-        q = self._quality[key].summary(now_ms)
-        enough = q.samples >= self.s.alert_quality_min_samples
+        win = self._quality[key]
+        win.evict(now_ms)
+        enough = win.rtcp_samples() >= self.s.alert_quality_min_samples
         out = self._quality_alert(
-            AlertKind.HIGH_JITTER,
-            node,
-            endpoint,
-            q,
-            now_ms,
-            enough,
-            q.jitter_mean_ms,
-            self.s.alert_jitter_ms,
-            "mean jitter {:.1f} ms",
-            "threshold_ms",
-            lambda: {
-                "jitter_last_ms": q.jitter_last_ms,
-                "jitter_mean_ms": q.jitter_mean_ms,
-                "jitter_p95_ms": q.jitter_p95_ms,
-            },
+            AlertKind.HIGH_JITTER, key, win, now_ms, enough, win.jitter_mean(), self.s.alert_jitter_ms
         )
         out += self._quality_alert(
-            AlertKind.HIGH_LOSS,
-            node,
-            endpoint,
-            q,
-            now_ms,
-            enough,
-            q.loss_mean,
-            self.s.alert_loss_fraction,
-            "mean packet loss {:.1%}",
-            "threshold",
-            lambda: {"loss_last": q.loss_last, "loss_mean": q.loss_mean, "loss_p95": q.loss_p95},
+            AlertKind.HIGH_LOSS, key, win, now_ms, enough, win.loss_mean(), self.s.alert_loss_fraction
         )
         return out
 
     def _quality_alert(
         self,
         kind: AlertKind,
-        node: str,
-        endpoint: str,
-        q: QualitySummary,
+        key: tuple[str, str],
+        win: QualityWindow,
         now_ms: int,
         enough: bool,
         value: float | None,
         threshold: float,
-        what: str,
-        tkey: str,
-        figures: Callable[[], dict[str, float | None]],
     ) -> list[Alert]:
-        active = alert_id(kind, node, endpoint) in self._active
+        node, endpoint = key
         if value is None:
             on = False
-        elif active:
+        elif (kind, node, endpoint) in self._active:
             on = value > threshold * self.s.alert_resolve_ratio  # hysteresis: no flip-flop at the edge
         else:
             on = enough and value > threshold
-        figs = {k: v for k, v in figures().items() if v is not None}
-        figs.update({tkey: threshold, "samples": float(q.samples), "window_s": q.window_ms / 1000})
-        if q.rtt_trend_ms_per_min is not None:
-            figs["rtt_trend_ms_per_min"] = q.rtt_trend_ms_per_min
-        text = what.format(value) if value is not None else "no RTCP samples"
-        return self._set(
-            kind,
-            node,
-            endpoint,
-            _Condition(
-                on,
-                lambda: (
-                    f"{endpoint} on node {node}: {text} over {q.window_ms / 1000:g} s "
-                    f"({q.samples} RTCP reports; alert above {threshold:g})",
-                    figs,
-                ),
-            ),
-            now_ms,
-        )
+
+        def describe() -> tuple[str, dict[str, float]]:
+            q = win.summary(now_ms)
+            if kind is AlertKind.HIGH_JITTER:
+                figs = {
+                    "jitter_last_ms": q.jitter_last_ms,
+                    "jitter_mean_ms": q.jitter_mean_ms,
+                    "jitter_p95_ms": q.jitter_p95_ms,
+                    "threshold_ms": threshold,
+                }
+                text = f"mean jitter {value:.1f} ms" if value is not None else "no RTCP samples"
+            else:
+                figs = {
+                    "loss_last": q.loss_last,
+                    "loss_mean": q.loss_mean,
+                    "loss_p95": q.loss_p95,
+                    "threshold": threshold,
+                }
+                text = f"mean packet loss {value:.1%}" if value is not None else "no RTCP samples"
+            figs.update(
+                {
+                    "samples": float(q.samples),
+                    "window_s": q.window_ms / 1000,
+                    "rtt_trend_ms_per_min": q.rtt_trend_ms_per_min,
+                }
+            )
+            summary = (
+                f"{endpoint} on node {node}: {text} over {q.window_ms / 1000:g} s "
+                f"({q.samples} RTCP reports; alert above {threshold:g})"
+            )
+            return summary, {k: v for k, v in figs.items() if v is not None}
+
+        return self._set(kind, node, endpoint, _Condition(on, describe), now_ms)
 
 
 def _evict(times: deque[int], cutoff: float) -> None:

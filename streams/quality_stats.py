@@ -53,27 +53,63 @@ class QualitySummary:
 
 
 class QualityWindow:
-    """The samples of one endpoint within ``window_ms``, bounded to ``max_samples``."""
+    """The samples of one endpoint within ``window_ms``, bounded to ``max_samples``.
+
+    Keeps running sums of the RTCP jitter and loss so the alerter's per-sample check is O(1);
+    the full :meth:`summary` (p95, RTT trend) is computed only when asked for.
+    """
 
     def __init__(self, endpoint: str, window_ms: int, max_samples: int = 2000) -> None:
         self.endpoint = endpoint
         self.window_ms = window_ms
-        self._rtcp: deque[tuple[int, QualitySample]] = deque(maxlen=max_samples)
+        self.max_samples = max_samples
+        self._rtcp: deque[tuple[int, QualitySample]] = deque()
         self._qualify: deque[tuple[int, QualitySample]] = deque(maxlen=max_samples)
+        self._jitter_sum = 0.0
+        self._jitter_n = 0
+        self._loss_sum = 0.0
+        self._loss_n = 0
 
     def add(self, t_ms: int, sample: QualitySample) -> None:
-        target = self._qualify if sample.kind is QualityKind.QUALIFY else self._rtcp
+        if sample.kind is QualityKind.QUALIFY:
+            self._qualify.append((t_ms, sample))
+            return
         # Samples of one endpoint arrive in partition order; a late one still belongs in the window.
-        target.append((t_ms, sample))
+        self._rtcp.append((t_ms, sample))
+        self._count(sample, +1)
+        if len(self._rtcp) > self.max_samples:
+            self._count(self._rtcp.popleft()[1], -1)
+
+    def _count(self, s: QualitySample, sign: int) -> None:
+        if s.jitter_ms is not None:
+            self._jitter_sum += sign * s.jitter_ms
+            self._jitter_n += sign
+        if s.fraction_lost is not None:
+            self._loss_sum += sign * s.fraction_lost
+            self._loss_n += sign
 
     def evict(self, now_ms: int) -> None:
         cutoff = now_ms - self.window_ms
-        for dq in (self._rtcp, self._qualify):
-            while dq and dq[0][0] < cutoff:
-                dq.popleft()
+        rtcp = self._rtcp
+        while rtcp and rtcp[0][0] < cutoff:
+            self._count(rtcp.popleft()[1], -1)
+        if not rtcp:  # no drift left behind by float sums
+            self._jitter_sum = self._loss_sum = 0.0
+            self._jitter_n = self._loss_n = 0
+        while self._qualify and self._qualify[0][0] < cutoff:
+            self._qualify.popleft()
 
     def empty(self) -> bool:
         return not self._rtcp and not self._qualify
+
+    def rtcp_samples(self) -> int:
+        return len(self._rtcp)
+
+    def jitter_mean(self) -> float | None:
+        return self._jitter_sum / self._jitter_n if self._jitter_n else None
+
+    def loss_mean(self) -> float | None:
+        return self._loss_sum / self._loss_n if self._loss_n else None
 
     def summary(self, now_ms: int) -> QualitySummary:
         self.evict(now_ms)
