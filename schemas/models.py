@@ -26,15 +26,12 @@ __all__ = [
 ]
 
 
-class _AvroEnum(str, enum.Enum):
+class _AvroEnum(enum.StrEnum):
     """An Avro enum: the value is the symbol; unknown symbols read as the default (UNKNOWN)."""
 
     @classmethod
     def _missing_(cls, value: object) -> _AvroEnum:
         return cls["UNKNOWN"]
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class EventKind(_AvroEnum):

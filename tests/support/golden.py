@@ -2,8 +2,17 @@
 regenerated: today's reader must keep reading them)."""
 
 from schemas.models import (
-    Contact, ContactStatus, DeviceState, EndpointLocation, EventKind, LinkState, LocationStatus,
-    NodeEventKind, NodeStatus, RegistrationEvent, Source,
+    Contact,
+    ContactStatus,
+    DeviceState,
+    EndpointLocation,
+    EventKind,
+    LinkState,
+    LocationStatus,
+    NodeEventKind,
+    NodeStatus,
+    RegistrationEvent,
+    Source,
 )
 
 REGISTRATION = RegistrationEvent(

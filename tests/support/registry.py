@@ -37,12 +37,9 @@ class LocalSchemaRegistry:
                     return self._send(404, {"error_code": 404, "message": "not found"})
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 text = body["schema"]
-                for sid, s in registry.schemas.items():
-                    if s == text:
-                        break
-                else:
-                    sid = len(registry.schemas) + 1
-                    registry.schemas[sid] = text
+                known = {s: i for i, s in registry.schemas.items()}
+                sid = known.get(text) or len(registry.schemas) + 1
+                registry.schemas[sid] = text
                 registry.subjects.setdefault(parts[1], []).append(sid)
                 self._send(200, {"id": sid})
 

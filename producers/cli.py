@@ -1,0 +1,41 @@
+"""``astreg producer``: run the producer of one Asterisk node until SIGTERM/SIGINT.
+
+    astreg producer --ami 127.0.0.1:5038 --ami-user astreg --ami-secret S --bootstrap kafka:9092
+
+Every option is also an ``ASTREG_*`` environment variable (see ``--help``); secrets are never
+logged. On SIGTERM the producer sends a STOPPED record and flushes (bounded) before exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import click
+
+from astreg.options import build, settings_options
+from astreg.settings import KafkaSettings, TopicSettings
+
+from .node import NodeProducer, ProducerSettings
+
+__all__ = ["producer"]
+
+logger = logging.getLogger(__name__)
+
+
+@click.command()
+@settings_options(ProducerSettings, KafkaSettings, TopicSettings)
+def producer(**kw: object) -> None:
+    """Stream one Asterisk node's registrations from the AMI to Kafka."""
+    settings, kafka, topics = build(kw, ProducerSettings, KafkaSettings, TopicSettings)
+    asyncio.run(_main(settings, kafka, topics))
+
+
+async def _main(settings: ProducerSettings, kafka: KafkaSettings, topics: TopicSettings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    logger.info("producer for AMI %s → Kafka %r", settings.ami, kafka)
+    await NodeProducer(settings, kafka, topics).run_forever(stop)

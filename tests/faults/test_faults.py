@@ -1,0 +1,279 @@
+"""Fault-injection suite: during a steady load, break one thing at a time, then check that every
+store converges to the simulator's truth with nothing lost, and record how long it took.
+
+Run alone with ``make test-faults`` (``pytest -m faults``). One pipeline serves the whole module
+(3 simulated nodes, a producer per node, two workers with RocksDB state, the SQL sink on
+PostgreSQL and the Redis sink); faults run in order and each starts from a converged state.
+Convergence times go to ``test-artifacts/faults.json`` and are printed.
+
+Decisions: the broker outage is SIGSTOP/SIGCONT of the embedded broker (it is memory-only: a real
+restart would test a total data loss no Kafka deployment has); PostgreSQL and Redis are really
+stopped and started (this suite runs serially, never beside other tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from astreg.broker import EmbeddedBroker, free_port
+from astreg.e2e import primaries
+from astreg.proc import Child, ProcessGroup, astreg_argv
+from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import ensure_topics
+from tests.conftest import ARTIFACTS, PG_ADMIN, REDIS_URL, unique_name
+from tests.support.truth import diff
+
+pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
+
+PHONES = 240
+CONVERGE_TIMEOUT = 120.0
+RESULTS: dict[str, float] = {}
+
+
+def _pg(sql: str, db: str = "test") -> list[tuple[Any, ...]]:
+    import asyncpg
+
+    async def go() -> list[tuple[Any, ...]]:
+        conn = await asyncpg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{db}", timeout=3)
+        try:
+            return [tuple(r) for r in await conn.fetch(sql)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())
+
+
+@dataclass
+class Stack:
+    broker: EmbeddedBroker
+    procs: ProcessGroup
+    control: str
+    sim: Child
+    db: str
+    redis_prefix: str
+    children: dict[str, Child] = field(default_factory=dict)
+    load_on: threading.Event = field(default_factory=threading.Event)
+
+    def truth(self) -> dict[str, Any]:
+        return httpx.get(f"{self.control}/truth", timeout=10).json()  # type: ignore[no-any-return]
+
+    def action(self, op: str, **params: Any) -> None:
+        r = httpx.post(f"{self.control}/action", json={"op": op, "params": params}, timeout=30)
+        assert r.status_code == 200, r.text
+
+    def sql_nodes(self) -> dict[str, str | None]:
+        try:
+            return dict(_pg("SELECT endpoint, node FROM astreg_locations", self.db))  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - PostgreSQL may be the thing that is down
+            return {}
+
+    def redis_nodes(self) -> dict[str, str | None]:
+        try:
+            client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+            out = {}
+            for key in client.scan_iter(match=f"{self.redis_prefix}loc:*", count=1000):
+                ep = key.decode()[len(self.redis_prefix) + 4:]
+                node = client.hget(key, "node")
+                out[ep] = node.decode() if node else None
+            client.close()
+            return out
+        except redis.RedisError:
+            return {}
+
+    def converge(self, name: str, live_only: bool = False, timeout: float = CONVERGE_TIMEOUT) -> float:
+        """Seconds until PostgreSQL and Redis both equal the truth; fails with the differences."""
+        start = time.monotonic()
+        problems: list[str] = []
+        while time.monotonic() - start < timeout:
+            want = primaries(self.truth(), live_only=live_only)
+            sql, red = self.sql_nodes(), self.redis_nodes()
+            problems = [f"sql: {p}" for p in diff(want, sql)] + [f"redis: {p}" for p in diff(want, red)]
+            if not problems:
+                took = time.monotonic() - start
+                RESULTS[name] = round(took, 2)
+                return took
+            time.sleep(0.25)
+        logs = {n: c.log()[-1500:] for n, c in self.children.items()}
+        pytest.fail(f"{name}: no convergence in {timeout}s; {len(problems)} differences, e.g. {problems[:8]}\n"
+                    f"logs: {json.dumps(logs, indent=1)[:6000]}")
+
+
+def _load(stack: Stack, stop: threading.Event) -> None:
+    """Steady load: a phone moves to another node every 100 ms while ``load_on`` is set."""
+    rng = random.Random(5)
+    nodes = ["node1", "node2", "node3"]
+    while not stop.is_set():
+        if stack.load_on.is_set():
+            phone = rng.randint(1, PHONES)
+            try:
+                stack.action("move", phone=phone, to_node=rng.choice(nodes))
+            except (httpx.HTTPError, AssertionError):
+                pass
+        time.sleep(0.1)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    work = tmp_path_factory.mktemp("faults")
+    db = unique_name("faults")
+    _pg(f'CREATE DATABASE "{db}"')
+    broker = EmbeddedBroker(log_file=work / "broker.log").start()
+    kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+    topics = TopicSettings(partitions=4)
+    asyncio.run(ensure_topics(kafka, topics))
+    procs = ProcessGroup(log_dir=work / "logs", env={
+        "ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1", "ASTREG_PARTITIONS": "4",
+        "ASTREG_HEARTBEAT_INTERVAL": "1", "ASTREG_NODE_TIMEOUT": "6", "ASTREG_LOG_LEVEL": "INFO"})
+    prefix = f"{db}:"
+    stop = threading.Event()
+    try:
+        sim = procs.start("simulator", astreg_argv("simulate", "--nodes", "3", "--phones", str(PHONES),
+                                                   "--ami-port", "0", "--control-port", "0"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not re.search(r"^control=", sim.log(), re.M):
+            time.sleep(0.1)
+        ami = dict(re.findall(r"^ami=(\S+)@(\S+)$", sim.log(), re.M))
+        control = re.search(r"^control=(\S+)$", sim.log(), re.M).group(1)  # type: ignore[union-attr]
+        s = Stack(broker, procs, control, sim, db, prefix)
+        for node, addr in sorted(ami.items()):
+            s.children[f"producer-{node}"] = procs.start(f"producer-{node}", astreg_argv(
+                "producer", "--ami", addr, "--ami-user", "astreg", "--ami-secret", "astreg", "--node", node))
+        for i in (1, 2):
+            s.children[f"worker{i}"] = procs.start(f"worker{i}", astreg_argv(
+                "worker", "--web-port", str(free_port()), "--store", "rocksdb", "--data-dir", str(work / f"w{i}")))
+        s.children["sink-sql"] = procs.start("sink-sql", astreg_argv(
+            "sink", "sql", "--url", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
+        s.children["sink-redis"] = procs.start("sink-redis", astreg_argv(
+            "sink", "redis", "--url", REDIS_URL, "--key-prefix", prefix))
+        loader = threading.Thread(target=_load, args=(s, stop), daemon=True)
+        loader.start()
+        s.converge("initial", timeout=180)
+        yield s
+    finally:
+        stop.set()
+        procs.stop_all()
+        broker.stop()
+        ARTIFACTS.mkdir(exist_ok=True)
+        (ARTIFACTS / "faults.json").write_text(json.dumps(RESULTS, indent=2))
+        print("\nconvergence times (s):", json.dumps(RESULTS, indent=1))
+        try:
+            _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        except Exception:  # noqa: BLE001
+            pass
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*"))
+        if keys:
+            client.delete(*keys)
+
+
+def _under_load(stack: Stack, seconds: float = 3.0) -> None:
+    stack.load_on.set()
+    time.sleep(seconds)
+
+
+def _settle(stack: Stack) -> None:
+    stack.load_on.clear()
+    time.sleep(0.3)
+
+
+def _restart(stack: Stack, name: str) -> None:
+    child = stack.children[name]
+    child.kill9()
+    stack.children[name] = stack.procs.restart(child)
+
+
+@pytest.mark.parametrize("name", ["producer-node2", "worker1", "sink-sql", "sink-redis"])
+def test_kill9_and_restart(stack: Stack, name: str) -> None:
+    _under_load(stack)
+    _restart(stack, name)
+    _under_load(stack)
+    _settle(stack)
+    stack.converge(f"kill -9 {name}")
+
+
+@pytest.mark.parametrize("mode", ["close", "halfopen"])
+def test_ami_link_cut(stack: Stack, mode: str) -> None:
+    _under_load(stack)
+    stack.action("crash", node="node3", mode=mode)
+    time.sleep(8)  # longer than ping timeout and node_timeout: node3 goes ami=down / stale
+    stack.action("recover", node="node3")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge(f"AMI link cut ({mode})")
+
+
+def test_broker_outage(stack: Stack) -> None:
+    _under_load(stack)
+    os.kill(stack.broker.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
+    try:
+        _under_load(stack, 6)
+    finally:
+        os.kill(stack.broker.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("broker outage (6 s)")
+
+
+def _service(cmd: str) -> None:
+    subprocess.run(cmd, shell=True, check=False, timeout=60, capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to stop PostgreSQL")
+def test_postgresql_down(stack: Stack) -> None:
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    _under_load(stack)
+    _service(f"pg_ctlcluster --skip-systemctl-redirect {version} main stop -m fast")
+    try:
+        _under_load(stack, 6)
+    finally:
+        _service(f"pg_ctlcluster --skip-systemctl-redirect {version} main start")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("PostgreSQL down (6 s)")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server to restart Redis")
+def test_redis_down(stack: Stack) -> None:
+    _under_load(stack)
+    _service("redis-cli -h 127.0.0.1 shutdown nosave")
+    try:
+        _under_load(stack, 6)
+    finally:
+        _service("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
+                 "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
+    _under_load(stack)
+    _settle(stack)
+    # Redis keeps nothing on disk here, so the restart lost every key: the sink must notice (its
+    # marker key is gone) and rebuild the store from the compacted locations topic.
+    stack.converge("Redis down (6 s)")
+
+
+def test_asterisk_node_restart(stack: Stack) -> None:
+    _under_load(stack)
+    stack.action("restart", node="node2")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("Asterisk node restart")
+
+
+def test_storm(stack: Stack) -> None:
+    _settle(stack)
+    r = httpx.post(f"{stack.control}/scenario", json={"name": "storm", "params": {"node": "node1"}}, timeout=120)
+    assert r.status_code == 200, r.text
+    stack.converge("storm (node1 dies, its phones re-register elsewhere)", live_only=True)
