@@ -43,10 +43,30 @@ RTCP_EVENTS = frozenset({"RTCPSent", "RTCPReceived"})
 
 # RFC 3551 static payload types with their RTP clock rates (audio); G.722 is 8000 on the wire
 # for historical reasons although it samples at 16 kHz.
-STATIC_CLOCK_RATES: dict[int, int] = {0: 8000, 3: 8000, 4: 8000, 5: 8000, 7: 8000, 8: 8000, 9: 8000,
-                                      15: 8000, 18: 8000}
-_CODEC_RATES = {"opus": 48000, "ulaw": 8000, "alaw": 8000, "pcmu": 8000, "pcma": 8000, "g722": 8000,
-                "g729": 8000, "gsm": 8000, "ilbc": 8000, "speex16": 16000, "slin16": 16000}
+STATIC_CLOCK_RATES: dict[int, int] = {
+    0: 8000,
+    3: 8000,
+    4: 8000,
+    5: 8000,
+    7: 8000,
+    8: 8000,
+    9: 8000,
+    15: 8000,
+    18: 8000,
+}
+_CODEC_RATES = {
+    "opus": 48000,
+    "ulaw": 8000,
+    "alaw": 8000,
+    "pcmu": 8000,
+    "pcma": 8000,
+    "g722": 8000,
+    "g729": 8000,
+    "gsm": 8000,
+    "ilbc": 8000,
+    "speex16": 16000,
+    "slin16": 16000,
+}
 ASSUMED_RATE = 8000
 
 # Asterisk names a channel <endpoint>-<8 hex digits>[;n] (Local channels add ;1/;2).
