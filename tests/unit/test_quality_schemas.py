@@ -114,3 +114,12 @@ def test_topics_of_issue_9_are_part_of_the_layout() -> None:
     assert specs[t.topic_quality].cleanup_policy == "delete"
     assert specs[t.topic_quality].partitions == 3
     assert specs[t.topic_alerts].cleanup_policy == "compact"
+
+
+@settings(max_examples=100, deadline=None)
+@given(samples, alerts)
+def test_fast_writer_is_byte_identical_to_fastavro(sample: QualitySample, alert: Alert) -> None:
+    # The compiled writer (doubles, maps) must write exactly what the reference writer writes.
+    for obj in (sample, alert):
+        codec = Codec.for_model(type(obj))
+        assert codec.encode(obj) == codec.encode_fastavro(obj)
