@@ -1,0 +1,370 @@
+"""Stream benchmarks: events/s per worker vs a naive Faust app vs raw aiokafka, and recovery time.
+
+Run standalone (starts its own embedded broker unless ``--bootstrap`` is given)::
+
+    python -m streams.bench --events 100000 --endpoints 20000 --recovery-endpoints 100000
+
+Throughput method: the input is produced *before* a worker starts; the rate is the number of
+input events divided by the span between the first and the last output record's timestamp
+(both stamped by the worker's producer), so start-up and group joins are not counted. The last
+events are one sentinel registration per partition, processed after everything else of their
+partition. Functions return dicts of figures (``astreg bench`` wires them in).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from astreg.proc import ProcessGroup, astreg_argv
+from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import TopicSpec, ensure_topics
+from schemas.codec import location_codec, registration_codec
+from schemas.models import ContactStatus, DeviceState, EventKind, RegistrationEvent, Source
+
+__all__ = ["bench_throughput", "bench_recovery", "workload", "main"]
+
+logger = logging.getLogger(__name__)
+
+NODES = ("ast1", "ast2", "ast3")
+
+
+def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEvent]:
+    """``churn``: registrations and moves, qualify RTT updates, device state changes (3 of 4
+    events visible). ``steady``: one registration per endpoint, then only qualifies (RTT)."""
+    seqs = dict.fromkeys(NODES, 0)
+    out = []
+    now = int(time.time() * 1000)
+    for i in range(n):
+        rnd, e = divmod(i, endpoints)
+        node = NODES[(rnd // 4 + e) % 3]
+        seqs[node] += 1
+        step = rnd % 4 if mix == "churn" else min(rnd, 1)
+        if mix == "steady":
+            node = NODES[e % 3]
+        base = {"endpoint": f"PJSIP/{e}", "node": node, "producer_epoch": 1, "seq": seqs[node],
+                "event_time_ms": now + i, "source": Source.LIVE}
+        uri = f"sip:{e}@10.{e % 250}.{rnd % 250}.1:5060"
+        if step == 0:
+            ev = RegistrationEvent(**base, kind=EventKind.CONTACT, contact_uri=f"sip:{e}@{node}",
+                                   contact_status=ContactStatus.NON_QUALIFIED, ip=uri, expires_at_ms=now + 3_600_000)
+        elif step in (1, 2):
+            ev = RegistrationEvent(**base, kind=EventKind.CONTACT, contact_uri=f"sip:{e}@{node}",
+                                   contact_status=ContactStatus.REACHABLE, rtt_us=1000 + i % 977)
+        else:
+            ev = RegistrationEvent(**base, kind=EventKind.DEVICE,
+                                   device_state=DeviceState.INUSE if rnd % 8 == 3 else DeviceState.NOT_INUSE)
+        out.append(ev)
+    return out
+
+
+def _sentinels(partitions: int, seq0: int) -> dict[str, RegistrationEvent]:
+    """One endpoint per partition, registered last: its output means the partition is done."""
+    from .timers import partition_of
+
+    found: dict[int, str] = {}
+    i = 0
+    while len(found) < partitions:
+        name = f"PJSIP/zz-sentinel-{i}"
+        found.setdefault(partition_of(name, partitions), name)
+        i += 1
+    return {name: RegistrationEvent(endpoint=name, node="ast1", producer_epoch=2, seq=seq0 + p,
+                                    event_time_ms=int(time.time() * 1000), kind=EventKind.CONTACT,
+                                    source=Source.LIVE, contact_uri="sip:end", contact_status=ContactStatus.NON_QUALIFIED)
+            for p, name in found.items()}
+
+
+async def _produce(kafka: KafkaSettings, topic: str, events: list[RegistrationEvent]) -> float:
+    codec = registration_codec()
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=False, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    t0 = time.perf_counter()
+    try:
+        futs = [await producer.send(topic, codec.encode(e), key=e.endpoint.encode()) for e in events]
+        await producer.flush()
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+    return len(events) / (time.perf_counter() - t0)
+
+
+async def raw_consume_rate(kafka: KafkaSettings, topic: str, partitions: int, total: int) -> float:
+    """aiokafka consume + Avro decode of the whole topic, events/s."""
+    codec = registration_codec()
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen = 0
+        t0 = time.perf_counter()
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=10000)
+            if not batches:
+                break
+            for records in batches.values():
+                for r in records:
+                    codec.decode(r.value)
+                seen += len(records)
+        return seen / (time.perf_counter() - t0)
+    finally:
+        await consumer.stop()
+
+
+async def _output_span(kafka: KafkaSettings, topic: str, sentinels: set[str], timeout: float) -> tuple[int, int]:
+    """(first, last) output timestamps once every sentinel endpoint has been published."""
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.subscribe([topic])
+        first: int | None = None
+        last = 0
+        waiting = set(sentinels)
+        deadline = time.monotonic() + timeout
+        while waiting and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=500, max_records=10000)
+            for records in batches.values():
+                for r in records:
+                    first = r.timestamp if first is None else min(first, r.timestamp)
+                    last = max(last, r.timestamp)
+                    if r.key is not None:
+                        waiting.discard(r.key.decode())
+        if waiting or first is None:
+            raise TimeoutError(f"{len(waiting)} partitions never finished within {timeout}s")
+        return first, last
+    finally:
+        await consumer.stop()
+
+
+def _worker_argv(kafka: KafkaSettings, topics: TopicSettings, data_dir: Path, store: str, web_port: int,
+                 app_id: str) -> list[str]:
+    return astreg_argv(
+        "--log-level", "WARNING", "worker", "--bootstrap", kafka.bootstrap,
+        "--embedded" if kafka.embedded else "--no-embedded", "--partitions", str(topics.partitions),
+        "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
+        "--topic-locations", topics.topic_locations, "--topic-deadletter", topics.topic_deadletter,
+        "--data-dir", str(data_dir), "--store", store, "--web-port", str(web_port), "--app-id", app_id,
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], sentinels: set[str], n: int,
+                   logs: Path, name: str, timeout: float) -> float:
+    with ProcessGroup(log_dir=logs) as procs:
+        procs.start(name, argv)
+        first, last = await _output_span(kafka, topics.topic_locations, sentinels, timeout)
+    return n / max((last - first) / 1000, 1e-3)
+
+
+async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: int = 20_000,
+                           partitions: int = 4, timeout: float = 300, mix: str = "churn") -> dict[str, Any]:
+    """Events/s of astreg's worker, a naive Faust app and raw aiokafka on the same input."""
+    work = Path(tempfile.mkdtemp(prefix="astreg-bench-"))
+    try:
+        events = workload(n, endpoints, mix)
+        results: dict[str, Any] = {"events": n, "endpoints": endpoints, "partitions": partitions, "mix": mix}
+        for variant in ("astreg", "naive"):
+            topics = TopicSettings(partitions=partitions).with_suffix(f"bench{variant}{int(time.time())}")
+            app_id = f"bench-{variant}-{int(time.time() * 1000)}"
+            await ensure_topics(kafka, topics, extra=[
+                TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
+                TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
+            sent = _sentinels(partitions, 10**9)
+            rate = await _produce(kafka, topics.topic_registrations, [*events, *sent.values()])
+            results.setdefault("produce_events_per_s", round(rate))
+            if variant == "astreg":
+                results["raw_aiokafka_consume_decode_per_s"] = round(
+                    await raw_consume_rate(kafka, topics.topic_registrations, partitions, n))
+                argv = _worker_argv(kafka, topics, work / variant, "rocksdb", _free_port(), app_id)
+            else:
+                argv = [sys.executable, "-m", "streams.bench", "naive-worker", "--bootstrap", kafka.bootstrap,
+                        "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
+                        "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
+                        "--web-port", str(_free_port())] + (["--embedded"] if kafka.embedded else [])
+            results[f"{variant}_events_per_s"] = round(
+                await _run_app(kafka, topics, argv, set(sent), n, work / "logs", variant, timeout))
+        results["speedup_vs_naive"] = round(results["astreg_events_per_s"] / results["naive_events_per_s"], 2)
+        return results
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partitions: int = 4,
+                         timeout: float = 600) -> dict[str, Any]:
+    """Seconds until a restarted worker answers correctly, warm (RocksDB kept) and cold (replay)."""
+    work = Path(tempfile.mkdtemp(prefix="astreg-bench-rec-"))
+    try:
+        topics = TopicSettings(partitions=partitions).with_suffix(f"benchrec{int(time.time())}")
+        app_id = f"bench-rec-{int(time.time() * 1000)}"
+        await ensure_topics(kafka, topics, extra=[TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
+                                                  TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
+        events = workload(endpoints, endpoints)  # one registration per endpoint
+        sent = _sentinels(partitions, 10**9)
+        await _produce(kafka, topics.topic_registrations, [*events, *sent.values()])
+        argv = _worker_argv(kafka, topics, work / "w", "rocksdb", _free_port(), app_id)
+        out: dict[str, Any] = {"table_rows": endpoints}
+        with ProcessGroup(log_dir=work / "logs") as procs:
+            t0 = time.monotonic()
+            procs.start("fill", argv)
+            await _output_span(kafka, topics.topic_locations, set(sent), timeout)
+            out["fill_s"] = round(time.monotonic() - t0, 1)
+        from .timers import partition_of
+
+        used: set[str] = set()
+        for label, wipe in (("warm_restart_s", False), ("cold_restart_s", True)):
+            if wipe:
+                shutil.rmtree(work / "w", ignore_errors=True)
+            # The probe: unregister one existing endpoint per partition. A tombstone proves the
+            # worker found the row (without its table it would publish nothing for them).
+            probes: dict[int, RegistrationEvent] = {}
+            for ev in events:
+                p = partition_of(ev.endpoint, partitions)
+                if p not in probes and ev.endpoint not in used:
+                    used.add(ev.endpoint)
+                    probes[p] = RegistrationEvent(
+                        endpoint=ev.endpoint, node=ev.node, producer_epoch=2, seq=1,
+                        event_time_ms=int(time.time() * 1000), kind=EventKind.CONTACT, source=Source.LIVE,
+                        contact_uri=ev.contact_uri, contact_status=ContactStatus.REMOVED)
+            with ProcessGroup(log_dir=work / "logs") as procs:
+                t0 = time.monotonic()
+                procs.start(label, argv)
+                await _produce(kafka, topics.topic_registrations, list(probes.values()))
+                await _wait_probe(kafka, topics.topic_locations, {e.endpoint for e in probes.values()},
+                                  tombstone=True, timeout=timeout)
+                out[label] = round(time.monotonic() - t0, 1)
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _wait_probe(kafka: KafkaSettings, topic: str, keys: set[str], *, tombstone: bool, timeout: float) -> None:
+    """Wait for a fresh record per probe key: a tombstone, or a row whose contact list is right."""
+    codec = location_codec()
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in parts]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        state: dict[str, Any] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for records in (await consumer.getmany(timeout_ms=300, max_records=20000)).values():
+                for r in records:
+                    k = r.key.decode()
+                    if k in keys:
+                        state[k] = None if r.value is None else codec.decode(r.value)
+            if tombstone and all(k in state and state[k] is None for k in keys):
+                return
+            if not tombstone and all(state.get(k) is not None for k in keys):
+                return
+        raise TimeoutError("probe never answered")
+    finally:
+        await consumer.stop()
+
+
+# ---------------------------------------------------------------- the naive reference app
+
+
+def naive_worker(args: argparse.Namespace) -> None:
+    """One table write and one output record per event, `async for` one event at a time."""
+    import faust
+
+    from .rules import Row, apply, location_of
+    from .tables import declare_locations
+
+    kafka = KafkaSettings(bootstrap=args.bootstrap, embedded=args.embedded)
+    topics = TopicSettings(partitions=args.partitions).with_suffix(args.topics_suffix)
+    if kafka.embedded:
+        from . import embedded
+
+        embedded.install(kafka)
+    app = faust.App(args.app_id, **kafka.faust_kwargs(), store="rocksdb://", datadir=args.data_dir,
+                    web_port=args.web_port, topic_allow_declare=False, consumer_auto_offset_reset="earliest")
+    table = declare_locations(app, args.partitions)
+    source = app.topic(topics.topic_registrations, key_serializer="raw", value_serializer="raw")
+    codec, out = registration_codec(), location_codec()
+
+    @app.agent(source)
+    async def naive(stream: Any) -> None:
+        async for event in stream.events():
+            ev = codec.decode(event.value)
+            row: Row = apply(table.get(ev.endpoint), ev, event.message.offset)
+            table[ev.endpoint] = row
+            loc = location_of(row)
+            await app.producer.send(topics.topic_locations, ev.endpoint.encode(),
+                                    None if loc is None else out.encode(loc), None, None, None)
+
+    from faust.worker import Worker
+
+    Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m streams.bench", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="cmd")
+    naive = sub.add_parser("naive-worker")
+    naive.add_argument("--bootstrap", required=True)
+    naive.add_argument("--topics-suffix", required=True)
+    naive.add_argument("--partitions", type=int, required=True)
+    naive.add_argument("--app-id", required=True)
+    naive.add_argument("--data-dir", required=True)
+    naive.add_argument("--web-port", type=int, required=True)
+    naive.add_argument("--embedded", action="store_true")
+    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--endpoints", type=int, default=20_000)
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--recovery-endpoints", type=int, default=100_000)
+    parser.add_argument("--mix", choices=["churn", "steady"], default="churn")
+    args = parser.parse_args(argv)
+    if args.cmd == "naive-worker":
+        naive_worker(args)
+        return
+    logging.basicConfig(level=logging.WARNING)
+
+    async def run(kafka: KafkaSettings) -> dict[str, Any]:
+        res = {"throughput": await bench_throughput(kafka, args.events, args.endpoints, args.partitions,
+                                                    mix=args.mix)}
+        if args.recovery_endpoints:
+            res["recovery"] = await bench_recovery(kafka, args.recovery_endpoints, args.partitions)
+        return res
+
+    if args.bootstrap:
+        result = asyncio.run(run(KafkaSettings(bootstrap=args.bootstrap)))
+    else:
+        from astreg.broker import EmbeddedBroker
+
+        broker = EmbeddedBroker().start()
+        try:
+            result = asyncio.run(run(KafkaSettings(bootstrap=broker.bootstrap, embedded=True)))
+        finally:
+            broker.stop()
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""``astreg worker``: run one stream worker (any number share the partitions).
+
+    astreg worker --bootstrap 127.0.0.1:9092 --web-port 6066 --data-dir /var/lib/astreg
+
+Creates the topics it needs (with the table changelog, same partition count), builds the app
+(``streams.app.create_app``), attaches the web views when ``streams.views`` provides
+``register(stream)``, and runs Faust's worker until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+
+import click
+
+from astreg.options import build, settings_options
+from astreg.settings import KafkaSettings, TopicSettings
+
+from .settings import WorkerSettings
+from .web_settings import WebSettings
+
+__all__ = ["worker", "clear_faust_env"]
+
+logger = logging.getLogger(__name__)
+
+# Faust reads these from the environment and lets them override code: keep them out.
+_FAUST_ENV_PREFIXES = ("BROKER_", "APP_", "STORE_", "TABLE_", "TOPIC_", "WEB_", "WORKER_", "CONSUMER_",
+                       "PRODUCER_", "STREAM_", "RECOVERY_", "CACHE_", "PROCESSING_", "AGENT_", "NODE_CANONICAL_URL",
+                       "CYTHON_", "BLOCKING_", "TIMEZONE", "AEROSPIKE_", "CRASH_APP_")
+
+
+def clear_faust_env() -> list[str]:
+    removed = [k for k in os.environ if k.startswith(_FAUST_ENV_PREFIXES)]
+    for k in removed:
+        del os.environ[k]
+    return removed
+
+
+@click.command()
+@settings_options(KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
+def worker(**kw: object) -> None:
+    """Run a stream worker: registrations + nodes → locations table → locations topic."""
+    kafka, topics, settings, web = build(kw, KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
+    removed = clear_faust_env()
+    if removed:
+        logger.warning("ignoring Faust environment variables %s (use ASTREG_* options)", removed)
+    from astreg.topics import ensure_topics
+
+    from .app import app_id_for, create_app
+    from .topics import changelog_specs
+
+    asyncio.run(ensure_topics(kafka, topics, extra=changelog_specs(app_id_for(topics, settings), topics)))
+    if kafka.embedded:
+        from . import embedded
+
+        embedded.install(kafka)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stream = create_app(kafka, topics, settings)
+    try:
+        views = importlib.import_module("streams.views")
+    except ImportError:
+        views = None
+    if views is not None and hasattr(views, "register"):
+        views.register(stream, web)
+    logger.info("worker %s starting (app %s, store %s, web port %d)", settings.worker_id, stream.app.conf.id,
+                settings.store, settings.web_port)
+    from faust.worker import Worker
+
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
+    Worker(stream.app, loglevel=level, quiet=True, redirect_stdouts=False).execute_from_commandline()

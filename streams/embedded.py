@@ -1,0 +1,67 @@
+"""Correct end offsets for Faust on the embedded broker (Tansu), whose ListOffsets is wrong.
+
+Tansu answers "latest" with the base offset of the last record batch + 1, so Faust's changelog
+recovery stops early (missing the tail of the table) or trips over its consistency check. The
+high watermark inside a Fetch response is right, so in embedded mode only, after asking for end
+offsets we fetch from that (possibly wrong) offset − 1 with a throw-away consumer and take the
+fetch high watermark. Real Kafka is untouched (:func:`install` is called only when
+``KafkaSettings.embedded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from astreg.settings import KafkaSettings
+
+__all__ = ["true_end_offsets", "install"]
+
+logger = logging.getLogger(__name__)
+
+
+async def true_end_offsets(kafka: KafkaSettings, reported: Mapping[Any, int]) -> dict[Any, int]:
+    """End offsets fixed from Fetch high watermarks (``reported`` = ListOffsets answers)."""
+    wanted = {tp: off for tp, off in reported.items() if off > 0}
+    out = dict(reported)
+    if not wanted:
+        return out
+    probe = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
+                             max_partition_fetch_bytes=1024)
+    await probe.start()
+    try:
+        tps = {TopicPartition(tp.topic, tp.partition): tp for tp in wanted}
+        probe.assign(list(tps))
+        for tp, orig in tps.items():
+            probe.seek(tp, wanted[orig] - 1)
+        pending = set(tps)
+        deadline = asyncio.get_running_loop().time() + 10
+        while pending and asyncio.get_running_loop().time() < deadline:
+            await probe.getmany(*pending, timeout_ms=300, max_records=1)
+            for tp in list(pending):
+                hw = probe.highwater(tp)
+                if hw is not None:
+                    out[tps[tp]] = max(hw, wanted[tps[tp]])
+                    pending.discard(tp)
+        if pending:
+            logger.warning("no high watermark for %s: keeping ListOffsets answers", sorted(map(str, pending)))
+    finally:
+        await probe.stop()
+    return out
+
+
+def install(kafka: KafkaSettings) -> None:
+    """Patch Faust's aiokafka driver so highwaters() are right on the embedded broker."""
+    from faust.transport.drivers import aiokafka as driver
+
+    original = driver.AIOKafkaConsumerThread._highwaters
+
+    async def _highwaters(self: Any, partitions: Any) -> Mapping[Any, int]:
+        reported = await original(self, partitions)
+        return await true_end_offsets(kafka, reported)
+
+    driver.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]

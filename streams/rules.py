@@ -1,0 +1,410 @@
+"""The merge rules of the table (SPEC "Semantics of the table"), pure: ``apply(row, event, offset)``.
+
+A :class:`Row` is everything the worker keeps about one endpoint: its contacts (identity =
+(node, URI)) with the partition offset of the event that created each one, the last
+``(epoch, seq)`` applied from every node, and the device state each node reported. ``apply``
+returns a new row (or the same object when the event changes nothing) and never does I/O;
+``location_of`` turns a row into the published :class:`EndpointLocation` (``None`` = tombstone).
+Synthetic events (``STALE``, ``EXPIRE``, ``RECONCILE``) are conditional on the ``(epoch, seq)``
+they name, so replaying them is harmless. See docs/stream.md for each decision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+from schemas.models import (
+    Contact,
+    ContactStatus,
+    DeviceState,
+    EndpointLocation,
+    EventKind,
+    LocationStatus,
+    PeerStatus,
+    RegistrationEvent,
+    Source,
+    split_endpoint,
+)
+
+__all__ = [
+    "ContactState", "Row", "Outcome", "apply", "decide", "location_of", "visible_key", "durable_key", "empty_row",
+]
+
+Seq = tuple[int, int]  # (producer_epoch, seq)
+
+# Statuses a contact can route on; UNREACHABLE (and stale) only when nothing else is left.
+_ROUTABLE = frozenset({ContactStatus.REACHABLE, ContactStatus.NON_QUALIFIED, ContactStatus.UNKNOWN})
+_PEER_UP = frozenset({PeerStatus.REGISTERED})
+_PEER_GONE = frozenset({PeerStatus.UNREGISTERED, PeerStatus.REJECTED})
+_PEER_STATUS = {
+    PeerStatus.REACHABLE: ContactStatus.REACHABLE,
+    PeerStatus.LAGGED: ContactStatus.REACHABLE,
+    PeerStatus.UNREACHABLE: ContactStatus.UNREACHABLE,
+    PeerStatus.REGISTERED: ContactStatus.NON_QUALIFIED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ContactState:
+    """One contact with its bookkeeping: creation offset (primary order) and last confirmation."""
+
+    node: str
+    uri: str
+    reg_offset: int
+    registered_at_ms: int
+    updated_at_ms: int
+    confirmed: Seq
+    status: ContactStatus = ContactStatus.UNKNOWN
+    aor: str | None = None
+    ip: str | None = None
+    port: int | None = None
+    transport: str | None = None
+    user_agent: str | None = None
+    rtt_us: int | None = None
+    expires_at_ms: int | None = None
+    stale: bool = False
+    snapshot_seen: Seq = (0, 0)  # last confirmation by a snapshot row: what reconciliation needs
+
+    @property
+    def ident(self) -> tuple[str, str]:
+        return (self.node, self.uri)
+
+    def rank(self) -> tuple[int, int, str, str]:
+        """Primary order: routable tier first, then most recently registered, then (node, uri)."""
+        tier = 0 if self.stale else (2 if self.status in _ROUTABLE else 1)
+        return (tier, self.reg_offset, self.node, self.uri)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """The table value of one endpoint (never a bare dict)."""
+
+    endpoint: str
+    contacts: tuple[ContactState, ...] = ()
+    last: tuple[tuple[str, int, int], ...] = ()  # (node, epoch, seq), sorted by node
+    devices: tuple[tuple[str, DeviceState], ...] = ()  # (node, state), sorted by node
+    version: int = 0
+    updated_at_ms: int = 0
+    last_event_time_ms: int | None = None
+
+    def last_of(self, node: str) -> Seq | None:
+        for n, e, s in self.last:
+            if n == node:
+                return (e, s)
+        return None
+
+    def device_of(self, node: str | None) -> DeviceState | None:
+        for n, d in self.devices:
+            if n == node:
+                return d
+        return None
+
+    def primary(self) -> ContactState | None:
+        return max(self.contacts, key=ContactState.rank, default=None)
+
+    def nodes_with(self) -> set[str]:
+        return {c.node for c in self.contacts}
+
+    # ------------------------------------------------------------ serialization (table codec)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "e": self.endpoint,
+                "c": [_contact_to_list(c) for c in self.contacts],
+                "l": [list(x) for x in self.last],
+                "d": [[n, d.value] for n, d in self.devices],
+                "v": self.version,
+                "u": self.updated_at_ms,
+                "t": self.last_event_time_ms,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Row:
+        o = json.loads(data)
+        return cls(
+            endpoint=o["e"],
+            contacts=tuple(_contact_from_list(x) for x in o["c"]),
+            last=tuple((n, e, s) for n, e, s in o["l"]),
+            devices=tuple((n, DeviceState(d)) for n, d in o["d"]),
+            version=o["v"],
+            updated_at_ms=o["u"],
+            last_event_time_ms=o["t"],
+        )
+
+
+_CFIELDS = (
+    "node", "uri", "reg_offset", "registered_at_ms", "updated_at_ms", "confirmed", "status", "aor",
+    "ip", "port", "transport", "user_agent", "rtt_us", "expires_at_ms", "stale", "snapshot_seen",
+)
+
+
+def _contact_to_list(c: ContactState) -> list[Any]:
+    out: list[Any] = [getattr(c, f) for f in _CFIELDS]
+    out[5] = list(c.confirmed)
+    out[6] = c.status.value
+    out[15] = list(c.snapshot_seen)
+    return out
+
+
+def _contact_from_list(x: list[Any]) -> ContactState:
+    kw = dict(zip(_CFIELDS, x, strict=True))
+    kw["confirmed"] = tuple(kw["confirmed"])
+    kw["snapshot_seen"] = tuple(kw["snapshot_seen"])
+    kw["status"] = ContactStatus(kw["status"])
+    return ContactState(**kw)
+
+
+def empty_row(endpoint: str) -> Row:
+    return Row(endpoint=endpoint)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one event did: the new row, and why nothing changed when it did not."""
+
+    row: Row
+    applied: bool
+    reason: str = "applied"
+
+
+def apply(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None) -> Row:
+    """The row after ``event`` (at partition ``offset``); the same object when nothing changed."""
+    return decide(row, event, offset, now_ms=now_ms).row
+
+
+def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None) -> Outcome:
+    """Like :func:`apply`, also saying why an event was ignored (counted in metrics)."""
+    base = row if row is not None else empty_row(event.endpoint)
+    now = event.event_time_ms if now_ms is None else now_ms
+    if event.source is Source.SYNTHETIC or event.kind in (EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE):
+        return _synthetic(base, event, now)
+    stamp = (event.producer_epoch, event.seq)
+    last = base.last_of(event.node)
+    if last is not None and stamp <= last:
+        # Equal: a duplicate (producer retry, replay). Lower inside one epoch: impossible from
+        # one producer process (the agent dead-letters it). Older epoch: a previous process.
+        if stamp == last:
+            reason = "duplicate"
+        elif stamp[0] == last[0]:
+            reason = "seq_backwards"
+        else:
+            reason = "old_epoch"
+        return Outcome(base, False, reason)
+    contacts = _contacts_after(base, event, offset, stamp, now)
+    devices = base.devices
+    if event.kind is EventKind.DEVICE and event.device_state is not None:
+        devices = _set_pair(base.devices, event.node, event.device_state)
+    if contacts is None and devices is base.devices:
+        reason = "unusable" if event.kind not in (EventKind.CONTACT, EventKind.PEER, EventKind.DEVICE) else "no_change"
+        new = replace(base, last=_set_last(base.last, event.node, stamp), last_event_time_ms=event.event_time_ms)
+        return Outcome(new, False, reason)
+    new = replace(
+        base,
+        contacts=base.contacts if contacts is None else contacts,
+        devices=devices,
+        last=_set_last(base.last, event.node, stamp),
+        last_event_time_ms=event.event_time_ms,
+    )
+    return Outcome(_stamp_version(base, new, now), True)
+
+
+def _contacts_after(
+    row: Row, ev: RegistrationEvent, offset: int, stamp: Seq, now: int
+) -> tuple[ContactState, ...] | None:
+    """The contacts after a live/snapshot event, or None when they do not change."""
+    if ev.kind is EventKind.CONTACT:
+        if not ev.contact_uri:
+            return None
+        if ev.contact_status is ContactStatus.REMOVED:
+            return _remove(row.contacts, lambda c: c.node == ev.node and c.uri == ev.contact_uri)
+        return _upsert(row.contacts, ev, ev.contact_uri, ev.contact_status, offset, stamp, now)
+    if ev.kind is EventKind.PEER and ev.peer_status is not None:
+        tech, _ = split_endpoint(ev.endpoint)
+        if tech.upper() == "PJSIP":
+            # PJSIP's PeerStatus is per endpoint and only Reachable/Unreachable; ContactStatus
+            # carries the same news per contact, so the peer event would only duplicate it.
+            return None
+        uri = ev.contact_uri or (f"{ev.ip}:{ev.port}" if ev.ip else ev.endpoint)
+        if ev.peer_status in _PEER_GONE:
+            return _remove(row.contacts, lambda c: c.node == ev.node)
+        status = _PEER_STATUS.get(ev.peer_status)
+        if status is None:
+            return None
+        if ev.peer_status in _PEER_UP:
+            # chan_sip has one contact per peer and node: a new address replaces the old one.
+            others = tuple(c for c in row.contacts if c.node != ev.node or c.uri == uri)
+            base = replace(row, contacts=others)
+            return _upsert(base.contacts, ev, uri, status, offset, stamp, now) or others
+        mine = [c for c in row.contacts if c.node == ev.node]
+        if not mine:
+            return None
+        return _upsert(row.contacts, ev, mine[0].uri, status, offset, stamp, now)
+    return None
+
+
+def _upsert(
+    contacts: tuple[ContactState, ...],
+    ev: RegistrationEvent,
+    uri: str,
+    status: ContactStatus | None,
+    offset: int,
+    stamp: Seq,
+    now: int,
+) -> tuple[ContactState, ...] | None:
+    old = next((c for c in contacts if c.node == ev.node and c.uri == uri), None)
+    st = status or (old.status if old else ContactStatus.UNKNOWN)
+    snap = stamp if ev.source is Source.SNAPSHOT else (old.snapshot_seen if old else (0, 0))
+    if old is None:
+        new = ContactState(
+            node=ev.node, uri=uri, reg_offset=offset, registered_at_ms=ev.event_time_ms,
+            updated_at_ms=now, confirmed=stamp, status=st, aor=ev.aor, ip=ev.ip, port=ev.port,
+            transport=ev.transport, user_agent=ev.user_agent, rtt_us=ev.rtt_us,
+            expires_at_ms=ev.expires_at_ms, snapshot_seen=snap,
+        )
+        return (*contacts, new)
+    new = replace(
+        old,
+        status=st,
+        confirmed=stamp,
+        snapshot_seen=snap,
+        stale=False,
+        updated_at_ms=now,
+        aor=ev.aor or old.aor,
+        ip=ev.ip or old.ip,
+        port=ev.port if ev.port is not None else old.port,
+        transport=ev.transport or old.transport,
+        user_agent=ev.user_agent or old.user_agent,
+        rtt_us=ev.rtt_us if ev.rtt_us is not None else old.rtt_us,
+        expires_at_ms=ev.expires_at_ms if ev.expires_at_ms is not None else old.expires_at_ms,
+    )
+    return tuple(new if c is old else c for c in contacts)
+
+
+def _remove(contacts: tuple[ContactState, ...], gone: Any) -> tuple[ContactState, ...] | None:
+    kept = tuple(c for c in contacts if not gone(c))
+    return None if len(kept) == len(contacts) else kept
+
+
+def _synthetic(row: Row, ev: RegistrationEvent, now: int) -> Outcome:
+    """STALE / EXPIRE / RECONCILE: conditional on the (epoch, seq) they are based on."""
+    basis = (ev.producer_epoch, ev.seq)
+
+    def not_confirmed_since(c: ContactState) -> bool:
+        return c.node == ev.node and c.confirmed < basis
+
+    def not_newer(c: ContactState) -> bool:
+        return c.node == ev.node and c.confirmed <= basis
+
+    if ev.kind is EventKind.RECONCILE:
+        contacts = _remove(row.contacts, not_confirmed_since)
+    elif ev.kind is EventKind.EXPIRE:
+        uri = ev.contact_uri
+        contacts = _remove(row.contacts, lambda c: not_newer(c) and (uri is None or c.uri == uri))
+    elif ev.kind is EventKind.STALE:
+        marked = tuple(replace(c, stale=True) if not_newer(c) and not c.stale else c for c in row.contacts)
+        contacts = marked if any(a is not b for a, b in zip(marked, row.contacts, strict=True)) else None
+    else:
+        return Outcome(row, False, "unusable")
+    if contacts is None:
+        return Outcome(row, False, "no_change")
+    new = replace(row, contacts=contacts)
+    return Outcome(_stamp_version(row, new, now), True)
+
+
+def _set_last(last: tuple[tuple[str, int, int], ...], node: str, stamp: Seq) -> tuple[tuple[str, int, int], ...]:
+    return tuple(sorted([x for x in last if x[0] != node] + [(node, stamp[0], stamp[1])]))
+
+
+def _set_pair(pairs: tuple[tuple[str, DeviceState], ...], node: str, state: DeviceState) -> tuple[tuple[str, DeviceState], ...]:
+    if (node, state) in pairs:
+        return pairs
+    return tuple(sorted([p for p in pairs if p[0] != node] + [(node, state)]))
+
+
+def _stamp_version(old: Row, new: Row, now: int) -> Row:
+    """Count a version (and touch updated_at) only when a consumer would see a difference."""
+    if visible_key(old) == visible_key(new):
+        return new
+    return replace(new, version=old.version + 1, updated_at_ms=now)
+
+
+def visible_key(row: Row) -> tuple[Any, ...]:
+    """What a consumer of the locations topic sees, minus pure freshness (expiry, RTT, times).
+
+    A refresh that only moves ``expires_at_ms`` or a qualify that only changes the RTT is kept
+    in the table row but is not re-published: that is the publication granularity. Computed
+    from the row directly (no EndpointLocation built): it runs for every event.
+    """
+    if not row.contacts:
+        return ()
+    primary = max(row.contacts, key=ContactState.rank)
+    return (
+        primary.node, primary.uri, primary.rank()[0], row.device_of(primary.node),
+        tuple((c.node, c.uri, c.reg_offset, c.status, c.stale, c.ip, c.port, c.transport, c.user_agent, c.aor)
+              for c in row.contacts),
+    )
+
+
+def durable_key(row: Row) -> tuple[Any, ...]:
+    """What must survive a restart: visible state, snapshot confirmations, expiries, devices.
+
+    Rows differing only in per-node order, live confirmations (a qualify) or RTT need not be
+    written (docs/stream.md "Table writes"): an event whose effect was not durable produces
+    the same durable state if replayed, and reconciliation only needs snapshot confirmations
+    (any contact alive after a snapshot's begin is listed by it, or was created after it).
+    """
+    return (visible_key(row), tuple((c.ident, c.snapshot_seen, c.expires_at_ms) for c in row.contacts), row.devices)
+
+
+def location_of(row: Row | None) -> EndpointLocation | None:
+    """The published row; ``None`` (tombstone) when no contact is left."""
+    if row is None or not row.contacts:
+        return None
+    primary = row.primary()
+    assert primary is not None
+    tier = primary.rank()[0]
+    status = LocationStatus.REGISTERED if tier == 2 else (
+        LocationStatus.UNREACHABLE if tier == 1 else LocationStatus.STALE
+    )
+    routable = tier > 0
+    ordered = sorted(row.contacts, key=ContactState.rank, reverse=True)
+    nodes: list[str] = []
+    for c in ordered:
+        if c.node not in nodes:
+            nodes.append(c.node)
+    device = row.device_of(primary.node) or DeviceState.UNKNOWN
+    tech, resource = split_endpoint(row.endpoint)
+    return EndpointLocation(
+        endpoint=row.endpoint,
+        technology=tech,
+        resource=resource,
+        updated_at_ms=row.updated_at_ms,
+        primary_node=primary.node if routable else None,
+        status=status,
+        device_state=device,
+        contact_uri=primary.uri,
+        ip=primary.ip,
+        port=primary.port,
+        transport=primary.transport,
+        user_agent=primary.user_agent,
+        rtt_us=primary.rtt_us,
+        expires_at_ms=primary.expires_at_ms,
+        contacts=tuple(
+            Contact(
+                node=c.node, uri=c.uri, registered_at_ms=c.registered_at_ms, updated_at_ms=c.updated_at_ms,
+                aor=c.aor, status=c.status, ip=c.ip, port=c.port, transport=c.transport,
+                user_agent=c.user_agent, rtt_us=c.rtt_us, expires_at_ms=c.expires_at_ms,
+                stale=c.stale, primary=c is primary,
+            )
+            for c in ordered
+        ),
+        nodes=tuple(nodes),
+        last_event_time_ms=row.last_event_time_ms,
+        version=row.version,
+    )
+

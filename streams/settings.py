@@ -1,0 +1,35 @@
+"""Settings of a stream worker (``astreg worker``): web port, state store, timers.
+
+Read once by ``streams/cli.py`` from options and ``ASTREG_*`` variables, then passed down to
+:func:`streams.app.create_app`. Kafka and topic names come from ``astreg.settings``.
+"""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["WorkerSettings"]
+
+
+class WorkerSettings(BaseSettings):
+    """How one stream worker runs."""
+
+    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
+
+    web_port: int = Field(6066, description="Port of the worker's web server (table views, API).")
+    web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")
+    data_dir: Path = Field(Path("./astreg-data"), description="Directory of the RocksDB table state.")
+    store: Literal["rocksdb", "memory"] = Field("rocksdb", description="Table store (memory: tests).")
+    node_timeout: float = Field(15.0, gt=0, description="Seconds without heartbeat before a node is stale.")
+    node_grace: float = Field(120.0, gt=0, description="Seconds a stale node's contacts are kept.")
+    expiry_grace: float = Field(35.0, ge=0, description="Grace (s) after expires_at for a stale node's contacts.")
+    worker_id: str = Field(socket.gethostname(), description="Name of this worker in logs and metrics.")
+    app_id: str | None = Field(None, description="Faust app id / group (default: astreg-<registrations topic>).")
+    batch_size: int = Field(2000, ge=1, description="Events taken per batch by the agent.")
+    batch_within: float = Field(0.05, gt=0, description="Seconds to wait filling a batch.")
+    tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")

@@ -1,0 +1,157 @@
+"""The worker's state: the ``locations`` table (endpoint → :class:`Row`) and the node book.
+
+* ``locations``: a Faust table keyed by endpoint (co-partitioned with the registrations topic),
+  value a typed :class:`streams.rules.Row` serialized by the ``astreg-row`` codec, stored in
+  RocksDB (or memory for tests). Rows whose contacts are all gone stay in the table (they
+  keep the per-node order needed to ignore replays) but publish a tombstone.
+* :class:`NodeBook`: every worker reads the whole single-partition nodes topic itself (no
+  consumer group), so every worker knows every node's heartbeat (timed with its own clock) and
+  every completed snapshot, which it needs to reconcile the partitions it owns.
+
+For the web views: :func:`location_of` (row → EndpointLocation or None) and :func:`node_view`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from schemas.models import EndpointLocation, LinkState, NodeEventKind, NodeStatus
+
+from .rules import Row
+from .rules import location_of as _location_of
+
+__all__ = ["RowCodec", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations"]
+
+logger = logging.getLogger(__name__)
+
+
+class RowCodec(codecs.Codec):
+    """Faust codec of table values: :class:`Row` as compact JSON."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return obj.to_json()  # type: ignore[no-any-return]
+
+    def _loads(self, s: bytes) -> Any:
+        return Row.from_json(s)
+
+
+codecs.register("astreg-row", RowCodec())
+
+
+def declare_locations(app: faust.App, partitions: int) -> faust.Table:
+    # Faust derives serializers from Record types only, and builds the changelog topic (which
+    # recovery decodes with) as soon as the table is registered: declare both explicitly.
+    changelog = app.topic(
+        f"{app.conf.id}-locations-changelog", key_type=str, key_serializer="raw",
+        value_serializer="astreg-row", partitions=partitions, compacting=True, deleting=False,
+        acks=False, internal=True,
+    )
+    table = app.Table(
+        "locations", default=None, partitions=partitions, key_type=str, changelog_topic=changelog,
+        # Changelog partition = partition of the current event; the agent writes each row under
+        # the last event of that endpoint in the batch (same partition: co-partitioned).
+        use_partitioner=False,
+    )
+    table.key_serializer = "raw"
+    table.value_serializer = "astreg-row"
+    return table
+
+
+def location_of(value: Row | None) -> EndpointLocation | None:
+    """The published form of a table value (None: no registration left)."""
+    return _location_of(value)
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What a worker knows about one node."""
+
+    node: str
+    producer_epoch: int = 0
+    seq: int = 0
+    kind: NodeEventKind = NodeEventKind.UNKNOWN
+    ami_link: LinkState = LinkState.UNKNOWN
+    seen_at_ms: int = 0  # worker clock at the last record from the node
+    event_time_ms: int = 0
+    asterisk_version: str | None = None
+    boot_time_ms: int | None = None
+    down: bool = False  # AMI down, shutdown or stopped: stale at once
+    down_since_ms: int | None = None
+    snapshot_begins: tuple[tuple[str, int, int], ...] = ()  # (snapshot_id, epoch, begin_seq)
+    last_snapshot_id: str | None = None
+    last_snapshot_at_ms: int | None = None
+
+    def stale(self, now_ms: int, timeout_s: float) -> bool:
+        return self.down or now_ms - self.seen_at_ms > timeout_s * 1000
+
+    def stale_since_ms(self, timeout_s: float) -> int:
+        timed_out = self.seen_at_ms + int(timeout_s * 1000)
+        return min(timed_out, self.down_since_ms) if self.down_since_ms is not None else timed_out
+
+
+def node_view(value: NodeState, *, now_ms: int | None = None, node_timeout: float = 15.0) -> dict[str, Any]:
+    """A node as JSON-ready dict for the API."""
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    return {
+        "node": value.node,
+        "stale": value.stale(now, node_timeout),
+        "ami_link": value.ami_link.value,
+        "last_kind": value.kind.value,
+        "seen_ms_ago": now - value.seen_at_ms,
+        "producer_epoch": value.producer_epoch,
+        "seq": value.seq,
+        "asterisk_version": value.asterisk_version,
+        "boot_time_ms": value.boot_time_ms,
+        "last_snapshot_id": value.last_snapshot_id,
+        "last_snapshot_at_ms": value.last_snapshot_at_ms,
+    }
+
+
+@dataclass
+class NodeBook:
+    """Node id → NodeState, fed by :meth:`observe`; completed snapshots queue for reconciliation."""
+
+    nodes: dict[str, NodeState] = field(default_factory=dict)
+    completed: list[tuple[str, str, int, int]] = field(default_factory=list)  # node, snap id, epoch, begin
+
+    def items(self) -> list[tuple[str, NodeState]]:
+        return sorted(self.nodes.items())
+
+    def get(self, node: str) -> NodeState | None:
+        return self.nodes.get(node)
+
+    def observe(self, st: NodeStatus, now_ms: int) -> None:
+        old = self.nodes.get(st.node) or NodeState(node=st.node)
+        if (st.producer_epoch, st.seq) <= (old.producer_epoch, old.seq):
+            return  # duplicate or replay
+        down = st.kind in (NodeEventKind.AMI_DOWN, NodeEventKind.SHUTDOWN, NodeEventKind.STOPPED) or (
+            st.ami_link is LinkState.DOWN
+        )
+        new = replace(
+            old, producer_epoch=st.producer_epoch, seq=st.seq, kind=st.kind, ami_link=st.ami_link,
+            seen_at_ms=now_ms, event_time_ms=st.event_time_ms, down=down,
+            down_since_ms=(old.down_since_ms or now_ms) if down else None,
+            asterisk_version=st.asterisk_version or old.asterisk_version,
+            boot_time_ms=st.boot_time_ms or old.boot_time_ms,
+        )
+        if st.kind is NodeEventKind.SNAPSHOT_BEGIN and st.snapshot_id:
+            begins = [b for b in old.snapshot_begins if b[1] == st.producer_epoch][-7:]
+            new = replace(new, snapshot_begins=(*begins, (st.snapshot_id, st.producer_epoch, st.seq)))
+        elif st.kind is NodeEventKind.SNAPSHOT_COMPLETE and st.snapshot_id:
+            begin = st.snapshot_begin_seq
+            if begin is None:
+                begin = next((b[2] for b in old.snapshot_begins if b[0] == st.snapshot_id), None)
+            if begin is None:
+                logger.warning("snapshot %s of node %s completed without a known begin: not reconciled",
+                               st.snapshot_id, st.node)
+            else:
+                self.completed.append((st.node, st.snapshot_id, st.producer_epoch, begin))
+                new = replace(new, last_snapshot_id=st.snapshot_id, last_snapshot_at_ms=now_ms,
+                              snapshot_begins=tuple(b for b in old.snapshot_begins if b[0] != st.snapshot_id))
+        self.nodes[st.node] = new

@@ -1,0 +1,44 @@
+"""The worker's topics: inputs consumed as raw bytes (decoded with schemas.codec), outputs.
+
+Every topic, including the table changelog, is created explicitly with matching partition
+counts before Faust starts (:func:`changelog_specs` feeds ``astreg.topics.ensure_topics``):
+the embedded broker would auto-create it with 4 partitions and break co-partitioning.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from astreg.settings import TopicSettings
+from astreg.topics import TopicSpec
+
+__all__ = ["StreamTopics", "declare_topics", "changelog_name", "changelog_specs"]
+
+
+@dataclass
+class StreamTopics:
+    registrations: faust.TopicT
+    names: TopicSettings
+
+
+def declare_topics(app: faust.App, names: TopicSettings) -> StreamTopics:
+    registrations = app.topic(
+        names.topic_registrations,
+        key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+        partitions=names.partitions, internal=False,
+    )
+    return StreamTopics(registrations=registrations, names=names)
+
+
+def changelog_name(app_id: str, table: str) -> str:
+    return f"{app_id}-{table}-changelog"
+
+
+def changelog_specs(app_id: str, names: TopicSettings) -> list[TopicSpec]:
+    return [
+        TopicSpec(changelog_name(app_id, "locations"), names.partitions, "compact"),
+        # Faust's leader-election topic: one partition (the broker would auto-create 4).
+        TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact"),
+    ]

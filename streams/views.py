@@ -1,0 +1,631 @@
+"""The query page and JSON API, served by the Faust web server of every worker.
+
+``install(app, locations=..., nodes=..., settings=WebSettings(...))`` adds the views to a Faust
+app before it starts; ``astreg worker --web-port P`` then answers on port P:
+
+* ``GET /api/v1/endpoints/{endpoint}`` (row JSON) and ``.../{endpoint}/node`` (plain-text
+  primary node, for Asterisk's ``CURL()``), answered by the worker owning the key: a worker that
+  does not own it forwards the request to the owner (Faust's assignor knows every member's URL).
+* ``GET /api/v1/endpoints?...`` and ``GET /api/v1/nodes``: the receiving worker asks every
+  worker of the group for its own partitions (``/api/v1/_local/...``) and merges the answers.
+* ``GET /`` the page (``streams/web/``), ``/metrics``, ``/healthz``, ``/readyz``.
+
+Never a wrong answer during a rebalance: a partition is read only when this worker owns it
+and its recovery finished; otherwise the row comes from a standby copy marked ``stale`` (JSON
+only, never the plain-text node) or the answer is 503 with ``Retry-After``. The rules of the
+answers themselves (JSON shape, filters, paging) live in the pure :mod:`streams.api`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hmac
+import ipaddress
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import faust
+from aiokafka.partitioner import murmur2
+from faust.types import TP
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
+from prometheus_client.registry import CollectorRegistry
+from yarl import URL
+
+from schemas.models import EndpointLocation
+
+from . import api
+from .web_settings import WebSettings
+
+__all__ = ["WebSettings", "WebService", "install", "register", "CSP"]
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: The page loads only its own script and style and talks only to its own origin.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+FORWARDED = "X-Astreg-Forwarded"
+SERVED_BY = "X-Astreg-Served-By"
+RETRY_AFTER_S = 1
+
+# Faust's built-in views would serve "/" and table contents without our auth check.
+_FAUST_BLUEPRINTS_REPLACED = {
+    "faust.web.apps.production_index:blueprint",
+    "faust.web.apps.router:blueprint",
+    "faust.web.apps.tables.blueprint",
+    "faust.web.apps.graph:blueprint",
+    "faust.web.apps.stats:blueprint",
+    "faust.web.apps.metrics:blueprint",
+}
+
+WEB_REQUESTS = Counter("astreg_web_requests_total", "HTTP requests answered by the API", ["view", "status"])
+WEB_FORWARDED = Counter("astreg_web_forwarded_total", "Requests this worker sent to other workers", ["kind", "outcome"])
+WEB_LOCAL_ROWS = Gauge("astreg_web_local_rows", "Rows of the locations table in this worker's active partitions")
+
+
+class Unavailable(Exception):
+    """This worker cannot answer correctly right now (rebalance, recovery, peer down): 503."""
+
+
+@dataclass
+class Lookup:
+    """One endpoint id looked up where it lives: its row JSON (None: absent), and how fresh."""
+
+    row: dict[str, Any] | None
+    stale: bool
+    served_by: str
+
+
+@dataclass
+class Snapshot:
+    """This worker's rows of its active, recovered partitions at one moment."""
+
+    rows: list[EndpointLocation]
+    partitions: list[int]
+    generation: int
+    taken: float
+    counts: dict[str, api.NodeCounts] = field(default_factory=dict)
+    index: api.RowIndex = field(default_factory=lambda: api.RowIndex(()))
+
+
+def _ident(url: URL | str) -> tuple[str, int]:
+    u = URL(str(url))
+    return (u.host or "", int(u.port or 80))
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WebService:
+    """Everything the views need: the app, the tables, the settings and a short-lived snapshot."""
+
+    def __init__(
+        self,
+        app: faust.App,
+        locations: Any,
+        nodes: Any,
+        settings: WebSettings,
+        location_of: Callable[[Any], EndpointLocation | None],
+        node_view: Callable[[Any], dict[str, Any]],
+        registries: tuple[CollectorRegistry, ...] = (),
+        node_grace_s: float | None = None,
+    ) -> None:
+        self.app = app
+        self.locations = locations
+        self.nodes = nodes
+        self.settings = settings
+        self.location_of = location_of
+        self.node_view = node_view
+        self.registries = (REGISTRY, *[r for r in registries if r is not REGISTRY])
+        self.node_grace_ms = None if node_grace_s is None else int(node_grace_s * 1000)
+        self._snapshot: Snapshot | None = None
+        self._snapshot_lock = asyncio.Lock()
+        self._partition_of: dict[Any, int] = {}  # memo: murmur2 in pure Python is slow
+        self._static = {name: (WEB_DIR / name).read_bytes() for name in ("index.html", "app.js", "style.css")}
+
+    # ------------------------------------------------------------ identity and readiness
+
+    @property
+    def url(self) -> str:
+        return str(self.app.conf.canonical_url).rstrip("/")
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.locations.changelog_topic.get_topic_name())
+
+    def not_ready_reason(self) -> str | None:
+        """Why this worker may not answer from its partitions now (None: it may)."""
+        app = self.app
+        if getattr(app, "rebalancing", False):
+            return "rebalancing"
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # concrete TableManager only
+        if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
+            return "table recovery in progress"
+        if not self.active_partitions():
+            return "owns no partition of the table"
+        return None
+
+    def active_partitions(self) -> set[int]:
+        topic = self.changelog_topic
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def partition_of(self, key: str) -> int:
+        """Kafka's default partition of an endpoint id (murmur2, as every astreg producer uses).
+
+        Not ``app.producer.key_partition``: with aiokafka 0.14 it ignores the serialized key and
+        picks a random partition, which also makes Faust's ``app.router.key_store`` (and so
+        ``table_route``) name a wrong owner.
+        """
+        part = self._partition_of.get(key)
+        if part is None:
+            count = int(self.locations.partitions or self.app.conf.topic_partitions)
+            part = self._partition_of[key] = (murmur2(key.encode()) & 0x7FFFFFFF) % count
+        return part
+
+    def owner_of(self, part: int) -> str | None:
+        """Web URL of the worker the last assignment gave this partition to."""
+        for url, parts in self.members().items():
+            if part in parts:
+                return url
+        return None
+
+    # ------------------------------------------------------------ one endpoint
+
+    def _read_local(self, key: str) -> dict[str, Any] | None:
+        value = self.locations.get(key)
+        loc = self.location_of(value) if value is not None else None
+        return None if loc is None else api.location_json(loc)
+
+    async def lookup(self, endpoint_id: str, request: Request, forwarded: bool) -> Lookup:
+        """The row of one full endpoint id, from here or from the worker owning it."""
+        part = self.partition_of(endpoint_id)
+        tp = TP(self.changelog_topic, part)
+        reason = self.not_ready_reason()
+        if reason is None and self.app.assignor.is_active(tp):
+            return Lookup(self._read_local(endpoint_id), False, self.url)
+        if not forwarded:
+            try:
+                owner = self.owner_of(part)
+            except Unavailable:
+                owner = None
+            if owner and _ident(owner) != _ident(self.url):
+                try:
+                    return await self._lookup_remote(owner, endpoint_id, request)
+                except Unavailable:
+                    if not self.app.assignor.is_standby(tp):
+                        raise
+        if self.app.assignor.is_standby(tp):
+            row = self._read_local(endpoint_id)
+            if row is not None:
+                row["stale"] = True
+            return Lookup(row, True, self.url)
+        raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
+
+    async def lookup_node(self, endpoint_id: str, request: Request) -> tuple[int, str | None, str]:
+        """(status, primary node, served by) of a full id: never from a standby copy."""
+        api.candidate_ids(endpoint_id)  # BadQuery on "PJSIP/" and the like
+        part = self.partition_of(endpoint_id)
+        reason = self.not_ready_reason()
+        if reason is None and self.app.assignor.is_active(TP(self.changelog_topic, part)):
+            value = self.locations.get(endpoint_id)
+            loc = self.location_of(value) if value is not None else None
+            node = loc.primary_node if loc is not None else None
+            return (200 if node else 404), node, self.url
+        owner = None if request.headers.get(FORWARDED) == "1" else self.owner_of(part)
+        if owner is None or _ident(owner) == _ident(self.url):
+            raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
+        url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}/node"
+        status, body, headers = await self._peer_get(url, request, kind="node")
+        if status == 200 and body:
+            return 200, body, headers.get(SERVED_BY, owner)
+        if status == 404:
+            return 404, None, owner
+        raise Unavailable(f"owner {owner} answered {status} for {endpoint_id}")
+
+    async def _lookup_remote(self, owner: str, endpoint_id: str, request: Request) -> Lookup:
+        url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}"
+        status, body, headers = await self._peer_get(url, request, kind="lookup")
+        if status == 200:
+            row = json.loads(body)
+            return Lookup(row, bool(row.get("stale")), headers.get(SERVED_BY, owner))
+        if status == 404:
+            return Lookup(None, False, headers.get(SERVED_BY, owner))
+        raise Unavailable(f"owner {owner} answered {status} for {endpoint_id}")
+
+    async def find(self, raw: str, request: Request) -> tuple[api.Resolution, Lookup | None]:
+        """Resolve ``raw`` (full id or bare resource) and look the endpoint up."""
+        forwarded = request.headers.get(FORWARDED) == "1"
+        candidates = api.candidate_ids(raw, self.settings.technology_list)
+        results = await asyncio.gather(*(self.lookup(c, request, forwarded) for c in candidates))
+        present = {c: r for c, r in zip(candidates, results, strict=True) if r.row is not None}
+        resolution = api.resolve(raw, present, self.settings.technology_list)
+        if resolution.endpoint is None:
+            stale = any(r.stale for r in results)
+            return resolution, (Lookup(None, stale, self.url) if stale else None)
+        return resolution, present[resolution.endpoint]
+
+    # ------------------------------------------------------------ this worker's partitions
+
+    async def snapshot(self) -> Snapshot:
+        reason = self.not_ready_reason()
+        if reason is not None:
+            raise Unavailable(reason)
+        generation = int(getattr(self.app, "consumer_generation_id", 0) or 0)
+        async with self._snapshot_lock:
+            snap = self._snapshot
+            fresh = time.monotonic() - self.settings.web_snapshot_ms / 1000.0
+            if snap is None or snap.generation != generation or snap.taken < fresh:
+                with api.paused_gc():
+                    snap = self._snapshot = self._take_snapshot(generation)
+        return snap
+
+    def _take_snapshot(self, generation: int) -> Snapshot:
+        actives = self.active_partitions()
+        rows: list[EndpointLocation] = []
+        for key, value in list(self.locations.items()):
+            # The memory store also holds standby partitions: serve only what this worker owns.
+            if self.partition_of(key) not in actives:
+                continue
+            loc = self.location_of(value)
+            if loc is not None:
+                rows.append(loc)
+        WEB_LOCAL_ROWS.set(len(rows))
+        return Snapshot(rows, sorted(actives), generation, time.monotonic(), api.count_by_node(rows),
+                        api.RowIndex(rows))
+
+    async def local_endpoints(self, query: api.EndpointQuery) -> api.LocalPage:
+        snap = await self.snapshot()
+        return snap.index.page(query, snap.partitions)
+
+    async def local_counts(self) -> dict[str, Any]:
+        snap = await self.snapshot()
+        return {"partitions": snap.partitions, "counts": {n: c.to_json() for n, c in snap.counts.items()}}
+
+    # ------------------------------------------------------------ the whole group
+
+    def members(self) -> dict[str, set[int]]:
+        """Web URL of every worker → the table partitions it owns (from the last assignment)."""
+        topic = self.changelog_topic
+        out: dict[str, set[int]] = {}
+        for url, topics in self.app.assignor.tables_metadata().items():
+            parts = set(topics.get(topic, ()))
+            if parts:
+                out[str(url).rstrip("/")] = parts
+        if not out:
+            raise Unavailable("no partition assignment known yet")
+        return out
+
+    async def gather(
+        self, path: str, params: Mapping[str, str], request: Request,
+        local: Callable[[], Awaitable[dict[str, Any]]],
+    ) -> list[dict[str, Any]]:
+        """Ask every member for its partitions; refuse a merge that would miss or double one."""
+        members = self.members()
+
+        async def ask(url: str) -> dict[str, Any]:
+            if _ident(url) == _ident(self.url):
+                return await local()
+            query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params.items())
+            status, body, _ = await self._peer_get(f"{url}{path}?{query}", request, kind=path.rsplit("/", 1)[-1])
+            if status != 200:
+                raise Unavailable(f"worker {url} answered {status} for its partitions")
+            return dict(json.loads(body))
+
+        answers = await asyncio.gather(*(ask(url) for url in members))
+        for (url, expected), answer in zip(members.items(), answers, strict=True):
+            if set(answer.get("partitions", ())) != expected:
+                raise Unavailable(f"worker {url} serves partitions {answer.get('partitions')}, expected {sorted(expected)}")
+        return answers
+
+    async def _peer_get(self, url: str, request: Request, kind: str) -> tuple[int, str, Mapping[str, str]]:
+        headers = {FORWARDED: "1"}
+        auth = request.headers.get("Authorization")
+        if auth:
+            headers["Authorization"] = auth
+        elif self.settings.api_token is not None:
+            headers["Authorization"] = f"Bearer {self.settings.api_token.get_secret_value()}"
+        timeout = aiohttp.ClientTimeout(total=self.settings.web_peer_timeout)
+        try:
+            # Faust's own client session: opened and closed with the app.
+            async with self.app.http_client.get(URL(url, encoded=True), headers=headers, timeout=timeout) as resp:
+                body = await resp.text()
+                WEB_FORWARDED.labels(kind, str(resp.status)).inc()
+                return resp.status, body, dict(resp.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            WEB_FORWARDED.labels(kind, "error").inc()
+            logger.warning("worker at %s did not answer: %s", url, exc)
+            raise Unavailable(f"worker at {URL(url).origin()} did not answer ({type(exc).__name__})") from exc
+
+    # ------------------------------------------------------------ nodes
+
+    def node_views(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        if self.nodes is None:
+            return out
+        for node, value in list(self.nodes.items()):
+            if value is None:
+                continue
+            view = dict(self.node_view(value))
+            view["state"] = api.node_state(view, self.node_grace_ms)
+            out[str(view.get("node") or node)] = view
+        return out
+
+    # ------------------------------------------------------------ auth
+
+    def authorized(self, request: Request) -> bool:
+        token = self.settings.api_token
+        if token is None:
+            return True
+        want = token.get_secret_value().encode()
+        header = request.headers.get("Authorization", "")
+        got = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+        return hmac.compare_digest(got.encode(), want)
+
+
+# ---------------------------------------------------------------- views
+
+
+def _headers(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    out = {
+        "Cache-Control": "no-store",
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Content-Security-Policy": CSP,
+    }
+    out.update(extra or {})
+    return out
+
+
+class _Base(View):
+    """Auth check, error mapping and security headers for every astreg view."""
+
+    service: WebService
+    open_access = False
+
+    async def dispatch(self, request: Any) -> Any:
+        name = type(self).__name__
+        if not self.open_access and not self.service.authorized(request):
+            response = self._error(401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"})
+        else:
+            try:
+                response = await super().dispatch(request)
+            except api.BadQuery as exc:
+                response = self._error(400, str(exc))
+            except Unavailable as exc:
+                response = self._error(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
+        WEB_REQUESTS.labels(name, str(response.status)).inc()
+        return response
+
+    def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
+        return self.json({"error": message, **extra}, status=status, headers=_headers(headers))
+
+    def ok_json(self, value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+        return self.json(value, status=status, headers=_headers(headers))
+
+
+class EndpointView(_Base):
+    async def get(self, request: Request, endpoint: str) -> Response:
+        resolution, found = await self.service.find(endpoint, request)
+        if resolution.ambiguous:
+            return self._error(409, "ambiguous endpoint name", candidates=list(resolution.candidates))
+        if found is None or found.row is None:
+            headers = {"X-Astreg-Stale": "1"} if found is not None and found.stale else None
+            return self._error(404, "endpoint not registered", headers, endpoint=endpoint)
+        headers = {SERVED_BY: found.served_by}
+        if found.stale:
+            headers["X-Astreg-Stale"] = "1"
+        return self.ok_json(found.row, headers=headers)
+
+
+class EndpointNodeView(_Base):
+    """What Asterisk's CURL() reads: the node name alone, or an empty body."""
+
+    async def get(self, request: Request, endpoint: str) -> Response:
+        if "/" in endpoint:  # full id: the short path (no JSON row on the way)
+            try:
+                status, node, served_by = await self.service.lookup_node(endpoint, request)
+            except Unavailable:
+                return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
+            return self._text(node or "", status, {SERVED_BY: served_by} if status == 200 else None)
+        try:
+            resolution, found = await self.service.find(endpoint, request)
+        except Unavailable:
+            return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
+        if resolution.ambiguous:
+            return self._text("", 409)
+        if found is None or found.row is None or not found.row.get("primary_node"):
+            return self._text("", 404)
+        if found.stale:  # a lagging copy could name the node the phone just left
+            return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
+        return self._text(str(found.row["primary_node"]), 200, {SERVED_BY: found.served_by})
+
+    def _text(self, body: str, status: int, headers: Mapping[str, str] | None = None) -> Response:
+        return self.text(body, content_type="text/plain", status=status, headers=_headers(headers))
+
+
+class EndpointListView(_Base):
+    async def get(self, request: Request) -> Response:
+        query = api.parse_query(request.query)
+        params = query.params()
+        answers = await self.service.gather(
+            "/api/v1/_local/endpoints", params, request,
+            lambda: self._local(query),
+        )
+        return self.ok_json(api.merge_pages([api.LocalPage.from_json(a) for a in answers], query))
+
+    async def _local(self, query: api.EndpointQuery) -> dict[str, Any]:
+        return (await self.service.local_endpoints(query)).to_json()
+
+
+class LocalEndpointsView(_Base):
+    async def get(self, request: Request) -> Response:
+        query = api.parse_query(request.query)
+        return self.ok_json((await self.service.local_endpoints(query)).to_json())
+
+
+class LocalCountsView(_Base):
+    async def get(self, request: Request) -> Response:
+        return self.ok_json(await self.service.local_counts())
+
+
+class NodesView(_Base):
+    async def get(self, request: Request) -> Response:
+        answers = await self.service.gather("/api/v1/_local/counts", {}, request, self.service.local_counts)
+        counts = api.merge_counts(a["counts"] for a in answers)
+        nodes = api.node_summaries(self.service.node_views(), counts)
+        return self.ok_json({"nodes": nodes, "now_ms": int(time.time() * 1000)})
+
+
+class HealthView(_Base):
+    open_access = True
+
+    async def get(self, request: Request) -> Response:
+        return self.ok_json({"status": "ok"})
+
+
+class ReadyView(_Base):
+    open_access = True
+
+    async def get(self, request: Request) -> Response:
+        reason = self.service.not_ready_reason()
+        if reason is not None:
+            return self._error(503, reason, {"Retry-After": str(RETRY_AFTER_S)}, ready=False)
+        return self.ok_json({"status": "ready", "partitions": sorted(self.service.active_partitions())})
+
+
+class MetricsView(_Base):
+    open_access = True
+
+    async def get(self, request: Request) -> Response:
+        try:
+            await self.service.snapshot()  # refreshes the row gauge
+        except Unavailable:
+            pass
+        body = b"".join(generate_latest(r) for r in self.service.registries)
+        return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+class _StaticView(_Base):
+    """The page is a public shell without data; every data request carries the token."""
+
+    open_access = True
+    filename = "index.html"
+    content_type = "text/html"
+
+    async def get(self, request: Request) -> Response:
+        body = self.service._static[self.filename]
+        return self.bytes(body, content_type=self.content_type, headers=_headers())
+
+
+class IndexView(_StaticView):
+    pass
+
+
+class ScriptView(_StaticView):
+    filename = "app.js"
+    content_type = "application/javascript"
+
+
+class StyleView(_StaticView):
+    filename = "style.css"
+    content_type = "text/css"
+
+
+ROUTES: list[tuple[str, type[_Base]]] = [
+    ("/", IndexView),
+    ("/static/app.js", ScriptView),
+    ("/static/style.css", StyleView),
+    ("/healthz", HealthView),
+    ("/readyz", ReadyView),
+    ("/metrics", MetricsView),
+    ("/api/v1/nodes", NodesView),
+    ("/api/v1/endpoints", EndpointListView),
+    ("/api/v1/endpoints/{endpoint}", EndpointView),
+    ("/api/v1/endpoints/{endpoint}/node", EndpointNodeView),
+    ("/api/v1/_local/endpoints", LocalEndpointsView),
+    ("/api/v1/_local/counts", LocalCountsView),
+]
+
+
+def install(
+    app: faust.App,
+    *,
+    locations: Any,
+    nodes: Any = None,
+    settings: WebSettings | None = None,
+    location_of: Callable[[Any], EndpointLocation | None] | None = None,
+    node_view: Callable[[Any], dict[str, Any]] | None = None,
+    registries: tuple[CollectorRegistry, ...] = (),
+    node_grace_s: float | None = None,
+    faust_metrics: bool = True,
+) -> WebService:
+    """Add the page and API to ``app`` (call before the app starts)."""
+    if location_of is None or node_view is None:
+        from . import tables  # the stream app's converters, unless a caller brings its own
+
+        location_of = location_of or tables.location_of
+        node_view = node_view or tables.node_view
+    settings = settings or WebSettings()
+    service = WebService(app, locations, nodes, settings, location_of, node_view, registries, node_grace_s)
+    enabled = app.web.blueprints._enabled  # no public API to drop built-in blueprints
+    enabled[:] = [(prefix, bp) for prefix, bp in enabled if bp not in _FAUST_BLUEPRINTS_REPLACED]
+    for path, view in ROUTES:
+        bound = type(view.__name__, (view,), {"service": service})
+        app.page(path, name=view.__name__)(bound)
+    if faust_metrics:
+        _install_faust_metrics(app)
+    if settings.api_token is None and not _is_loopback(str(app.conf.web_bind)):
+        logger.warning(
+            "web API on %s:%s without --api-token: anyone who can reach it can read every "
+            "registration; set ASTREG_API_TOKEN or bind to 127.0.0.1",
+            app.conf.web_bind, app.conf.web_port,
+        )
+
+    return service
+
+
+def _install_faust_metrics(app: faust.App) -> None:
+    """Faust's own Prometheus sensor (messages, lag, rebalances) into the default registry."""
+    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+
+    if isinstance(app.monitor, PrometheusMonitor):
+        return
+    try:
+        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "astreg_faust"))
+    except ValueError as exc:  # already registered in this process (tests build several apps)
+        logger.debug("Faust Prometheus metrics not installed: %s", exc)
+
+
+def register(stream: Any, settings: WebSettings | None = None) -> WebService:
+    """Attach the page and API to a :class:`streams.app.StreamApp` (``astreg worker`` calls this)."""
+    from . import tables
+
+    worker = stream.settings
+    return install(
+        stream.app,
+        locations=stream.locations,
+        nodes=stream.nodes,
+        settings=settings,
+        location_of=tables.location_of,
+        node_view=functools.partial(tables.node_view, node_timeout=worker.node_timeout),
+        registries=(stream.metrics.registry,),
+        node_grace_s=worker.node_grace,
+    )

@@ -1,0 +1,116 @@
+"""Test helpers around the stream worker: produce inputs, fold the compacted locations topic.
+
+Reusable by end-to-end tests: ``await read_locations(kafka, topic)`` returns endpoint →
+EndpointLocation as a compacting consumer would see it (tombstones delete), reading up to the
+fetch high watermark (ListOffsets is wrong on the embedded broker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from astreg.proc import ProcessGroup, astreg_argv
+from astreg.settings import KafkaSettings, TopicSettings
+from schemas.codec import location_codec, node_codec, registration_codec
+from schemas.models import EndpointLocation, NodeStatus, RegistrationEvent
+
+__all__ = ["read_locations", "read_all", "produce", "wait_for", "start_worker", "free_port"]
+
+
+async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0) -> list[tuple[bytes | None, bytes | None, list]]:
+    """Every record of a topic, partition by partition, up to the fetch high watermark."""
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[tuple[bytes | None, bytes | None, list]] = []
+        done: set[TopicPartition] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(done) < len(tps) and loop.time() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out.extend((r.key, r.value, list(r.headers)) for r in records)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    done.add(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_locations(kafka: KafkaSettings, topic: str) -> dict[str, EndpointLocation]:
+    """Fold the compacted locations topic: the last value per endpoint, tombstones delete."""
+    codec = location_codec()
+    state: dict[str, EndpointLocation] = {}
+    for key, value, _ in await read_all(kafka, topic):
+        assert key is not None
+        if value is None:
+            state.pop(key.decode(), None)
+        else:
+            state[key.decode()] = codec.decode(value, topic=topic)
+    return state
+
+
+async def produce(kafka: KafkaSettings, topics: TopicSettings,
+                  records: Sequence[RegistrationEvent | NodeStatus | tuple[str, bytes | None, bytes]]) -> None:
+    """Send events (keyed by endpoint), node statuses (keyed by node) or raw (topic, key, value)."""
+    reg, nod = registration_codec(), node_codec()
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence)
+    await producer.start()
+    try:
+        for r in records:
+            if isinstance(r, RegistrationEvent):
+                await producer.send(topics.topic_registrations, reg.encode(r), key=r.endpoint.encode())
+            elif isinstance(r, NodeStatus):
+                await producer.send(topics.topic_nodes, nod.encode(r), key=r.node.encode(), partition=0)
+            else:
+                topic, key, value = r
+                await producer.send(topic, value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+async def wait_for(check: Callable[[], object], timeout: float = 30.0, interval: float = 0.5) -> object:
+    """Poll an async check until it returns something truthy (returned), else the last value."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    result: object = None
+    while loop.time() < deadline:
+        result = await check()  # type: ignore[misc]
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    return result
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_worker(procs: ProcessGroup, kafka: KafkaSettings, topics: TopicSettings, name: str, data_dir: Path,
+                 *extra: str) -> object:
+    """Start ``astreg worker`` for these topics (embedded flags follow ``kafka``)."""
+    argv = astreg_argv(
+        "worker", "--bootstrap", kafka.bootstrap, "--embedded" if kafka.embedded else "--no-embedded",
+        "--partitions", str(topics.partitions),
+        "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
+        "--topic-locations", topics.topic_locations, "--topic-deadletter", topics.topic_deadletter,
+        "--web-port", str(free_port()), "--data-dir", str(data_dir), "--worker-id", name, *extra,
+    )
+    return procs.start(name, argv)

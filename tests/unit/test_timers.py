@@ -1,0 +1,120 @@
+"""Timer decisions (stale, expiry, node grace, reconciliation) and the node book, pure."""
+
+from __future__ import annotations
+
+from schemas.models import (
+    ContactStatus,
+    EventKind,
+    LinkState,
+    NodeEventKind,
+    NodeStatus,
+    RegistrationEvent,
+    Source,
+)
+from streams.rules import Row, apply, location_of
+from streams.tables import NodeBook, node_view
+from streams.timers import partition_of, synthetic_for
+
+E = "PJSIP/1001"
+T0 = 1_000_000
+
+
+def contact(node: str, seq: int, uri: str, expires: int | None = None) -> RegistrationEvent:
+    return RegistrationEvent(endpoint=E, node=node, producer_epoch=1, seq=seq, event_time_ms=seq, kind=EventKind.CONTACT,
+                             source=Source.LIVE, contact_uri=uri, contact_status=ContactStatus.REACHABLE,
+                             expires_at_ms=expires)
+
+
+def status(node: str, seq: int, kind: NodeEventKind = NodeEventKind.HEARTBEAT, link: LinkState = LinkState.UP,
+           **kw: object) -> NodeStatus:
+    return NodeStatus(node=node, producer_epoch=1, seq=seq, event_time_ms=seq, kind=kind, ami_link=link, **kw)  # type: ignore[arg-type]
+
+
+def row_of(*events: RegistrationEvent) -> Row:
+    row: Row | None = None
+    for i, e in enumerate(events):
+        row = apply(row, e, i)
+    assert row is not None
+    return row
+
+
+def decide(row: Row, book: NodeBook, now: int, reconciles: list | None = None) -> list[RegistrationEvent]:
+    return synthetic_for(row, book.nodes, now, node_timeout=15, node_grace=120, expiry_grace=35,
+                         reconciles=reconciles or [])
+
+
+def test_live_node_contacts_are_left_alone_even_past_expiry() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    row = row_of(contact("A", 1, "sip:a", expires=T0 - 100_000))
+    assert decide(row, book, T0 + 5_000) == []
+
+
+def test_silent_node_goes_stale_then_its_expired_contacts_go() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    row = row_of(contact("A", 1, "sip:a", expires=T0 + 60_000), contact("A", 2, "sip:b", expires=T0 + 10_000))
+    out = decide(row, book, T0 + 16_000)
+    assert [(e.kind, e.contact_uri) for e in out] == [(EventKind.STALE, None)]
+    stale_row = apply(row, out[0], 5)
+    assert location_of(stale_row).status.value == "STALE"  # type: ignore[union-attr]
+    out = decide(stale_row, book, T0 + 10_000 + 36_000)
+    assert [(e.kind, e.contact_uri) for e in out] == [(EventKind.EXPIRE, "sip:b")]
+
+
+def test_node_grace_removes_everything_of_the_node() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    book.observe(status("B", 10), T0 + 200_000)
+    row = row_of(contact("A", 1, "sip:a"), contact("B", 1, "sip:b"))
+    out = decide(row, book, T0 + 15_000 + 121_000)
+    assert [(e.kind, e.node, e.contact_uri, e.cause) for e in out] == [(EventKind.EXPIRE, "A", None, "node_grace")]
+    left = location_of(apply(row, out[0], 9))
+    assert left is not None and left.nodes == ("B",)
+
+
+def test_stale_basis_covers_events_after_last_heartbeat() -> None:
+    book = NodeBook()
+    book.observe(status("A", 3), T0)
+    row = row_of(contact("A", 7, "sip:a"))  # sent after heartbeat seq 3
+    (stale,) = decide(row, book, T0 + 16_000)
+    assert (stale.producer_epoch, stale.seq) == (1, 7)
+    assert all(c.stale for c in apply(row, stale, 9).contacts)
+
+
+def test_ami_down_is_stale_at_once_but_not_removed_by_grace() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10, NodeEventKind.AMI_DOWN), T0)
+    assert node_view(book.nodes["A"], now_ms=T0)["stale"] is True
+    row = row_of(contact("A", 1, "sip:a"))
+    assert [e.kind for e in decide(row, book, T0 + 1)] == [EventKind.STALE]
+    book.observe(status("A", 11, link=LinkState.DOWN), T0 + 500_000)  # producer alive, AMI still down
+    assert book.nodes["A"].down_since_ms == T0
+    assert all(e.cause != "node_grace" for e in decide(row, book, T0 + 500_001))
+
+
+def test_completed_snapshot_queues_a_reconcile_for_unconfirmed_contacts() -> None:
+    book = NodeBook()
+    book.observe(status("A", 20, NodeEventKind.SNAPSHOT_BEGIN, snapshot_id="s1"), T0)
+    book.observe(status("A", 30, NodeEventKind.SNAPSHOT_COMPLETE, snapshot_id="s1"), T0)
+    assert book.completed == [("A", "s1", 1, 20)]
+    row = row_of(contact("A", 5, "sip:old"), contact("A", 25, "sip:confirmed"))
+    (rec,) = decide(row, book, T0, book.completed)
+    assert (rec.kind, rec.node, rec.producer_epoch, rec.seq) == (EventKind.RECONCILE, "A", 1, 20)
+    left = location_of(apply(row, rec, 9))
+    assert left is not None and [c.uri for c in left.contacts] == ["sip:confirmed"]
+    assert decide(apply(row, rec, 9), book, T0, book.completed) == []
+
+
+def test_node_book_ignores_replayed_status() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    book.observe(status("A", 9, NodeEventKind.AMI_DOWN), T0 + 1)
+    assert book.nodes["A"].down is False and book.nodes["A"].seen_at_ms == T0
+
+
+def test_partition_of_matches_kafka_default_partitioner() -> None:
+    from aiokafka.partitioner import DefaultPartitioner
+
+    for key in (b"PJSIP/1001", b"SIP/x", b""):
+        assert partition_of(key.decode(), 12) == DefaultPartitioner()(key, list(range(12)), list(range(12)))
