@@ -595,6 +595,7 @@ class Alerter:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics_view)
         app.router.add_get("/quality", self._quality_view)
+        app.router.add_get("/quality/{endpoint:.+}", self._endpoint_quality_view)
         app.router.add_get("/alerts", self._alerts_view)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
@@ -610,6 +611,12 @@ class Alerter:
 
     async def _quality_view(self, request: web.Request) -> web.Response:
         return web.json_response([s.as_dict() for s in self.engine.summaries(self.now_ms())])
+
+    async def _endpoint_quality_view(self, request: web.Request) -> web.Response:
+        found = self.engine.endpoint_quality(request.match_info["endpoint"], self.now_ms())
+        if found is None:
+            return web.json_response({"error": "no quality samples in the window"}, status=404)
+        return web.json_response(found)
 
     async def _alerts_view(self, request: web.Request) -> web.Response:
         from schemas.codec import to_dict

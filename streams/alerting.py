@@ -279,6 +279,17 @@ class AlertEngine:
         """The quality figures of every endpoint (per node) with samples in the window."""
         return [w.summary(now_ms) for _, w in sorted(self._quality.items())]
 
+    def endpoint_quality(self, endpoint: str, now_ms: int) -> dict[str, object] | None:
+        """The figures of one endpoint (its most recent node) and the points of its chart."""
+        wins = [w for (_, ep), w in self._quality.items() if ep == endpoint]
+        best = max(
+            ((w.summary(now_ms), w) for w in wins), key=lambda sw: sw[0].last_sample_ms or 0, default=None
+        )
+        if best is None or best[0].last_sample_ms is None:
+            return None
+        summary, win = best
+        return {**summary.as_dict(), "points": win.points(now_ms)}
+
     def summary(self, endpoint: str, now_ms: int) -> QualitySummary | None:
         wins = [w for (_, ep), w in self._quality.items() if ep == endpoint]
         sums = [w.summary(now_ms) for w in wins]

@@ -111,6 +111,14 @@ class QualityWindow:
     def loss_mean(self) -> float | None:
         return self._loss_sum / self._loss_n if self._loss_n else None
 
+    def points(self, now_ms: int, limit: int = 120) -> list[dict[str, float | int | None]]:
+        """The RTCP samples of the window for a chart: time, jitter, loss, RTT (newest last)."""
+        self.evict(now_ms)
+        return [
+            {"t": t, "jitter_ms": s.jitter_ms, "loss": s.fraction_lost, "rtt_ms": s.rtt_ms}
+            for t, s in list(self._rtcp)[-limit:]
+        ]
+
     def summary(self, now_ms: int) -> QualitySummary:
         self.evict(now_ms)
         rtcp = [s for _, s in self._rtcp]
