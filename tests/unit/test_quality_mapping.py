@@ -181,3 +181,22 @@ def test_qualify_transcript_06_reachable_has_a_round_trip() -> None:
             if s:
                 samples.append(s)
     assert samples and all(s.rtt_ms and s.rtt_ms > 0 for s in samples)
+
+
+def test_quality_tap_gives_keyed_records_and_keeps_rtt_state_per_contact() -> None:
+    from producers.quality_tap import QualityTap
+    from schemas.codec import Codec
+
+    tap = QualityTap("asterisk.quality.v1.t")
+    codec = Codec.for_model(QualitySample)
+    [rec] = tap.rtcp(_msg(), node="node1", now_ms=5, epoch=3, seq=10)
+    sample = codec.decode(rec.value)
+    assert (rec.topic, rec.key, sample.seq, sample.jitter_ms) == ("asterisk.quality.v1.t", b"PJSIP/1006", 10, 6.75)
+    assert rec.coalesce == ("quality", "PJSIP/1006", "PJSIP/1006-00000005", ReportDirection.SENT)
+    tap.contact(_contact("Reachable", "10000"), node="node1", now_ms=6, epoch=3, seq=11)
+    [rec] = tap.contact(_contact("Reachable", "14000"), node="node1", now_ms=7, epoch=3, seq=12)
+    assert codec.decode(rec.value).jitter_ms == 0.25  # smoothed against the previous round trip
+    assert tap.contact(_contact("Removed", "0"), node="node1", now_ms=8, epoch=3, seq=13) == []
+    [rec] = tap.contact(_contact("Reachable", "9000"), node="node1", now_ms=9, epoch=3, seq=13)
+    assert codec.decode(rec.value).jitter_ms == 0.0  # forgotten on Removed: starts afresh
+    assert tap.samples == 4
