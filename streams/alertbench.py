@@ -53,7 +53,7 @@ def _records(n: int, endpoints: int, seed: int = 1) -> list[RegistrationEvent | 
     return out
 
 
-def bench_alerting(n: int = 200_000, endpoints: int = 10_000) -> dict[str, Any]:
+def bench_alerting(n: int = 100_000, endpoints: int = 10_000) -> dict[str, Any]:
     """Records/s through AlertEngine (objects in), and with Avro decoding in front."""
     recs = _records(n, endpoints)
     codecs = {m: Codec.for_model(m) for m in (RegistrationEvent, NodeStatus, QualitySample)}
