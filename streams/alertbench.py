@@ -72,10 +72,10 @@ def bench_alerting(n: int = 100_000, endpoints: int = 10_000) -> dict[str, Any]:
     feed2 = {RegistrationEvent: engine2.on_registration, NodeStatus: engine2.on_node, QualitySample: engine2.on_quality}
     start = time.perf_counter()
     for i, (codec, data) in enumerate(encoded):
-        r = codec.decode(data)
-        feed2[type(r)](r, r.event_time_ms)  # type: ignore[operator]
+        rec: Any = codec.decode(data)
+        feed2[type(rec)](rec, rec.event_time_ms)  # type: ignore[operator]
         if i % 1000 == 0:
-            engine2.tick(r.event_time_ms)
+            engine2.tick(rec.event_time_ms)
     decode_s = time.perf_counter() - start
     return {
         "records": n,

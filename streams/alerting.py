@@ -404,7 +404,7 @@ class AlertEngine:
         window = self.s.alert_storm_window_s
         _evict(n.new_contacts, now_ms - window * 1000)
         count = len(n.new_contacts)
-        limit = self.s.alert_storm_registrations
+        limit = float(self.s.alert_storm_registrations)
         if (AlertKind.REGISTRATION_STORM, node, None) in self._active:
             limit *= self.s.alert_resolve_ratio  # hysteresis: no flip-flop at the edge
         return self._set(
