@@ -104,7 +104,11 @@ async def read_alerts(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -
         enable_auto_commit=False,
         group_id=None,
     )
-    await consumer.start()
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a failed start leaves its client open
+        raise
     try:
         tps = await _partitions(consumer, topic)
         consumer.assign(tps)
@@ -434,7 +438,9 @@ class Alerter:
         return int(longest * 1000)
 
     async def run(self, stop: asyncio.Event) -> None:
-        restored = active_alerts(await read_alerts(self.kafka, self.topics.topic_alerts))
+        restored = await self._restore(stop)
+        if stop.is_set():
+            return
         self.engine.restore(restored)
         for a in restored:
             self.metrics.active.labels(a.kind.value).inc()
@@ -492,8 +498,8 @@ class Alerter:
                 if caught_up and now - last_tick >= tick_ms:
                     out += self.engine.tick(now)
                     last_tick = now
-                if out:
-                    await self._publish(producer, out)
+                if out or self._pending_dead:
+                    await self._publish_until_sent(producer, out, stop)
                 if now - last_metrics >= 5000:
                     self.metrics.set_quality(self.engine, now)
                     last_metrics = now
@@ -509,6 +515,23 @@ class Alerter:
             if site is not None:
                 await site.cleanup()
             logger.info("alerter stopped (%d alerts published)", self.published)
+
+    async def _restore(self, stop: asyncio.Event) -> list[Alert]:
+        """The active alerts a previous run left, read back from the alerts topic (retried while
+        Kafka is unreachable: the alerter waits for Kafka instead of dying)."""
+        delay = 0.5
+        while True:
+            try:
+                return active_alerts(await read_alerts(self.kafka, self.topics.topic_alerts))
+            except (KafkaError, TimeoutError, OSError) as exc:
+                if stop.is_set():
+                    raise
+                logger.warning(
+                    "cannot read %s yet (%s): retrying in %.1f s", self.topics.topic_alerts, exc, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
 
     async def _assign(self, consumer: AIOKafkaConsumer) -> None:
         nodes = await _partitions(consumer, self.topics.topic_nodes)
@@ -570,6 +593,28 @@ class Alerter:
             )
         )
 
+    async def _publish_until_sent(
+        self, producer: AIOKafkaProducer, alerts: list[Alert], stop: asyncio.Event
+    ) -> None:
+        """Publish, retrying with backoff while Kafka refuses: a transition is never skipped.
+
+        A retry after a partial failure may write a transition twice; readers fold by key, so
+        the compacted state is the same (the webhook gets it once: it is fed after success)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._publish(producer, alerts)
+                return
+            except KafkaError as exc:
+                if stop.is_set():
+                    logger.error(
+                        "alerter stopping with %d alert transitions unpublished: %s", len(alerts), exc
+                    )
+                    return
+                logger.warning("cannot publish %d alerts (%s): retrying in %.1f s", len(alerts), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
     async def _publish(self, producer: AIOKafkaProducer, alerts: list[Alert]) -> None:
         futures = [
             await producer.send(
@@ -577,11 +622,12 @@ class Alerter:
             )
             for a in alerts
         ]
-        dead, self._pending_dead = self._pending_dead, []
+        dead = list(self._pending_dead)
         futures += [
             await producer.send(self.topics.topic_deadletter, v, key=k, headers=h) for k, v, h in dead
         ]
         await asyncio.gather(*futures)
+        del self._pending_dead[: len(dead)]  # only once Kafka has them
         self.published += len(alerts)
         for a in alerts:
             self.metrics.transitions.labels(a.kind.value, a.state.value).inc()

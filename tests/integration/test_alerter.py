@@ -170,3 +170,44 @@ def _os_env() -> dict[str, str]:
     import os
 
     return dict(os.environ)
+
+
+async def test_undecodable_quality_record_is_dead_lettered_and_the_alerter_goes_on(
+    kafka: KafkaSettings, topics: TopicSettings, procs: ProcessGroup
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    alerter = procs.start("alerter", astreg_argv("alerts", "run"), env=alerter_env(kafka, topics, **THRESHOLDS))
+    await wait_until(lambda: "caught up" in alerter.log() or not alerter.alive(), 30, "the alerter to start")
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs())
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.topic_quality, b"\xc3\x01not avro at all", key=b"PJSIP/1")
+    finally:
+        await producer.stop()
+    async with Feeder(kafka, topics) as feed:
+        await feed.send(*(feed.rtcp("n1", "PJSIP/1006", jitter_ms=40.0, loss=0.0) for _ in range(3)))
+
+        async def raised() -> bool:
+            return any(a.alert_id == "HIGH_JITTER/n1/PJSIP/1006" for a in await read_alerts(kafka, topics.topic_alerts))
+
+        await wait_until(raised, 20, "a valid sample after the bad one still alerts")
+    async def dead_letters() -> list:  # type: ignore[type-arg]
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
+        c = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
+        await c.start()
+        try:
+            tps = [TopicPartition(topics.topic_deadletter, p) for p in range(topics.partitions)]
+            c.assign(tps)
+            await c.seek_to_beginning(*tps)
+            got = await c.getmany(timeout_ms=1000)
+            return [r for rs in got.values() for r in rs]
+        finally:
+            await c.stop()
+
+    records = await wait_until(dead_letters, 20, "the dead letter")
+    assert records[0].value == b"\xc3\x01not avro at all" and records[0].key == b"PJSIP/1"
+    headers = dict(records[0].headers)
+    assert headers["astreg.component"] == b"alerter" and headers["astreg.reason"] == b"undecodable"
+    assert alerter.alive()
