@@ -32,14 +32,14 @@ logger = logging.getLogger(__name__)
 
 # name -> (module:function, description). Each function: async def f(quick: bool, work: Path) -> dict
 SECTIONS: dict[str, tuple[str, str]] = {
-    "simulator": ("producers.simulator.bench:run", "AMI events/s generated, bytes per phone"),
-    "producer": ("producers.bench:run", "AMI events/s parsed+mapped+encoded+sent, RSS"),
-    "stream": ("streams.bench:run", "events/s per worker vs naive Faust vs raw aiokafka"),
-    "sinks": ("sinks.bench:run", "upserts/s per store"),
-    "web": ("streams.webbench:run", "/node lookup latency, 50 concurrent clients"),
+    "simulator": ("astreg.bench_sections:simulator", "AMI events/s generated, bytes per phone"),
+    "producer": ("astreg.bench_sections:producer", "AMI events/s parsed+mapped+encoded+sent, RSS"),
+    "stream": ("astreg.bench_sections:stream", "events/s per worker vs naive Faust vs raw aiokafka"),
+    "sinks": ("astreg.bench_sections:sinks", "upserts/s per store"),
+    "web": ("astreg.bench_sections:web", "/node lookup latency, 50 concurrent clients"),
     "e2e": ("astreg.bench_e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
     "storm": ("astreg.bench_e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
-    "recovery": ("streams.bench:run_recovery", "restarted worker serving a large table"),
+    "recovery": ("astreg.bench_sections:recovery", "restarted worker serving a large table"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import signal
 import sys
@@ -195,20 +196,25 @@ def status_view(stack: Stack, client: httpx.Client, rate: _Rate) -> Table | Grou
     applied = 0.0
     for url in stack.web_urls:
         with contextlib.suppress(httpx.HTTPError):
-            applied += _metric(client.get(f"{url}/metrics", timeout=2.0).text, "astreg_events_applied_total")
+            applied += _metric(client.get(f"{url}/metrics", timeout=2.0).text, "astreg_stream_events_total")
     listing = _get_json(client, f"{stack.web_urls[0]}/api/v1/endpoints?limit=1") or {}
     table = Table(title="astreg demo", expand=False)
     table.add_column("node")
     table.add_column("state")
     table.add_column("AMI")
     table.add_column("contacts", justify="right")
-    table.add_column("last heartbeat")
+    table.add_column("primary for", justify="right")
+    table.add_column("last heard")
+    table.add_column("Asterisk")
     for n in (nodes.get("nodes") if isinstance(nodes, dict) else nodes) or []:
-        table.add_row(str(n.get("node")), str(n.get("state")), str(n.get("ami_link")), str(n.get("contacts")),
-                      str(n.get("last_heartbeat_age_s", n.get("last_heartbeat", ""))))
+        counts = n.get("table") or {}
+        seen = n.get("seen_ms_ago")
+        table.add_row(str(n.get("node")), str(n.get("state")), str(n.get("ami_link")), str(counts.get("contacts", "")),
+                      str(counts.get("primary", "")), f"{seen / 1000:.1f} s ago" if seen is not None else "",
+                      str(n.get("asterisk_version") or ""))
     alive = sum(c.alive() for c in stack.procs.children)
     head = (f"page: {stack.web_urls[0]}/   SQLite: {stack.sqlite_path}\n"
-            f"events applied/s: {rate.update(applied):,.0f}   table size: {listing.get('total', '?')}   "
+            f"events processed/s: {rate.update(applied):,.0f}   table size: {listing.get('total', '?')}   "
             f"processes alive: {alive}/{len(stack.procs.children)}   (Ctrl-C stops everything)")
     return Group(Panel(head), table)
 
@@ -218,6 +224,7 @@ def status_view(stack: Stack, client: httpx.Client, rate: _Rate) -> Table | Grou
 def demo(**kw: Any) -> None:
     """Run the whole pipeline on this machine (embedded broker + simulator + workers + sinks)."""
     (cfg,) = build(kw, DemoSettings)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console()
     stopping = {"now": False}
 

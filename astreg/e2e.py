@@ -8,6 +8,7 @@ and the SQL sink run as separate ``astreg`` processes, exactly as deployed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import sqlite3
@@ -49,6 +50,16 @@ def sql_nodes(path: Path) -> dict[str, str | None]:
         return {}
     finally:
         con.close()
+
+
+def _run_blocking(coro: Any) -> Any:
+    """Run a coroutine to completion from sync code, even when an event loop is running here."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclass
@@ -94,7 +105,7 @@ def pipeline(
     procs = ProcessGroup(log_dir=work / "logs", env=env)
     pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite")
     try:
-        asyncio.run(ensure_topics(kafka, topics))
+        _run_blocking(ensure_topics(kafka, topics))
         for node, port in ami.items():
             procs.start(f"producer-{node}", astreg_argv(
                 "producer", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg", "--ami-secret", "astreg",

@@ -65,3 +65,25 @@ def install(kafka: KafkaSettings) -> None:
         return await true_end_offsets(kafka, reported)
 
     driver.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+    _short_fetch_wait(driver)
+
+
+def _short_fetch_wait(driver: Any) -> None:
+    """Faust hard-codes fetch_max_wait_ms=1500; the embedded broker then delays every record by
+    up to 1.5 s (its fetch is not woken by new data). Embedded mode only: real Kafka keeps it."""
+    import aiokafka
+
+    from astreg.settings import EMBEDDED_FETCH_MAX_WAIT_MS
+
+    base = aiokafka.AIOKafkaConsumer
+    if getattr(base, "_astreg_short_wait", False):
+        return
+
+    class ShortWaitConsumer(base):  # type: ignore[misc, valid-type]
+        _astreg_short_wait = True
+
+        def __init__(self, *topics: Any, **kw: Any) -> None:
+            kw["fetch_max_wait_ms"] = min(kw.get("fetch_max_wait_ms", 500), EMBEDDED_FETCH_MAX_WAIT_MS)
+            super().__init__(*topics, **kw)
+
+    driver.aiokafka.AIOKafkaConsumer = ShortWaitConsumer

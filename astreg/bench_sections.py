@@ -1,0 +1,58 @@
+"""Adapters from ``astreg bench`` sections to each part's own benchmark functions.
+
+Each part keeps its measuring code next to it (``<package>/bench.py``); this module only picks
+the sizes (``quick`` or full) and runs synchronous benchmarks in a thread so that their own
+``asyncio.run`` does not nest in the bench's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+__all__ = ["simulator", "producer", "stream", "recovery", "sinks", "web"]
+
+
+async def simulator(quick: bool, work: Path) -> dict[str, Any]:
+    from producers.simulator.bench import bench_events, bench_memory
+
+    events = await asyncio.to_thread(bench_events, 3, 10_000, 3.0 if quick else 10.0)
+    memory = await asyncio.to_thread(bench_memory, 100_000 if quick else 1_000_000, 3)
+    return {"events_per_s": events["events_per_s"], "events": events["events"],
+            "phones_for_memory": memory["phones"], "rss_bytes_per_phone": memory["rss_bytes_per_phone"],
+            "target_events_per_s": 50_000, "ratio_vs_target": round(events["events_per_s"] / 50_000, 2)}
+
+
+async def producer(quick: bool, work: Path) -> dict[str, Any]:
+    from producers.bench import bench_producer
+
+    figures = await bench_producer(events=30_000 if quick else 200_000, phones=2000)
+    figures["ratio_vs_target"] = round(figures["ami_events_per_s"] / 20_000, 2)
+    return figures
+
+
+async def stream(quick: bool, work: Path) -> dict[str, Any]:
+    from streams.bench import run
+
+    return await run(quick=quick, work=work)  # type: ignore[no-any-return]
+
+
+async def recovery(quick: bool, work: Path) -> dict[str, Any]:
+    from streams.bench import run_recovery
+
+    return await run_recovery(quick=quick, work=work)  # type: ignore[no-any-return]
+
+
+async def sinks(quick: bool, work: Path) -> dict[str, Any]:
+    from sinks.bench import run
+
+    return await run(quick=quick, work=work)  # type: ignore[no-any-return]
+
+
+async def web(quick: bool, work: Path) -> dict[str, Any]:
+    from streams.webbench import run
+
+    return await asyncio.to_thread(
+        run, endpoints=2000 if quick else 10_000, clients=50, requests=3000 if quick else 20_000,
+        max_seconds=20 if quick else 60)

@@ -1,0 +1,421 @@
+"""The sink contract and the one runner every store shares.
+
+A sink is a small object with ``setup() / write_batch(upserts, deletes) / flush() / close()`` and
+``reconcile(alive, owned)``; :class:`SinkRunner` does everything else: it consumes the compacted
+``asterisk.locations.v1`` topic with its own consumer group, decodes each record (null value =
+tombstone), coalesces a batch by key (last value wins), writes it, and commits the offsets only
+after the write succeeded (at-least-once; upserts and deletes are idempotent, so a replay gives
+the same store). A store that is down or slow raises :class:`SinkUnavailable`: the runner pauses
+the partitions, backs off, retries the same batch and never commits past it. A record that can
+never be written (undecodable bytes, a constraint the store refuses: :class:`PermanentWriteError`)
+goes to ``asterisk.deadletter.v1`` with the reason in headers and the sink goes on. A fresh group
+(no committed offset) or ``--rebuild`` reads each partition from the start up to the fetch
+high watermark (the embedded broker's ``end_offsets()`` is wrong) and then asks the sink to
+remove the keys of those partitions the topic no longer holds. Run through ``astreg sink ...``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.partitioner import murmur2
+from prometheus_client import Counter, Gauge, Histogram
+
+from astreg.deadletter import deadletter_headers
+from astreg.errors import PermanentWriteError, SinkUnavailable, UndecodableRecord
+from astreg.settings import KafkaSettings, TopicSettings
+from schemas.codec import Codec, location_codec
+from schemas.models import EndpointLocation
+
+from .settings import RunnerSettings
+
+__all__ = [
+    "Sink",
+    "SinkRunner",
+    "RunnerSettings",
+    "Batch",
+    "coalesce",
+    "partition_of",
+    "stale_keys",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORDS = Counter("astreg_sink_records", "Records handled by a sink", ["sink", "outcome"])
+BATCHES = Counter("astreg_sink_batches", "Batches written", ["sink"])
+WRITE_SECONDS = Histogram("astreg_sink_write_seconds", "Duration of one successful batch write", ["sink"])
+UNAVAILABLE = Counter("astreg_sink_unavailable", "Writes refused because the store was down or slow", ["sink"])
+STORE_UP = Gauge("astreg_sink_store_up", "1 when the last write succeeded, 0 while retrying", ["sink"])
+LAG = Gauge("astreg_sink_lag_records", "High watermark minus committed position, all partitions", ["sink"])
+RECONCILED = Counter("astreg_sink_reconciled_deletes", "Stale keys removed by a rebuild", ["sink"])
+
+
+class Sink(Protocol):
+    """What a store must offer the runner. Every method may raise SinkUnavailable."""
+
+    kind: str
+    #: True when the sink must see the whole topic at every start (it mirrors the state in
+    #: memory to repair a store that lost data, e.g. AstDB of a restarted node).
+    full_replay: bool
+
+    async def setup(self) -> None: ...
+
+    async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
+        """Upsert and delete idempotently; PermanentWriteError if some record can never be written."""
+
+    async def reconcile(self, alive: set[str], owned: Callable[[str], bool]) -> int:
+        """Remove stored endpoints that ``owned`` claims and ``alive`` lacks; return how many."""
+
+    async def flush(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Batch:
+    """A coalesced batch: the last value of each key wins."""
+
+    upserts: dict[str, EndpointLocation] = field(default_factory=dict)
+    deletes: set[str] = field(default_factory=set)
+
+    def put(self, key: str, value: EndpointLocation | None) -> None:
+        if value is None:
+            self.upserts.pop(key, None)
+            self.deletes.add(key)
+        else:
+            self.deletes.discard(key)
+            self.upserts[key] = value
+
+    def __len__(self) -> int:
+        return len(self.upserts) + len(self.deletes)
+
+
+def coalesce(items: Iterable[tuple[str, EndpointLocation | None]]) -> Batch:
+    """Fold (key, value-or-tombstone) pairs in log order into one batch."""
+    batch = Batch()
+    for key, value in items:
+        batch.put(key, value)
+    return batch
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2, like Java) puts ``key`` in."""
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def stale_keys(stored: Iterable[str], alive: set[str], owned: Callable[[str], bool]) -> list[str]:
+    """Stored keys a rebuild must remove: owned by the rebuilt partitions, gone from the topic."""
+    return [k for k in stored if k not in alive and owned(k)]
+
+
+@dataclass
+class _Origin:
+    """Where the last record of a key in a batch came from (for dead letters)."""
+
+    tp: TopicPartition
+    offset: int
+    raw: bytes | None
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: SinkRunner):
+        self.runner = runner
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.runner._rebuilding.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        # Seeking here is undone when aiokafka then applies the committed offsets: the runner
+        # decides and seeks after the fetch that followed the assignment.
+        self.runner._newly_assigned.update(assigned)
+
+
+class SinkRunner:
+    """Consume the locations topic into one sink; see the module docstring."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        settings: RunnerSettings | None = None,
+        *,
+        codec: Codec[EndpointLocation] | None = None,
+    ):
+        self.sink = sink
+        self.kafka = kafka
+        self.topics = topics
+        self.settings = settings or RunnerSettings()
+        self.group = self.settings.group or f"astreg-sink-{sink.kind}"
+        self.codec = codec or location_codec()
+        self.caught_up = asyncio.Event()
+        self.rebuilds_done = 0
+        # For benchmarks and operators: records written and when the first/last write ended.
+        self.written = 0
+        self.first_write_at: float | None = None
+        self.last_write_at: float | None = None
+        self._rebuild_next = self.settings.rebuild
+        self._rebuilding: dict[TopicPartition, dict[str, bool]] = {}
+        self._newly_assigned: set[TopicPartition] = set()
+        self._rebuilt: dict[str, bool] = {}
+        self._rebuilt_partitions: set[int] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        """Run until :meth:`stop`; closes everything it opened."""
+        if self.settings.metrics_port:
+            from prometheus_client import start_http_server
+
+            start_http_server(self.settings.metrics_port)
+        await self._retrying(self.sink.setup, "setup")
+        self._producer = AIOKafkaProducer(
+            **self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotence, acks="all"
+        )
+        self._consumer = AIOKafkaConsumer(
+            **self.kafka.aiokafka_kwargs(),
+            **self.kafka.group_kwargs(),
+            group_id=self.group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.batch_size,
+        )
+        self._consumer.subscribe([self.topics.topic_locations], listener=_Listener(self))
+        try:
+            await self._producer.start()
+            await self._consumer.start()
+            logger.info("sink %s consuming %s as group %s", self.sink.kind, self.topics.topic_locations, self.group)
+            while not self._stop.is_set():
+                await self._step()
+        except SinkUnavailable as exc:
+            if not self._stop.is_set():
+                raise
+            logger.warning("sink %s stopping while the store is down (%s); nothing committed past it", self.sink.kind, exc.reason)
+        finally:
+            await self._consumer.stop()
+            await self._producer.stop()
+            await self.sink.close()
+            logger.info("sink %s stopped", self.sink.kind)
+
+    async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
+        assert self._consumer is not None
+        fresh = []
+        for tp in sorted(assigned):
+            committed = await self._consumer.committed(tp)
+            if self._rebuild_next or self.sink.full_replay or committed is None:
+                await self._consumer.seek_to_beginning(tp)
+                self._rebuilding[tp] = {}
+                fresh.append(tp.partition)
+        self._rebuild_next = False
+        if fresh:
+            logger.info("sink %s rebuilding partitions %s from the start", self.sink.kind, sorted(fresh))
+
+    # ------------------------------------------------------------------ one step
+
+    async def _step(self) -> None:
+        assert self._consumer is not None
+        fetched = await self._consumer.getmany(
+            timeout_ms=self.settings.batch_linger_ms, max_records=self.settings.batch_size
+        )
+        if self._newly_assigned:
+            assigned, self._newly_assigned = self._newly_assigned & self._consumer.assignment(), set()
+            await self._on_assigned(assigned)
+            # Records fetched before the decision are read again from the right position.
+            fetched = {tp: recs for tp, recs in fetched.items() if tp not in assigned}
+        batch = Batch()
+        origins: dict[str, _Origin] = {}
+        ends: dict[TopicPartition, int] = {}
+        for tp, records in fetched.items():
+            alive = self._rebuilding.get(tp)
+            for rec in records:
+                ends[tp] = rec.offset + 1
+                key, value = await self._decode(rec)
+                if key is None:
+                    continue
+                batch.put(key, value)
+                origins[key] = _Origin(tp, rec.offset, rec.value)
+                if alive is not None:
+                    alive[key] = value is not None
+        if len(batch):
+            await self._write(batch, origins)
+        if ends:
+            await self._commit(ends)
+        await self._after_write()
+
+    async def _decode(self, rec: Any) -> tuple[str | None, EndpointLocation | None]:
+        """(key, value-or-None) of a record, or (None, None) after dead-lettering it."""
+        tp = TopicPartition(rec.topic, rec.partition)
+        if rec.key is None:
+            await self._deadletter(rec.key, rec.value, tp, rec.offset, "record without a key")
+            return None, None
+        try:
+            key = rec.key.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            await self._deadletter(rec.key, rec.value, tp, rec.offset, "key is not UTF-8", exc)
+            return None, None
+        if rec.value is None:
+            return key, None
+        try:
+            return key, self.codec.decode(rec.value, topic=rec.topic, partition=rec.partition, offset=rec.offset)
+        except UndecodableRecord as exc:
+            await self._deadletter(rec.key, rec.value, tp, rec.offset, exc.reason, exc)
+            return None, None
+
+    async def _write(self, batch: Batch, origins: dict[str, _Origin]) -> None:
+        started = time.perf_counter()
+        await self._retrying(lambda: self._write_isolating(batch, origins), "write")
+        now = time.perf_counter()
+        WRITE_SECONDS.labels(self.sink.kind).observe(now - started)
+        self.written += len(batch)
+        self.first_write_at = self.first_write_at or started
+        self.last_write_at = now
+        BATCHES.labels(self.sink.kind).inc()
+        RECORDS.labels(self.sink.kind, "upsert").inc(len(batch.upserts))
+        RECORDS.labels(self.sink.kind, "delete").inc(len(batch.deletes))
+
+    async def _write_isolating(self, batch: Batch, origins: dict[str, _Origin]) -> None:
+        try:
+            await self.sink.write_batch(batch.upserts, batch.deletes)
+            return
+        except PermanentWriteError as exc:
+            logger.warning("sink %s: batch refused (%s); writing its records one by one", self.sink.kind, exc)
+        # One record at a time finds the culprits; the rest is written and nothing valid is lost.
+        for key, value in list(batch.upserts.items()):
+            try:
+                await self.sink.write_batch({key: value}, set())
+            except PermanentWriteError as exc:
+                o = origins[key]
+                await self._deadletter(key.encode(), o.raw, o.tp, o.offset, f"store refused the row: {exc}", exc)
+                batch.upserts.pop(key)
+        if batch.deletes:
+            await self.sink.write_batch({}, batch.deletes)
+
+    async def _retrying(self, action: Callable[[], Any], what: str) -> None:
+        """Run ``action`` until it does not raise SinkUnavailable, pausing the partitions meanwhile."""
+        delay = 0.2
+        failures = 0
+        while True:
+            try:
+                await action()
+                STORE_UP.labels(self.sink.kind).set(1)
+                if failures:
+                    logger.info("sink %s: store is back after %d failed %s attempts", self.sink.kind, failures, what)
+                    if self._consumer is not None:
+                        self._consumer.resume(*self._consumer.assignment())
+                return
+            except SinkUnavailable as exc:
+                failures += 1
+                UNAVAILABLE.labels(self.sink.kind).inc()
+                STORE_UP.labels(self.sink.kind).set(0)
+                # Log the outage once, then quietly; the metric counts every attempt.
+                log = logger.warning if failures == 1 else logger.debug
+                log("sink %s: %s failed, retrying: %s", self.sink.kind, what, exc.reason)
+                if self._consumer is not None:
+                    self._consumer.pause(*self._consumer.assignment())
+                wait = min(max(exc.retry_after, delay), self.settings.backoff_max)
+                delay = min(delay * 2, self.settings.backoff_max)
+                try:
+                    await asyncio.wait_for(self._stop.wait(), wait)
+                except TimeoutError:
+                    continue
+                raise  # stopping while the store is down: exit without committing
+
+    async def _commit(self, ends: dict[TopicPartition, int]) -> None:
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(ends)
+        except (CommitFailedError, KafkaError) as exc:
+            # The group rebalanced: the records are written (idempotently) and will be seen again.
+            logger.warning("sink %s: commit failed (%s); records will be replayed", self.sink.kind, exc)
+
+    async def _after_write(self) -> None:
+        """Finish rebuilds that reached the end, update lag, tell waiters we are caught up."""
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        lag = 0
+        at_end = bool(assignment)
+        for tp in assignment:
+            high = self._consumer.highwater(tp)
+            if high is None:
+                at_end = False
+                continue
+            behind = max(0, high - await self._consumer.position(tp))
+            lag += behind
+            if behind:
+                at_end = False
+            elif tp in self._rebuilding:
+                self._rebuilt.update(self._rebuilding.pop(tp))
+                self._rebuilt_partitions.add(tp.partition)
+        LAG.labels(self.sink.kind).set(lag)
+        if self._rebuilt_partitions and not self._rebuilding:
+            await self._finish_rebuild()
+        if at_end and not self._rebuilding:
+            await self._retrying(self.sink.flush, "flush")
+            self.caught_up.set()
+        else:
+            self.caught_up.clear()
+
+    async def _finish_rebuild(self) -> None:
+        assert self._consumer is not None
+        count = len(self._consumer.partitions_for_topic(self.topics.topic_locations) or ())
+        parts = set(self._rebuilt_partitions)
+        alive = {k for k, present in self._rebuilt.items() if present}
+        removed: list[int] = []
+
+        async def reconcile() -> None:
+            removed.append(await self.sink.reconcile(alive, lambda k: partition_of(k, count) in parts))
+
+        await self._retrying(reconcile, "reconcile")
+        RECONCILED.labels(self.sink.kind).inc(removed[-1])
+        logger.info(
+            "sink %s: rebuilt partitions %s: %d endpoints alive, %d stale removed",
+            self.sink.kind, sorted(parts), len(alive), removed[-1],
+        )
+        self._rebuilt.clear()
+        self._rebuilt_partitions.clear()
+        self.rebuilds_done += 1
+
+    async def _deadletter(
+        self,
+        key: bytes | None,
+        value: bytes | None,
+        tp: TopicPartition,
+        offset: int,
+        reason: str,
+        exc: BaseException | None = None,
+    ) -> None:
+        assert self._producer is not None
+        logger.warning("sink %s: dead-lettering %s[%d]@%d: %s", self.sink.kind, tp.topic, tp.partition, offset, reason)
+        RECORDS.labels(self.sink.kind, "deadletter").inc()
+        headers = deadletter_headers(
+            reason,
+            component=f"sink-{self.sink.kind}",
+            topic=tp.topic,
+            partition=tp.partition,
+            offset=offset,
+            error=type(exc).__name__ if exc is not None else None,
+        )
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(self.topics.topic_deadletter, value=value, key=key, headers=headers)
+                return
+            except KafkaError as exc:
+                # The offset is not committed before the dead letter is out: keep trying.
+                logger.warning("sink %s: dead letter not sent yet (%s); retrying", self.sink.kind, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.backoff_max)

@@ -1,0 +1,111 @@
+"""AstDB sink against the AMI simulator (byte-exact Asterisk 22 DB* answers), fed through Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import pytest
+
+from producers.simulator import SimConfig, Simulator
+from schemas.models import DeviceState
+from sinks.astdb import AstDbSink, entries
+from sinks.base import UNAVAILABLE
+from sinks.settings import AstDbSettings
+from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def expected(items: list[Any], family: str = "astreg") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for loc in final_state(items).values():
+        out.update({f"/{family}/{k}": v for k, v in entries(loc).items()})
+    return out
+
+
+async def tree(sim: Simulator, node: str, family: str = "astreg") -> dict[str, str]:
+    return {k: v for k, v in sim.node(node).astdb.as_dict().items() if k.startswith(f"/{family}/")}
+
+
+async def trees(sim: Simulator) -> list[dict[str, str]]:
+    return [await tree(sim, "node1"), await tree(sim, "node2")]
+
+
+async def _value(v: float) -> float:
+    return v
+
+
+async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kafka, topics, unique) -> None:
+    items: list[Any] = [(f"PJSIP/{1000 + i}", location(f"PJSIP/{1000 + i}", "node1")) for i in range(20)]
+    items += [(f"PJSIP/{1000 + i}", location(f"PJSIP/{1000 + i}", "node2", state=DeviceState.INUSE, version=2))
+              for i in range(0, 20, 3)]
+    items += [(f"PJSIP/{1000 + i}", None) for i in range(0, 20, 4)]
+    items += [(name, location(name, "node2", user_agent="x")) for name in NASTY]
+    items += [("PJSIP/1019", location("PJSIP/1019", None, ip="2001:db8::1", version=3))]
+    await produce(kafka, topics.topic_locations, items)
+    want = expected(items)
+
+    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
+    await sim.start()
+    try:
+        # Left over from an earlier run, and a key of another family the sink must not touch.
+        sim.node("node1").astdb.put("astreg", "node/9999", "node1")
+        sim.node("node1").astdb.put("other", "keep", "me")
+        ports = sim.ports
+        settings = AstDbSettings(
+            ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
+            ami_secret="astreg", timeout=3,
+        )
+        sink = AstDbSink(settings)
+        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert got == [want, want]
+            assert sim.node("node1").astdb.get("other", "keep") == "me"
+
+            # The dialplan's reads: ${DB(astreg/node/1001)} and friends.
+            db = sim.node("node2").astdb
+            assert db.get("astreg", "node/1001") == "node1"
+            assert db.get("astreg", "state/1003") == "INUSE"
+            assert db.get("astreg", "addr/1019") == "[2001:db8::1]:5060"
+            assert db.get("astreg", "node/1019") is None  # nothing routable: no key
+            assert db.get("astreg", "node/1000") is None  # tombstone
+            # A CR/LF name is one key, percent-encoded; the injected "DBDelTree" did nothing.
+            crlf = NASTY[2].partition("/")[2]
+            assert db.get("astreg", "node/line%0D%0AAction%3A%20DBDelTree%0D%0AFamily%3A%20astreg") == "node2"
+            assert unquote("line%0D%0AAction%3A%20DBDelTree%0D%0AFamily%3A%20astreg") == crlf
+            assert db.get("astreg", "node/a%2Fb%2Fc") == "node2"  # a slash never opens a sub-tree
+            assert db.get("astreg", "node/bj%C3%B8rn-%E6%97%A5%E6%9C%AC") == "node2"
+
+            # node1 restarts and comes back with a damaged AstDB: the sink reconciles it on reconnect.
+            await sim.restart("node1")
+            sim.node("node1").astdb.delete_tree("astreg")
+            sim.node("node1").astdb.put("astreg", "node/ghost", "node7")
+            before = sink.reconciles
+            got = await eventually(lambda: trees(sim), lambda t: t == [want, want] and sink.reconciles > before)
+            assert got == [want, want]
+            assert sink.reconciles > before
+
+            # The node is down for a while: records keep coming, nothing is lost when it is back.
+            await sim.crash("node2", mode="close")
+            more = [("PJSIP/1001", location("PJSIP/1001", "node2", version=9)), ("PJSIP/1002", None)]
+            await produce(kafka, topics.topic_locations, more)
+            await sim.recover("node2")
+            want2 = expected(items + more)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want2, want2])
+            assert got == [want2, want2]
+
+            # A hung node (TCP open, no answers): the write times out, is retried, and lands
+            # once the node talks again.
+            before = UNAVAILABLE.labels("astdb")._value.get()
+            await sim.crash("node1", mode="halfopen")
+            last = [("PJSIP/1004", location("PJSIP/1004", "node3", version=10))]
+            await produce(kafka, topics.topic_locations, last)
+            await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before)
+            assert UNAVAILABLE.labels("astdb")._value.get() > before
+            await sim.recover("node1")
+            want3 = expected(items + more + last)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want3, want3])
+        assert got == [want3, want3]
+    finally:
+        await sim.stop()

@@ -1,0 +1,83 @@
+"""Redis sink on this machine's real Redis (own key prefix per test), fed through the real broker."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from schemas.models import DeviceState
+from sinks.base import UNAVAILABLE
+from sinks.redis import RedisSettings, RedisSink, hash_of
+from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
+
+pytestmark = pytest.mark.timeout(90)
+
+
+async def snapshot(url: str, prefix: str) -> dict[str, Any]:
+    client = aioredis.from_url(url, decode_responses=True)
+    try:
+        out: dict[str, Any] = {}
+        async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            kind = await client.type(key)
+            out[key] = await client.hgetall(key) if kind == "hash" else await client.get(key)
+        return out
+    finally:
+        await client.aclose()
+
+
+def expected(prefix: str, items: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, loc in final_state(items).items():
+        out[f"{prefix}loc:{key}"] = hash_of(key, loc)
+        if loc.primary_node is not None:
+            out[f"{prefix}node:{loc.resource}"] = loc.primary_node
+    return out
+
+
+async def test_redis_store_equals_topic_and_rebuild_removes_stale_keys(kafka, topics, unique, redis_url, redis_prefix):
+    items: list[Any] = [(f"PJSIP/{1000 + i}", location(f"PJSIP/{1000 + i}")) for i in range(30)]
+    items += [(f"PJSIP/{1000 + i}", location(f"PJSIP/{1000 + i}", "node2", state=DeviceState.RINGING, version=2))
+              for i in range(0, 30, 4)]
+    items += [(f"PJSIP/{1000 + i}", None) for i in range(0, 30, 7)]
+    items += [("PJSIP/1001", location("PJSIP/1001", None, version=3))]  # registered nowhere routable
+    items += [(name, location(name, "node\r\nSET x y", user_agent="UA\r\n*1\r\n$4\r\nPING")) for name in NASTY]
+    await produce(kafka, topics.topic_locations, items)
+    want = expected(redis_prefix, items)
+    assert f"{redis_prefix}node:1001" not in want
+    settings = RedisSettings(url=redis_url, key_prefix=redis_prefix)
+    group = f"g-{unique}"
+    async with running(RedisSink(settings), kafka, topics, group=group):
+        got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == want)
+    assert got == want
+
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    await client.hset(f"{redis_prefix}loc:PJSIP/ghost", mapping={"node": "node9"})
+    await client.hset(f"{redis_prefix}loc:PJSIP/1002", mapping={"node": "wrong"})
+    await client.aclose()
+    # A replay through a new group (no committed offsets) repairs the store.
+    async with running(RedisSink(settings), kafka, topics, group=f"g2-{unique}") as runner:
+        got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == want and runner.rebuilds_done > 0)
+    assert got == want
+
+
+async def test_redis_client_pause_mid_run_loses_nothing(kafka, topics, unique, redis_url, redis_prefix):
+    first = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}")) for i in range(20)]
+    second = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}", "node2", version=2)) for i in range(20)]
+    second += [("PJSIP/2019", None)]
+    settings = RedisSettings(url=redis_url, key_prefix=redis_prefix, timeout=0.5)
+    admin = aioredis.from_url(redis_url)
+    async with running(RedisSink(settings), kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+        await produce(kafka, topics.topic_locations, first)
+        await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, first))
+        before = UNAVAILABLE.labels("redis")._value.get()
+        # Short: the Redis server is shared with other engineers' tests.
+        await admin.execute_command("CLIENT", "PAUSE", "2500", "WRITE")
+        await produce(kafka, topics.topic_locations, second)
+        await asyncio.sleep(2.6)
+        got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, first + second))
+    await admin.aclose()
+    assert UNAVAILABLE.labels("redis")._value.get() > before
+    assert got == expected(redis_prefix, first + second)
