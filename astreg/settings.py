@@ -25,6 +25,8 @@ TOPIC_DEFAULTS = {
     "nodes": "asterisk.nodes.v1",
     "locations": "asterisk.locations.v1",
     "deadletter": "asterisk.deadletter.v1",
+    "quality": "asterisk.quality.v1",
+    "alerts": "asterisk.alerts.v1",
 }
 
 
@@ -160,6 +162,8 @@ class TopicSettings(_Base):
     topic_nodes: str = Field(TOPIC_DEFAULTS["nodes"], description="Node status topic.")
     topic_locations: str = Field(TOPIC_DEFAULTS["locations"], description="Locations topic.")
     topic_deadletter: str = Field(TOPIC_DEFAULTS["deadletter"], description="Dead-letter topic.")
+    topic_quality: str = Field(TOPIC_DEFAULTS["quality"], description="Call quality samples topic.")
+    topic_alerts: str = Field(TOPIC_DEFAULTS["alerts"], description="Alerts topic (compacted).")
     partitions: int = Field(12, ge=1, description="Partitions of the endpoint-keyed topics.")
     replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
     registrations_retention_ms: int = Field(
@@ -174,5 +178,7 @@ class TopicSettings(_Base):
                 "topic_nodes": f"{self.topic_nodes}.{suffix}",
                 "topic_locations": f"{self.topic_locations}.{suffix}",
                 "topic_deadletter": f"{self.topic_deadletter}.{suffix}",
+                "topic_quality": f"{self.topic_quality}.{suffix}",
+                "topic_alerts": f"{self.topic_alerts}.{suffix}",
             }
         )

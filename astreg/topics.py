@@ -55,6 +55,10 @@ def topic_specs(t: TopicSettings) -> list[TopicSpec]:
         TopicSpec(t.topic_nodes, 1, "compact"),
         TopicSpec(t.topic_locations, t.partitions, "compact"),
         TopicSpec(t.topic_deadletter, t.partitions, "delete", t.registrations_retention_ms),
+        # Quality samples are history like registrations; alerts are keyed by alert id and the
+        # latest record per id is the alert's state, so compaction keeps exactly what matters.
+        TopicSpec(t.topic_quality, t.partitions, "delete", t.registrations_retention_ms),
+        TopicSpec(t.topic_alerts, t.partitions, "compact"),
     ]
 
 

@@ -55,6 +55,7 @@ from schemas.models import (
 from . import ami
 from .metrics import ProducerMetrics
 from .publisher import Publisher, Record
+from .quality_tap import AMI_CLASS, RTCP_EVENTS, QualityTap
 
 __all__ = ["ProducerSettings", "NodeProducer", "AmiProtocol", "next_epoch", "MAX_PENDING"]
 
@@ -95,6 +96,7 @@ class ProducerSettings(BaseSettings):
     linger_ms: int = Field(5, ge=0, description="Kafka producer linger (ms).")
     compression: Literal["none", "gzip", "lz4", "zstd"] = Field("lz4", description="Kafka compression.")
     epoch_file: Path | None = Field(None, description="File keeping producer epochs strictly increasing across restarts.")
+    quality: bool = Field(True, description="Publish call quality (RTCP, AMI class reporting) and qualify RTT samples on the quality topic.")
 
     @property
     def ami_host(self) -> str:
@@ -238,7 +240,7 @@ class AmiLink:
 
     @property
     def wanted(self) -> frozenset[str]:
-        return ami.CONSUMED_EVENTS
+        return _WANTED_WITH_QUALITY if self.owner._quality is not None else ami.CONSUMED_EVENTS
 
     def on_message(self, message: AmiMessage) -> None:
         self.owner._enqueue(message)
@@ -246,6 +248,8 @@ class AmiLink:
     def bad_frame(self, frame: str, reason: str) -> None:
         self.owner._enqueue(_BadFrame(frame, reason))
 
+
+_WANTED_WITH_QUALITY = ami.CONSUMED_EVENTS | RTCP_EVENTS
 
 # ---------------------------------------------------------------- queue items
 
@@ -341,6 +345,7 @@ class NodeProducer:
         self.snapshots_completed = 0
         self.malformed = 0
         self._current_snap: _Snapshot | None = None
+        self._quality = QualityTap(topics.topic_quality) if settings.quality else None
 
     # ------------------------------------------------------------ lifecycle
 
@@ -446,7 +451,8 @@ class NodeProducer:
     async def _login(self, proto: AmiProtocol) -> None:
         s = self.settings
         secret = s.ami_secret.get_secret_value()
-        login: dict[str, str] = {"Action": "Login", "Username": s.ami_user, "Events": "system,call"}
+        events = f"system,call,{AMI_CLASS}" if self._quality is not None else "system,call"
+        login: dict[str, str] = {"Action": "Login", "Username": s.ami_user, "Events": events}
         if s.ami_md5:
             challenge = await self._action(proto, {"Action": "Challenge", "AuthType": "MD5"})
             key = hashlib.md5((challenge.get("Challenge", "") + secret).encode()).hexdigest()  # noqa: S324 - AMI's protocol
@@ -555,6 +561,9 @@ class NodeProducer:
 
     def _handle(self, msg: Mapping[str, Any]) -> None:
         name = msg.get("Event", "")
+        if name in RTCP_EVENTS and self._quality is not None:
+            self._quality_records(self._quality.rtcp, msg)
+            return
         if name not in ami.CONSUMED_EVENTS:
             action_id = msg.get("ActionID", "")
             if action_id and action_id in self._lists:
@@ -601,6 +610,20 @@ class NodeProducer:
                 ev.kind.value,
             )
         )
+        if name == "ContactStatus" and self._quality is not None:
+            self._quality_records(self._quality.contact, msg)
+
+    def _quality_records(self, tap: Any, msg: Mapping[str, Any]) -> None:
+        """Quality samples of one message, numbered with the producer's one counter."""
+        assert self.node is not None
+        try:
+            records = tap(msg, node=self.node, now_ms=int(time.time() * 1000), epoch=self.epoch, seq=self.seq + 1)
+        except MalformedAmiEvent as exc:
+            self._malformed(msg, exc)
+            return
+        self.seq += len(records)
+        for r in records:
+            self.publisher.put(r)
 
     def _track(self, msg: Mapping[str, Any], name: str, ev: RegistrationEvent, snap: _Snapshot | None) -> None:
         uri = ev.contact_uri

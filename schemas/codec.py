@@ -37,7 +37,7 @@ import httpx
 
 from astreg.errors import SchemaRegistryError, UndecodableRecord
 
-from . import models
+from . import models, quality
 
 __all__ = [
     "SCHEMA_DIR",
@@ -62,6 +62,8 @@ _SCHEMA_FILES: dict[type, str] = {
     models.RegistrationEvent: "registration_event.avsc",
     models.NodeStatus: "node_status.avsc",
     models.EndpointLocation: "endpoint_location.avsc",
+    quality.QualitySample: "quality_sample.avsc",
+    quality.Alert: "alert.avsc",
 }
 
 
@@ -444,6 +446,20 @@ def _compile_type(schema: Any, named: dict[str, Any], model: type | None) -> Cal
                 out.append(0)
 
             return write_array
+        if t == "map":
+            value = _compile_type(schema["values"], named, None)
+
+            def write_map(v: Any, out: bytearray) -> None:
+                if v:
+                    _write_long(len(v), out)
+                    for k, x in v.items():
+                        b = k.encode("utf-8")
+                        _write_long(len(b), out)
+                        out += b
+                        value(x, out)
+                out.append(0)
+
+            return write_map
         return _compile_type(t, named, model)
     if schema in ("long", "int"):
         return _write_long
@@ -461,6 +477,20 @@ def _compile_type(schema: Any, named: dict[str, Any], model: type | None) -> Cal
             out.append(1 if v else 0)
 
         return write_bool
+    if schema == "double":
+        pack_double = struct.Struct("<d").pack
+
+        def write_double(v: float, out: bytearray) -> None:
+            out += pack_double(v)
+
+        return write_double
+    if schema == "float":
+        pack_float = struct.Struct("<f").pack
+
+        def write_float(v: float, out: bytearray) -> None:
+            out += pack_float(v)
+
+        return write_float
     if schema == "null":
         return lambda v, out: None
     if schema == "bytes":

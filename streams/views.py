@@ -432,7 +432,29 @@ class EndpointView(_Base):
         headers = {SERVED_BY: found.served_by}
         if found.stale:
             headers["X-Astreg-Stale"] = "1"
-        return self.ok_json(found.row, headers=headers)
+        row = found.row
+        if self.service.settings.quality_url and not request.headers.get(FORWARDED) and isinstance(row, dict):
+            row = {**row, "quality": await quality_of(self.service, str(row.get("endpoint", endpoint)))}
+        return self.ok_json(row, headers=headers)
+
+
+async def quality_of(service: WebService, endpoint: str) -> dict[str, Any] | None:
+    """The endpoint's call quality from the alerter (streams/alerter.py), None when it has none.
+
+    Quality is advisory, never routing: an alerter that is down or slow costs the row its
+    figures, not its answer (docs/quality.md explains why the alerter owns these figures).
+    """
+    url = f"{service.settings.quality_url.rstrip('/')}/quality/{quote(endpoint, safe='')}"  # type: ignore[union-attr]
+    timeout = aiohttp.ClientTimeout(total=min(1.0, service.settings.web_peer_timeout))
+    try:
+        async with service.app.http_client.get(URL(url, encoded=True), timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+            value = await resp.json()
+            return value if isinstance(value, dict) else None
+    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        logger.debug("no quality figures for %s from %s: %s", endpoint, url, exc)
+        return None
 
 
 class EndpointNodeView(_Base):

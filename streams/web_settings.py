@@ -33,6 +33,11 @@ class WebSettings(BaseSettings):
         1000, ge=0, description="Maximum age of the per-worker row snapshot behind lists and counts (ms)."
     )
     web_peer_timeout: float = Field(3.0, gt=0, description="Timeout of a request to another worker (s).")
+    quality_url: str | None = Field(
+        None,
+        description="Base URL of the alerter's figures (astreg alerts run --alert-metrics-port), e.g. "
+        "http://alerter:9464: endpoint rows then carry their call quality. Unset: no quality figures.",
+    )
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -44,6 +44,9 @@ class SimConfig(BaseSettings):
     split_writes: bool = Field(False, description="Fault: split every message into random small chunks (even inside UTF-8 characters).")
     client_buffer_limit: int = Field(4 * 1024 * 1024, ge=1024, description="Bytes queued for a client that does not read before it is dropped.")
     shuffle_order: bool = Field(False, description="Shuffle the events of one change (Asterisk does not order them consistently).")
+    rtcp_interval: float = Field(5.0, ge=0, description="Seconds between RTCP reports of an answered call (RTCPSent/RTCPReceived; 0 = none).")
+    rtcp_jitter_ms: float = Field(0.0, ge=0, description="Interarrival jitter the phones' call legs report (ms, +-15 %).")
+    rtcp_loss: float = Field(0.0, ge=0, le=1, description="Fraction of packets lost on the phones' call legs (0..1).")
 
     @field_validator("endpoint_format")
     @classmethod

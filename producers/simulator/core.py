@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .config import SimConfig
+from .media import Leg, rtcp_events
 from .node import AmiNode
 from .state import DEVICE_STATES, STATUS_NAMES
 
@@ -46,6 +47,8 @@ class Simulator:
         self._rate_tokens = 0.0
         self._rate_at = 0.0
         self.control: Any = None  # ControlServer when started by the CLI
+        self._media: dict[tuple[int, int], asyncio.Task[None]] = {}  # answered calls -> RTCP task
+        self._channel_seq: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------
     def _next_seq(self) -> int:
@@ -216,8 +219,13 @@ class Simulator:
             raise SimulatorError(f"unknown device state {state!r}")
         self.node(node).set_device_state(self._phone(phone), state)
 
-    async def call(self, caller: int | str, callee: int | str, *, answer: bool = True) -> None:
-        """09: callee RINGING and caller INUSE at once, then callee INUSE on answer."""
+    async def call(self, caller: int | str, callee: int | str, *, answer: bool = True,
+                   jitter_ms: float | None = None, loss: float | None = None) -> None:
+        """09: callee RINGING and caller INUSE at once, then callee INUSE on answer.
+
+        An answered call reports RTCP every ``rtcp_interval`` on each of its channels (14)
+        until ``hangup``; ``jitter_ms``/``loss`` override the configured figures of its phones.
+        """
         a, b = self._phone(caller), self._phone(callee)
         na, nb = self._where(a), self._where(b)
         nb.set_device_state(b, "RINGING")
@@ -226,6 +234,69 @@ class Simulator:
         na.current_calls += 1
         if answer:
             nb.set_device_state(b, "INUSE")
+            if self.config.rtcp_interval > 0:
+                jitter = self.config.rtcp_jitter_ms if jitter_ms is None else jitter_ms
+                lost = self.config.rtcp_loss if loss is None else loss
+                if not 0 <= lost <= 1 or jitter < 0:
+                    raise SimulatorError(f"bad call quality: jitter_ms={jitter} loss={lost}")
+                self._start_media((a, b), self._legs(a, na, b, nb, jitter, lost))
+
+    def _channel(self, node: AmiNode, who: str) -> tuple[str, str]:
+        """A new channel name of ``who`` on ``node`` and its Uniqueid."""
+        n = self._channel_seq.get(node.name, 0) + 1
+        self._channel_seq[node.name] = n
+        return f"PJSIP/{who}-{n:08x}", f"{node.name}-{int(node.boot_time)}.{n}"
+
+    def _legs(self, a: int, na: AmiNode, b: int, nb: AmiNode, jitter: float, loss: float) -> list[tuple[AmiNode, Leg]]:
+        """The channels of a call as Asterisk makes them: each phone's own leg, plus one trunk
+        leg on each node when the phones are on different nodes (transcript 14, part B)."""
+        ea, eb = self.endpoint(a), self.endpoint(b)
+        rng = self.rng
+        host = self.config.host
+
+        def rtp() -> str:
+            return f"{host}:{rng.randrange(10000, 20000, 2)}"
+
+        def phone_rtp(phone: int, node: AmiNode) -> str:
+            c = node.contacts.get(phone)
+            return f"{c.address() if c else host}:{rng.randrange(20000, 30000, 2)}"
+
+        chan, uid = self._channel(na, ea)
+        legs = [(na, Leg(chan, ea, f"Ext {ea}", eb, "<unknown>", "from-internal", eb, 1, uid, uid, rtp(),
+                         phone_rtp(a, na), jitter, loss, random.Random(rng.random())))]
+        linked = uid
+        if na is not nb:
+            chan, uid = self._channel(na, nb.name)
+            legs.append((na, Leg(chan, eb, "<unknown>", ea, f"Ext {ea}", "from-cluster", "", 1, uid, linked, rtp(),
+                                 rtp(), 0.0, 0.0, random.Random(rng.random()))))
+            chan, uid = self._channel(nb, na.name)
+            legs.append((nb, Leg(chan, na.name, "<unknown>", "<unknown>", "<unknown>", "from-cluster", eb, 2, uid, uid,
+                                 rtp(), rtp(), 0.0, 0.0, random.Random(rng.random()))))
+            linked = uid
+        chan, uid = self._channel(nb, eb)
+        legs.append((nb, Leg(chan, ea, f"Ext {ea}", eb, "<unknown>", "from-cluster", eb, 2, uid, linked, rtp(),
+                             phone_rtp(b, nb), jitter, loss, random.Random(rng.random()))))
+        return legs
+
+    def _start_media(self, key: tuple[int, int], legs: list[tuple[AmiNode, Leg]]) -> None:
+        self._stop_media(key)
+        task = asyncio.get_running_loop().create_task(self._rtcp_loop(legs))
+        self._media[key] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _stop_media(self, key: tuple[int, int]) -> None:
+        task = self._media.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    async def _rtcp_loop(self, legs: list[tuple[AmiNode, Leg]]) -> None:
+        interval = self.config.rtcp_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = time.time()
+            for node, leg in legs:
+                node.emit(rtcp_events(leg, now, interval))
 
     async def hold(self, caller: int | str, callee: int | str) -> None:
         """The *held* party goes ONHOLD (09), not the one who pressed hold."""
@@ -239,6 +310,7 @@ class Simulator:
     async def hangup(self, caller: int | str, callee: int | str) -> None:
         a, b = self._phone(caller), self._phone(callee)
         na, nb = self._where(a), self._where(b)
+        self._stop_media((a, b))
         na.set_device_state(a, "NOT_INUSE")
         nb.set_device_state(b, "NOT_INUSE")
         na.current_calls = max(0, na.current_calls - 1)

@@ -10,10 +10,13 @@ move     ``count`` phones re-register on another node; the old node expires them
 calls    ``count`` calls: RINGING/INUSE → INUSE → ONHOLD → INUSE → NOT_INUSE (09).
 storm    every phone of ``node`` re-registers on the other nodes (after ``node`` died).
 crash    ``node`` crashes (``mode`` close|halfopen); ``restart``: Shutdown then new boot.
+flapping ``phone``'s contact alternates Unreachable/Reachable ``changes`` times within ``window`` s.
+bad_call ``caller`` calls ``callee`` for ``seconds`` with ``jitter_ms``/``loss`` in its RTCP (14).
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -106,8 +109,36 @@ async def restart(sim: Simulator, node: str = "node1") -> dict[str, Any]:
     return {"restarted": node, "boot_time": int(sim.node(node).boot_time)}
 
 
+async def flapping(sim: Simulator, phone: int | str = 1, changes: int = 6, window: float = 10.0) -> dict[str, Any]:
+    """A qualified contact alternating Unreachable/Reachable ``changes`` times within ``window`` s."""
+    from .core import SimulatorError
+
+    p = sim._phone(phone)
+    node = sim.location(p)
+    if node is None:
+        raise SimulatorError(f"phone {phone} is not registered anywhere")
+    if changes < 1 or window < 0:
+        raise SimulatorError("flapping needs changes >= 1 and window >= 0")
+    await sim.qualify(p, node, True)  # start from Reachable: NonQualified -> Reachable is no flap
+    for i in range(changes):
+        await asyncio.sleep(window / changes)
+        await sim.qualify(p, node, reachable=i % 2 == 1)
+    return {"phone": p, "node": node, "changes": changes}
+
+
+async def bad_call(sim: Simulator, caller: int | str = 1, callee: int | str = 2, seconds: float = 10.0,
+                   jitter_ms: float = 60.0, loss: float = 0.1) -> dict[str, Any]:
+    """An answered call with poor media for ``seconds``: its RTCP reports carry the jitter/loss."""
+    await sim.call(caller, callee, jitter_ms=jitter_ms, loss=loss)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        await sim.hangup(caller, callee)
+    return {"caller": caller, "callee": callee, "seconds": seconds}
+
+
 SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {"steady": steady, "churn": churn, "move": move, "calls": calls, "storm": storm, "crash": crash,
-             "restart": restart}
+             "restart": restart, "flapping": flapping, "bad_call": bad_call}
 
 
 async def run_scenario(sim: Simulator, name: str, **params: Any) -> dict[str, Any]:

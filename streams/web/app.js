@@ -142,10 +142,12 @@ async function refreshDetail() {
   if (!row) {
     $("detail-title").textContent = state.detail + " — not registered";
     $("detail-rows").replaceChildren();
+    renderQuality(null);
     return;
   }
   $("detail-title").textContent =
     `${row.endpoint} — primary ${row.primary_node || "none"}, ${row.device_state}` + (row.stale ? " (stale copy)" : "");
+  renderQuality(row.quality);
   $("detail-rows").replaceChildren(
     ...row.contacts.map((c) => {
       const tr = el("tr");
@@ -157,6 +159,51 @@ async function refreshDetail() {
       return tr;
     }),
   );
+}
+
+// ---------------------------------------------------------------- call quality (issue 9)
+
+function fmtNum(v, digits, unit) {
+  return v === null || v === undefined ? "–" : v.toFixed(digits) + unit;
+}
+
+function renderQuality(q) {
+  const box = $("quality");
+  if (!q) {
+    box.hidden = true;
+    return;
+  }
+  box.hidden = false;
+  const loss = (v) => (v === null || v === undefined ? "–" : (v * 100).toFixed(1) + " %");
+  $("quality-figures").textContent =
+    `on ${q.node}, ${q.samples} RTCP reports in ${Math.round(q.window_ms / 1000)} s: ` +
+    `jitter last ${fmtNum(q.jitter_last_ms, 1, " ms")}, mean ${fmtNum(q.jitter_mean_ms, 1, " ms")}, ` +
+    `p95 ${fmtNum(q.jitter_p95_ms, 1, " ms")}; loss mean ${loss(q.loss_mean)}, p95 ${loss(q.loss_p95)}; ` +
+    `RTT ${fmtNum(q.rtt_last_ms, 1, " ms")}; MES ${fmtNum(q.mes_last, 1, "")}`;
+  const ns = "http://www.w3.org/2000/svg";
+  const W = 600, H = 80, PAD = 3;
+  const pts = (q.points || []).filter((p) => p.jitter_ms !== null);
+  let max = 1;
+  for (const p of pts) max = Math.max(max, p.jitter_ms);
+  max = Math.ceil(max * 1.1);
+  const t0 = pts.length ? pts[0].t : 0;
+  const span = Math.max(1, (pts.length ? pts[pts.length - 1].t : 1) - t0);
+  const line = document.createElementNS(ns, "polyline");
+  line.setAttribute("points", pts.map((p) => {
+    const x = PAD + ((p.t - t0) / span) * (W - 2 * PAD);
+    const y = H - PAD - (p.jitter_ms / max) * (H - 2 * PAD);
+    return x.toFixed(1) + "," + y.toFixed(1);
+  }).join(" "));
+  line.setAttribute("fill", "none");
+  line.setAttribute("stroke", COLORS[0]);
+  line.setAttribute("stroke-width", "2");
+  line.setAttribute("vector-effect", "non-scaling-stroke");
+  const label = document.createElementNS(ns, "text");
+  label.setAttribute("x", "6");
+  label.setAttribute("y", "12");
+  label.setAttribute("font-size", "11");
+  label.textContent = max + " ms";
+  $("quality-chart").replaceChildren(line, label);
 }
 
 // ---------------------------------------------------------------- nodes and chart

@@ -1,0 +1,670 @@
+"""The alerter process: Kafka in, the alerting engine, Avro alerts (and an optional webhook) out.
+
+``astreg alerts run`` (``streams/alerts_cli.py``) builds an :class:`Alerter` from settings. It
+reads ``asterisk.nodes.v1`` from the beginning (compacted: the nodes' last word) and
+``asterisk.registrations.v1`` / ``asterisk.quality.v1`` from ``lookback`` ago (the longest
+window; records older than every window cannot change an alert), feeds
+:class:`~streams.alerting.AlertEngine`, ticks it every ``tick`` seconds and publishes each
+transition as an Avro ``Alert`` keyed by alert id on the compacted ``asterisk.alerts.v1``. The
+active alerts are read back from that topic at start, so a restarted alerter neither repeats a
+RAISED nor forgets to RESOLVE. It keeps no consumer group: run one alerter per cluster.
+
+With ``--alert-webhook URL`` every transition is also POSTed in Alertmanager's format
+(``[{labels, annotations, startsAt, endsAt}]``) by :class:`WebhookSender`: a bounded queue,
+batches in order, retries with exponential backoff while the receiver is down. ``/metrics``
+(Prometheus) and ``/quality`` (JSON figures per endpoint) are served on ``--alert-metrics-port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from astreg.deadletter import deadletter_headers
+from astreg.errors import UndecodableRecord
+from astreg.settings import KafkaSettings, TopicSettings
+from schemas.codec import Codec
+from schemas.models import NodeStatus, RegistrationEvent
+from schemas.quality import Alert, AlertState, QualitySample
+
+from .alerting import AlertEngine, AlertSettings
+
+__all__ = [
+    "AlerterSettings",
+    "Alerter",
+    "WebhookSender",
+    "alertmanager_payload",
+    "read_alerts",
+    "active_alerts",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class AlerterSettings(BaseSettings):
+    """How the alerter runs (``ASTREG_ALERT_*``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True
+    )
+
+    alert_webhook: str | None = Field(
+        None, description="Alertmanager-compatible URL to POST alerts to (e.g. http://am:9093/api/v2/alerts)."
+    )
+    alert_webhook_queue: int = Field(
+        10000, ge=1, description="Alerts waiting for the webhook before the oldest are dropped."
+    )
+    alert_webhook_timeout_s: float = Field(5.0, gt=0, description="Timeout of one webhook POST (s).")
+    alert_webhook_max_backoff_s: float = Field(
+        30.0, gt=0, description="Longest pause between webhook retries (s)."
+    )
+    alert_webhook_resend_s: float = Field(
+        0.0,
+        ge=0,
+        description="Re-send active alerts this often (s; 0 = never), for Alertmanager's resolve_timeout.",
+    )
+    alert_tick_s: float = Field(
+        1.0, gt=0, description="How often time-based conditions are re-evaluated (s)."
+    )
+    alert_metrics_port: int | None = Field(
+        None, description="Port of /metrics and /quality (unset = not served)."
+    )
+    alert_metrics_host: str = Field("127.0.0.1", description="Bind address of /metrics and /quality.")
+
+
+# ---------------------------------------------------------------- reading the alerts topic
+
+
+async def read_alerts(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> list[Alert]:
+    """Every Alert record of the topic in order, up to the fetch high watermark.
+
+    The high watermark comes from Fetch responses, not ``end_offsets()``: the embedded broker
+    answers ListOffsets "latest" wrongly. Undecodable records are logged and skipped.
+    """
+    codec = Codec.for_model(Alert)
+    consumer = AIOKafkaConsumer(
+        **kafka.aiokafka_kwargs(),
+        client_id=f"{kafka.client_id}-alerts-reader",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # a failed start leaves its client open
+        raise
+    try:
+        tps = await _partitions(consumer, topic)
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        out: list[Alert] = []
+        done: set[TopicPartition] = set()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(done) < len(tps):
+            if loop.time() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout:g} s")
+            batches = await consumer.getmany(timeout_ms=200)
+            for tp, records in batches.items():
+                for r in records:
+                    if r.value is None:
+                        continue
+                    try:
+                        out.append(
+                            codec.decode(r.value, topic=tp.topic, partition=tp.partition, offset=r.offset)
+                        )
+                    except UndecodableRecord as exc:
+                        logger.warning("skipping %s", exc)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None and await consumer.position(tp) >= hw:
+                    done.add(tp)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _at_end(consumer: AIOKafkaConsumer) -> bool:
+    """Every assigned partition read up to its fetch high watermark (not ListOffsets: see above)."""
+    for tp in consumer.assignment():
+        hw = consumer.highwater(tp)
+        if hw is None or await consumer.position(tp) < hw:
+            return False
+    return True
+
+
+def active_alerts(alerts: Iterable[Alert]) -> list[Alert]:
+    """Fold alert records as a compacted topic would: the last record per id, RAISED ones."""
+    last: dict[str, Alert] = {}
+    for a in alerts:
+        last[a.alert_id] = a
+    return sorted((a for a in last.values() if a.state is AlertState.RAISED), key=lambda a: a.alert_id)
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()  # first metadata may not list it yet
+        parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        raise KafkaError(f"topic {topic} does not exist (astreg topics create)")
+    return [TopicPartition(topic, p) for p in sorted(parts)]
+
+
+# ---------------------------------------------------------------- webhook
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def alertmanager_payload(alerts: Iterable[Alert], generator_url: str = "") -> list[dict[str, Any]]:
+    """Alertmanager's POST /api/v2/alerts body: labels identify the alert, endsAt resolves it."""
+    out = []
+    for a in alerts:
+        labels = {
+            "alertname": a.kind.value,
+            "alert_id": a.alert_id,
+            "severity": a.severity.value.lower(),
+            "service": "astreg",
+        }
+        if a.node:
+            labels["node"] = a.node
+        if a.endpoint:
+            labels["endpoint"] = a.endpoint
+        item: dict[str, Any] = {
+            "labels": labels,
+            "annotations": {"summary": a.summary, "figures": json.dumps(dict(a.figures), sort_keys=True)},
+            "startsAt": _iso(a.raised_at_ms),
+        }
+        if a.state is AlertState.RESOLVED and a.resolved_at_ms is not None:
+            item["endsAt"] = _iso(a.resolved_at_ms)
+        if generator_url:
+            item["generatorURL"] = generator_url
+        out.append(item)
+    return out
+
+
+class WebhookSender:
+    """Delivers alerts in order to an Alertmanager-compatible URL, retrying while it is down.
+
+    ``submit`` never blocks the engine: alerts wait in a bounded queue (the oldest are dropped,
+    counted and logged when it is full); one task POSTs them in batches and retries a failed
+    batch with exponential backoff (connection errors, 5xx, 429) until it is accepted.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        queue: int = 10000,
+        timeout_s: float = 5.0,
+        max_backoff_s: float = 30.0,
+        batch: int = 100,
+        metrics: _Metrics | None = None,
+    ) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self.max_backoff_s = max_backoff_s
+        self.batch = batch
+        self.metrics = metrics
+        self._queue: asyncio.Queue[Alert] = asyncio.Queue(maxsize=queue)
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.sent = 0
+        self.dropped = 0
+        self.failures = 0
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout_s))
+        self._task = asyncio.create_task(self._run(), name="alert-webhook")
+
+    def submit(self, alerts: Iterable[Alert]) -> None:
+        for a in alerts:
+            if self._queue.full():
+                lost = self._queue.get_nowait()
+                self.dropped += 1
+                if self.metrics:
+                    self.metrics.webhook_dropped.inc()
+                logger.warning(
+                    "webhook queue full (%d): dropped %s %s",
+                    self._queue.maxsize,
+                    lost.alert_id,
+                    lost.state.value,
+                )
+            self._queue.put_nowait(a)
+        if self.metrics:
+            self.metrics.webhook_queue.set(self._queue.qsize())
+
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def _run(self) -> None:
+        while True:
+            first = await self._queue.get()
+            items = [first]
+            while len(items) < self.batch and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            await self._deliver(items)
+            for _ in items:
+                self._queue.task_done()
+            if self.metrics:
+                self.metrics.webhook_queue.set(self._queue.qsize())
+
+    async def _deliver(self, items: list[Alert]) -> None:
+        body = alertmanager_payload(items)
+        attempt = 0
+        while True:
+            try:
+                assert self._session is not None
+                async with self._session.post(self.url, json=body) as resp:
+                    if resp.status < 300:
+                        self.sent += len(items)
+                        if self.metrics:
+                            self.metrics.webhook_sent.inc(len(items))
+                        return
+                    text = (await resp.text())[:200]
+                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                        # The receiver refuses this body: retrying the same bytes cannot help.
+                        self.dropped += len(items)
+                        if self.metrics:
+                            self.metrics.webhook_dropped.inc(len(items))
+                        logger.error(
+                            "webhook %s refused %d alerts: %d %s", self.url, len(items), resp.status, text
+                        )
+                        return
+                    reason = f"HTTP {resp.status} {text}"
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}"
+            attempt += 1
+            self.failures += 1
+            if self.metrics:
+                self.metrics.webhook_failures.inc()
+            delay = min(self.max_backoff_s, 0.2 * 2 ** min(attempt, 16)) * (0.5 + random.random() / 2)
+            if attempt == 1 or attempt % 10 == 0:
+                logger.warning(
+                    "webhook %s failed (%s), attempt %d: retrying in %.1f s", self.url, reason, attempt, delay
+                )
+            await asyncio.sleep(delay)
+
+    async def close(self, drain_s: float = 5.0) -> None:
+        """Give queued alerts ``drain_s`` to go out, then stop."""
+        if self._task is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), drain_s)
+            if self._queue.qsize():
+                logger.warning("webhook: %d alerts not delivered at shutdown", self._queue.qsize())
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class _Metrics:
+    """The alerter's Prometheus series, in a registry of its own (several alerters per test process)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.records = Counter("astreg_alerter_records_total", "Records consumed.", ["topic"], registry=r)
+        self.undecodable = Counter(
+            "astreg_alerter_undecodable_total", "Records that could not be decoded.", ["topic"], registry=r
+        )
+        self.transitions = Counter(
+            "astreg_alerts_total", "Alert transitions published.", ["kind", "state"], registry=r
+        )
+        self.active = Gauge("astreg_alerts_active", "Active alerts.", ["kind"], registry=r)
+        self.webhook_sent = Counter(
+            "astreg_alert_webhook_sent_total", "Alerts the webhook accepted.", registry=r
+        )
+        self.webhook_failures = Counter(
+            "astreg_alert_webhook_failures_total", "Failed webhook POSTs.", registry=r
+        )
+        self.webhook_dropped = Counter(
+            "astreg_alert_webhook_dropped_total", "Alerts never delivered.", registry=r
+        )
+        self.webhook_queue = Gauge(
+            "astreg_alert_webhook_queue", "Alerts waiting for the webhook.", registry=r
+        )
+        self.jitter = Gauge(
+            "astreg_quality_jitter_ms",
+            "RTCP interarrival jitter over the window (ms).",
+            ["node", "endpoint", "stat"],
+            registry=r,
+        )
+        self.loss = Gauge(
+            "astreg_quality_loss_ratio",
+            "RTCP fraction lost over the window (0..1).",
+            ["node", "endpoint", "stat"],
+            registry=r,
+        )
+        self.rtt = Gauge(
+            "astreg_quality_rtt_ms", "RTCP round trip (last, ms).", ["node", "endpoint"], registry=r
+        )
+        self._quality_labels: set[tuple[str, str]] = set()
+
+    def set_quality(self, engine: AlertEngine, now_ms: int) -> None:
+        seen: set[tuple[str, str]] = set()
+        for s in engine.summaries(now_ms):
+            if s.samples == 0 or s.node is None:
+                continue
+            key = (s.node, s.endpoint)
+            seen.add(key)
+            for stat, value in (
+                ("last", s.jitter_last_ms),
+                ("mean", s.jitter_mean_ms),
+                ("p95", s.jitter_p95_ms),
+            ):
+                if value is not None:
+                    self.jitter.labels(*key, stat).set(value)
+            for stat, value in (("last", s.loss_last), ("mean", s.loss_mean), ("p95", s.loss_p95)):
+                if value is not None:
+                    self.loss.labels(*key, stat).set(value)
+            if s.rtt_last_ms is not None:
+                self.rtt.labels(*key).set(s.rtt_last_ms)
+        for key in self._quality_labels - seen:  # endpoints without samples in the window: no stale series
+            for stat in ("last", "mean", "p95"):
+                with contextlib.suppress(KeyError):
+                    self.jitter.remove(*key, stat)
+                with contextlib.suppress(KeyError):
+                    self.loss.remove(*key, stat)
+            with contextlib.suppress(KeyError):
+                self.rtt.remove(*key)
+        self._quality_labels = seen
+
+
+# ---------------------------------------------------------------- the runner
+
+
+class Alerter:
+    """Consume, evaluate, publish. ``await Alerter(...).run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        alerts: AlertSettings | None = None,
+        settings: AlerterSettings | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kafka = kafka
+        self.topics = topics
+        self.settings = settings or AlerterSettings()
+        self.engine = AlertEngine(alerts or AlertSettings())
+        self.clock = clock
+        self.metrics = _Metrics()
+        self._codecs: dict[str, Codec[Any]] = {
+            topics.topic_registrations: Codec.for_model(RegistrationEvent),
+            topics.topic_nodes: Codec.for_model(NodeStatus),
+            topics.topic_quality: Codec.for_model(QualitySample),
+        }
+        self._alert_codec = Codec.for_model(Alert)
+        self.webhook: WebhookSender | None = None
+        self.ready = asyncio.Event()
+        self.published = 0
+        self._pending_dead: list[tuple[bytes | None, bytes, list[tuple[str, bytes]]]] = []
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def lookback_ms(self) -> int:
+        s = self.engine.s
+        longest = max(
+            s.alert_storm_window_s,
+            s.alert_contact_loss_window_s,
+            s.alert_flapping_window_s,
+            s.alert_quality_window_s,
+            s.alert_snapshot_window_s,
+        )
+        return int(longest * 1000)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        restored = await self._restore(stop)
+        if stop.is_set():
+            return
+        self.engine.restore(restored)
+        for a in restored:
+            self.metrics.active.labels(a.kind.value).inc()
+        logger.info("alerter: %d active alerts restored from %s", len(restored), self.topics.topic_alerts)
+        producer = AIOKafkaProducer(
+            **self.kafka.aiokafka_kwargs(),
+            client_id=f"{self.kafka.client_id}-alerter",
+            enable_idempotence=self.kafka.idempotence,
+            acks="all",
+        )
+        consumer = AIOKafkaConsumer(
+            **self.kafka.aiokafka_kwargs(),
+            client_id=f"{self.kafka.client_id}-alerter",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        site = await self._serve_metrics()
+        await producer.start()
+        await consumer.start()
+        if self.settings.alert_webhook:
+            self.webhook = WebhookSender(
+                self.settings.alert_webhook,
+                queue=self.settings.alert_webhook_queue,
+                timeout_s=self.settings.alert_webhook_timeout_s,
+                max_backoff_s=self.settings.alert_webhook_max_backoff_s,
+                metrics=self.metrics,
+            )
+            await self.webhook.start()
+        try:
+            await self._assign(consumer)
+            self.ready.set()
+            logger.info(
+                "alerter running: %s, %s, %s -> %s",
+                self.topics.topic_nodes,
+                self.topics.topic_registrations,
+                self.topics.topic_quality,
+                self.topics.topic_alerts,
+            )
+            tick_ms = int(self.settings.alert_tick_s * 1000)
+            last_tick = last_metrics = last_resend = 0
+            # No tick before the lookback is read: a restored alert would resolve for lack of data.
+            catch_up_until = self.now_ms() + 30_000
+            caught_up = False
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=min(tick_ms, 500), max_records=2000)
+                now = self.now_ms()
+                out: list[Alert] = []
+                for tp, records in batches.items():
+                    for r in records:
+                        out += self._feed(tp, r, now)
+                if not caught_up:
+                    caught_up = now > catch_up_until or await _at_end(consumer)
+                    if caught_up:
+                        logger.info("alerter caught up with its inputs")
+                if caught_up and now - last_tick >= tick_ms:
+                    out += self.engine.tick(now)
+                    last_tick = now
+                if out or self._pending_dead:
+                    await self._publish_until_sent(producer, out, stop)
+                if now - last_metrics >= 5000:
+                    self.metrics.set_quality(self.engine, now)
+                    last_metrics = now
+                resend = self.settings.alert_webhook_resend_s * 1000
+                if self.webhook and resend and now - last_resend >= resend:
+                    self.webhook.submit(self.engine.active())
+                    last_resend = now
+        finally:
+            if self.webhook is not None:
+                await self.webhook.close()
+            await consumer.stop()
+            await producer.stop()
+            if site is not None:
+                await site.cleanup()
+            logger.info("alerter stopped (%d alerts published)", self.published)
+
+    async def _restore(self, stop: asyncio.Event) -> list[Alert]:
+        """The active alerts a previous run left, read back from the alerts topic (retried while
+        Kafka is unreachable: the alerter waits for Kafka instead of dying)."""
+        delay = 0.5
+        while True:
+            try:
+                return active_alerts(await read_alerts(self.kafka, self.topics.topic_alerts))
+            except (KafkaError, TimeoutError, OSError) as exc:
+                if stop.is_set():
+                    raise
+                logger.warning(
+                    "cannot read %s yet (%s): retrying in %.1f s", self.topics.topic_alerts, exc, delay
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _assign(self, consumer: AIOKafkaConsumer) -> None:
+        nodes = await _partitions(consumer, self.topics.topic_nodes)
+        recent = await _partitions(consumer, self.topics.topic_registrations) + await _partitions(
+            consumer, self.topics.topic_quality
+        )
+        consumer.assign(nodes + recent)
+        await consumer.seek_to_beginning(*nodes)
+        since = self.now_ms() - self.lookback_ms()
+        try:
+            offsets = await consumer.offsets_for_times({tp: since for tp in recent})
+        except (KafkaError, ValueError) as exc:  # a broker without timestamp lookup: read it all
+            logger.warning(
+                "offsets_for_times failed (%s): reading %d partitions from the beginning", exc, len(recent)
+            )
+            offsets = {}
+        for tp in recent:
+            found = offsets.get(tp)
+            if found is not None:
+                consumer.seek(tp, found.offset)
+            else:  # no record that new (or no answer): nothing in the window before the end
+                await consumer.seek_to_beginning(tp)
+
+    def _feed(self, tp: TopicPartition, record: Any, now: int) -> list[Alert]:
+        self.metrics.records.labels(tp.topic).inc()
+        if record.value is None:
+            return []
+        codec = self._codecs[tp.topic]
+        try:
+            rec = codec.decode(record.value, topic=tp.topic, partition=tp.partition, offset=record.offset)
+        except UndecodableRecord as exc:
+            self.metrics.undecodable.labels(tp.topic).inc()
+            logger.warning("skipping undecodable record: %s", exc)
+            self._deadletter(tp, record, exc)
+            return []
+        if isinstance(rec, RegistrationEvent):
+            return self.engine.on_registration(rec, now)
+        if isinstance(rec, NodeStatus):
+            return self.engine.on_node(rec, now)
+        return self.engine.on_quality(rec, now)
+
+    def _deadletter(self, tp: TopicPartition, record: Any, exc: UndecodableRecord) -> None:
+        # Registrations and nodes are dead-lettered by the stream workers already; quality
+        # samples have no other reader, so the alerter keeps the bad bytes for a human.
+        if tp.topic != self.topics.topic_quality:
+            return
+        self._pending_dead.append(
+            (
+                record.key,
+                record.value,
+                deadletter_headers(
+                    "undecodable",
+                    component="alerter",
+                    topic=tp.topic,
+                    partition=tp.partition,
+                    offset=record.offset,
+                    error=str(exc),
+                ),
+            )
+        )
+
+    async def _publish_until_sent(
+        self, producer: AIOKafkaProducer, alerts: list[Alert], stop: asyncio.Event
+    ) -> None:
+        """Publish, retrying with backoff while Kafka refuses: a transition is never skipped.
+
+        A retry after a partial failure may write a transition twice; readers fold by key, so
+        the compacted state is the same (the webhook gets it once: it is fed after success)."""
+        delay = 0.2
+        while True:
+            try:
+                await self._publish(producer, alerts)
+                return
+            except KafkaError as exc:
+                if stop.is_set():
+                    logger.error(
+                        "alerter stopping with %d alert transitions unpublished: %s", len(alerts), exc
+                    )
+                    return
+                logger.warning("cannot publish %d alerts (%s): retrying in %.1f s", len(alerts), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _publish(self, producer: AIOKafkaProducer, alerts: list[Alert]) -> None:
+        futures = [
+            await producer.send(
+                self.topics.topic_alerts, self._alert_codec.encode(a), key=a.alert_id.encode()
+            )
+            for a in alerts
+        ]
+        dead = list(self._pending_dead)
+        futures += [
+            await producer.send(self.topics.topic_deadletter, v, key=k, headers=h) for k, v, h in dead
+        ]
+        await asyncio.gather(*futures)
+        del self._pending_dead[: len(dead)]  # only once Kafka has them
+        self.published += len(alerts)
+        for a in alerts:
+            self.metrics.transitions.labels(a.kind.value, a.state.value).inc()
+            self.metrics.active.labels(a.kind.value).inc(1 if a.state is AlertState.RAISED else -1)
+        if self.webhook is not None:
+            self.webhook.submit(alerts)
+
+    async def _serve_metrics(self) -> web.AppRunner | None:
+        if self.settings.alert_metrics_port is None:
+            return None
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics_view)
+        app.router.add_get("/quality", self._quality_view)
+        app.router.add_get("/quality/{endpoint:.+}", self._endpoint_quality_view)
+        app.router.add_get("/alerts", self._alerts_view)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.alert_metrics_host, self.settings.alert_metrics_port)
+        await site.start()
+        return runner
+
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        self.metrics.set_quality(self.engine, self.now_ms())
+        return web.Response(
+            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    async def _quality_view(self, request: web.Request) -> web.Response:
+        return web.json_response([s.as_dict() for s in self.engine.summaries(self.now_ms())])
+
+    async def _endpoint_quality_view(self, request: web.Request) -> web.Response:
+        found = self.engine.endpoint_quality(request.match_info["endpoint"], self.now_ms())
+        if found is None:
+            return web.json_response({"error": "no quality samples in the window"}, status=404)
+        return web.json_response(found)
+
+    async def _alerts_view(self, request: web.Request) -> web.Response:
+        from schemas.codec import to_dict
+
+        return web.json_response([to_dict(a) for a in self.engine.active()])
