@@ -40,6 +40,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "e2e": ("astreg.bench_e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
     "storm": ("astreg.bench_e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
     "recovery": ("astreg.bench_sections:recovery", "restarted worker serving a large table"),
+    "alerting": ("astreg.bench_sections:alerting", "alert engine records/s, RTCP mapping/s"),
 }
 
 

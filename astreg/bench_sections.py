@@ -11,7 +11,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-__all__ = ["simulator", "producer", "stream", "recovery", "sinks", "web"]
+__all__ = ["simulator", "producer", "stream", "recovery", "sinks", "web", "alerting"]
 
 
 async def simulator(quick: bool, work: Path) -> dict[str, Any]:
@@ -45,9 +45,19 @@ async def recovery(quick: bool, work: Path) -> dict[str, Any]:
 
 
 async def sinks(quick: bool, work: Path) -> dict[str, Any]:
-    from sinks.bench import run
+    from sinks.bench import run_all
 
-    return await run(quick=quick, work=work)  # type: ignore[no-any-return]
+    nested = await run_all(rows=10_000 if quick else 50_000)
+    flat: dict[str, Any] = {}
+    for kind, parts in nested.items():
+        for part, figures in parts.items():
+            for key, value in figures.items():
+                if isinstance(value, (int, float)) and key != "rows":
+                    flat[f"{kind}_{part}_{key}"] = value
+    pg = flat.get("postgresql_store_insert_rows_per_s") or flat.get("postgresql_store_rows_per_s")
+    if pg:
+        flat["postgresql_ratio_vs_target_20k"] = round(pg / 20_000, 2)
+    return flat
 
 
 async def web(quick: bool, work: Path) -> dict[str, Any]:
@@ -56,3 +66,12 @@ async def web(quick: bool, work: Path) -> dict[str, Any]:
     return await asyncio.to_thread(
         run, endpoints=2000 if quick else 10_000, clients=50, requests=3000 if quick else 20_000,
         max_seconds=20 if quick else 60)
+
+
+async def alerting(quick: bool, work: Path) -> dict[str, Any]:
+    from streams.alertbench import bench_alerting, bench_rtcp_mapping
+
+    n = 20_000 if quick else 100_000
+    engine = await asyncio.to_thread(bench_alerting, n, 10_000)
+    rtcp = await asyncio.to_thread(bench_rtcp_mapping, n)
+    return {**{f"engine_{k}": v for k, v in engine.items()}, **{f"rtcp_{k}": v for k, v in rtcp.items()}}
