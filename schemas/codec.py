@@ -95,9 +95,12 @@ def fingerprint(schema: dict[str, Any]) -> bytes:
 # ---------------------------------------------------------------- dataclass <-> dict
 
 
-def _field_converters(cls: type) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
+_Conv = tuple[str, Callable[[Any], Any], Callable[[Any], Any]]
+
+
+def _field_converters(cls: type) -> list[_Conv]:
     hints = typing.get_type_hints(cls)
-    out = []
+    out: list[_Conv] = []
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -109,7 +112,7 @@ def _field_converters(cls: type) -> list[tuple[str, Callable[[Any], Any], Callab
         elif typing.get_origin(inner) is tuple:
             item = typing.get_args(inner)[0]
             if dataclasses.is_dataclass(item):
-                out.append((f.name, _make_enc_list(item), _make_dec_list(item)))
+                out.append((f.name, _make_enc_list(typing.cast(type, item)), _make_dec_list(typing.cast(type, item))))
             else:
                 out.append((f.name, list, tuple))
         else:
@@ -304,7 +307,7 @@ class Codec(Generic[T]):
         offset: int | None = None,
     ) -> dict[str, Any]:
         """Decode to a plain dict (today's reader schema), raising UndecodableRecord."""
-        where = {"topic": topic, "partition": partition, "offset": offset}
+        where: dict[str, Any] = {"topic": topic, "partition": partition, "offset": offset}
         if data is None:
             raise UndecodableRecord("null value where a record was expected", **where)
         if not isinstance(data, bytes | bytearray | memoryview):
