@@ -31,6 +31,10 @@ class TopicSpec:
     partitions: int
     cleanup_policy: str  # "delete" or "compact"
     retention_ms: int | None = None
+    # Co-partitioned with the table (keyed by endpoint and read by the workers' agent): another
+    # partition count silently breaks the layout, so it is an error. For the other topics a
+    # different count only changes parallelism: a warning.
+    copartitioned: bool = False
 
     def configs(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy}
@@ -50,10 +54,10 @@ class TopicCheck:
 def topic_specs(t: TopicSettings) -> list[TopicSpec]:
     """Every topic of SPEC.md with its layout."""
     return [
-        TopicSpec(t.topic_registrations, t.partitions, "delete", t.registrations_retention_ms),
+        TopicSpec(t.topic_registrations, t.partitions, "delete", t.registrations_retention_ms, copartitioned=True),
         # Few nodes, read whole by every worker (a global table): one partition keeps it simple.
         TopicSpec(t.topic_nodes, 1, "compact"),
-        TopicSpec(t.topic_locations, t.partitions, "compact"),
+        TopicSpec(t.topic_locations, t.partitions, "compact", copartitioned=True),
         TopicSpec(t.topic_deadletter, t.partitions, "delete", t.registrations_retention_ms),
         # Quality samples are history like registrations; alerts are keyed by alert id and the
         # latest record per id is the alert's state, so compaction keeps exactly what matters.
@@ -97,7 +101,10 @@ async def ensure_topics(
             if have is None:
                 problems.append(f"topic {s.name} does not exist after creation")
                 continue
-            if have != s.partitions:
+            if have != s.partitions and not s.copartitioned:
+                logger.warning("topic %s has %d partitions (astreg would create %d): left as it is",
+                               s.name, have, s.partitions)
+            elif have != s.partitions:
                 problems.append(
                     f"topic {s.name} has {have} partitions, astreg expects {s.partitions} "
                     f"(co-partitioning of the table would break): recreate it or set --partitions {have}"

@@ -38,7 +38,7 @@ def changelog_name(app_id: str, table: str) -> str:
 
 def changelog_specs(app_id: str, names: TopicSettings) -> list[TopicSpec]:
     return [
-        TopicSpec(changelog_name(app_id, "locations"), names.partitions, "compact"),
+        TopicSpec(changelog_name(app_id, "locations"), names.partitions, "compact", copartitioned=True),
         # Faust's leader-election topic: one partition (the broker would auto-create 4).
         TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact"),
     ]
