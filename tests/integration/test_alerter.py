@@ -99,27 +99,27 @@ async def test_every_alert_kind_raised_and_resolved_once_through_a_webhook_that_
             await wait_until(settled, 40, "every alert resolved")
             published = len(await read_alerts(kafka, topics.topic_alerts))
             await wait_until(lambda: len(receiver.received) >= published, 20, "webhook deliveries")
+            # Checked while heartbeats still flow: once they stop the nodes go stale again within
+            # 2 s and (rightly) raise new alerts.
+            alerts = await read_alerts(kafka, topics.topic_alerts)
+            assert {a.kind for a in alerts} == ALL_KINDS
+            assert all(states == [AlertState.RAISED, AlertState.RESOLVED] for states in by_id(alerts).values()), by_id(alerts)
+            for a in alerts:
+                assert a.summary and a.figures, a
+            # The webhook got each alert exactly once raised (no endsAt) and then once resolved.
+            hooks: dict[str, list[str]] = {}
+            for item in receiver.received:
+                hooks.setdefault(item["labels"]["alert_id"], []).append("resolved" if "endsAt" in item else "raised")
+                assert item["labels"]["alertname"] in {k.value for k in ALL_KINDS}
+                assert json.loads(item["annotations"]["figures"])
+            assert hooks == {aid: ["raised", "resolved"] for aid in by_id(alerts)}
+            assert "webhook" in alerter.log() and "failed" in alerter.log()  # it really was down and retried
+            code, out, err = await _show(env)
+            assert code == 0 and out.strip().endswith(f"0 active alert(s) in {topics.topic_alerts}"), (out, err)
         finally:
             stop.set()
             await beats
-    try:
-        alerts = await read_alerts(kafka, topics.topic_alerts)
-        assert {a.kind for a in alerts} == ALL_KINDS
-        assert all(states == [AlertState.RAISED, AlertState.RESOLVED] for states in by_id(alerts).values()), by_id(alerts)
-        for a in alerts:
-            assert a.summary and a.figures, a
-        # The webhook got each alert exactly once raised (no endsAt) and then once resolved.
-        hooks: dict[str, list[str]] = {}
-        for item in receiver.received:
-            hooks.setdefault(item["labels"]["alert_id"], []).append("resolved" if "endsAt" in item else "raised")
-            assert item["labels"]["alertname"] in {k.value for k in ALL_KINDS}
-            assert json.loads(item["annotations"]["figures"])
-        assert hooks == {aid: ["raised", "resolved"] for aid in by_id(alerts)}
-        assert "webhook" in alerter.log() and "failed" in alerter.log()  # it really was down and retried
-        code, out, err = await _show(env)
-        assert code == 0 and out.strip().endswith(f"0 active alert(s) in {topics.topic_alerts}"), (out, err)
-    finally:
-        await receiver.stop()
+            await receiver.stop()
 
 
 async def test_a_restarted_alerter_repeats_no_raise_and_still_resolves(
