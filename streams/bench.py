@@ -320,7 +320,10 @@ def naive_worker(args: argparse.Namespace) -> None:
 
     from faust.worker import Worker
 
-    Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    from .cli import quiet_worker
+
+    # Same logging as astreg's worker (no spinner forcing DEBUG records): only the processing differs.
+    quiet_worker(Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)).execute_from_commandline()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,7 @@
 """The worker's state: the ``locations`` table (endpoint → :class:`Row`) and the node book.
 
 * ``locations``: a Faust table keyed by endpoint (co-partitioned with the registrations topic),
-  value a typed :class:`streams.rules.Row` serialized by the ``astreg-row`` codec, stored in
+  value a typed :class:`streams.rules.Row` serialized by the ``astreg-row`` codec (msgpack), stored in
   RocksDB (or memory for tests). Rows whose contacts are all gone stay in the table (they
   keep the per-node order needed to ignore replays) but publish a tombstone.
 * :class:`NodeBook`: every worker reads the whole single-partition nodes topic itself (no
@@ -32,13 +32,13 @@ logger = logging.getLogger(__name__)
 
 
 class RowCodec(codecs.Codec):
-    """Faust codec of table values: :class:`Row` as compact JSON."""
+    """Faust codec of table values: :class:`Row` as msgpack (reads the older JSON rows too)."""
 
     def _dumps(self, obj: Any) -> bytes:
-        return obj.to_json()  # type: ignore[no-any-return]
+        return obj.to_bytes()  # type: ignore[no-any-return]
 
     def _loads(self, s: bytes) -> Any:
-        return Row.from_json(s)
+        return Row.from_bytes(s)
 
 
 codecs.register("astreg-row", RowCodec())
