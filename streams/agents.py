@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from aiokafka.partitioner import murmur2
 from faust.streams import _current_event
 
 from astreg.deadletter import deadletter_headers
@@ -26,6 +25,7 @@ from astreg.errors import UndecodableRecord
 from schemas.codec import location_codec, registration_codec
 from schemas.models import RegistrationEvent
 
+from .produce import default_partition, send_batches
 from .rules import Row, decide, durable_key, location_of, visible_key
 
 if TYPE_CHECKING:
@@ -57,23 +57,10 @@ class Outputs:
         return await self.stream.app.producer.send(topic, key, value, None, None, headers)
 
     async def _producer_send_batch(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
-        # One record batch per partition instead of one producer.send per record: aiokafka's
-        # send() costs a future, a partitioner call and an accumulator append per record, which
-        # was a large share of the worker's time (docs/stream.md "Measured"). Partitioning is
-        # Kafka's default (murmur2 of the key), like send() would do.
+        # One record batch per partition instead of one producer.send per record (streams/produce.py).
         producer = self.stream.app.producer._ensure_producer()  # the app's aiokafka producer
         count = len(await producer.partitions_for(topic))
-        by_partition: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        for key, value in records:
-            by_partition.setdefault((murmur2(key) & 0x7FFFFFFF) % count, []).append((key, value))
-        for partition, items in by_partition.items():
-            batch = producer.create_batch()
-            for key, value in items:
-                if batch.append(key=key, value=value, timestamp=None) is None:  # batch full
-                    await producer.send_batch(batch, topic, partition=partition)
-                    batch = producer.create_batch()
-                    batch.append(key=key, value=value, timestamp=None)
-            await producer.send_batch(batch, topic, partition=partition)
+        await send_batches(producer, topic, ((default_partition(k, count), k, v) for k, v in records))
 
     def encode_location(self, row: Row | None) -> bytes | None:
         loc = location_of(row)
@@ -211,10 +198,8 @@ def attach(stream: StreamApp) -> None:
 
     async def apply_batch(events: list[Any]) -> None:
         plan = plan_batch(events, read, codec.decode, int(time.time() * 1000))
-        for key, row, event in plan.writes:
-            # The changelog record goes to the partition of the endpoint's last event (co-partitioned).
-            _current_event.set(weakref.ref(event))
-            table[key] = row
+        # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
+        await table.write_batch(plan.writes)
         for msg, reason, error in plan.deadletters:
             await outputs.deadletter(src, msg.key, msg.value, reason, msg.partition, msg.offset, error)
         await outputs.publish(plan.publish)
