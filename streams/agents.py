@@ -12,13 +12,10 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from faust.streams import _current_event
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
@@ -192,12 +189,8 @@ def attach(stream: StreamApp) -> None:
             logger.debug("batch of %d events applied in %.1f ms", len(events), (time.perf_counter() - t0) * 1000)
             yield len(events)
 
-    def read(key: str, event: Any) -> Row | None:
-        _current_event.set(weakref.ref(event))  # the store looks in this event's partition
-        return table.get(key)  # type: ignore[no-any-return]
-
     async def apply_batch(events: list[Any]) -> None:
-        plan = plan_batch(events, read, codec.decode, int(time.time() * 1000))
+        plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000))
         # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
         await table.write_batch(plan.writes)
         for msg, reason, error in plan.deadletters:

@@ -60,6 +60,17 @@ class LocationsTable(faust.Table):
     written once per batch and partition instead of once per record.
     """
 
+    def read(self, key: str, event: Any) -> Row | None:
+        """The row of ``key`` (None when absent), looked up in the partition of ``event``."""
+        _current_event.set(weakref.ref(event))  # the store looks in this event's partition
+        store = self.data
+        if not isinstance(store, SerializedStore):
+            return self.get(key)  # type: ignore[no-any-return]
+        # table.get() goes through Mapping.get -> __getitem__ -> sensors -> __contains__ + _get:
+        # two store lookups and a sensor call per key; this is the one lookup underneath.
+        raw = store._get(store._encode_key(key))
+        return None if raw is None else store._decode_value(raw)  # type: ignore[no-any-return]
+
     async def write_batch(self, writes: list[tuple[str, Row, Any]]) -> None:
         """Write ``(key, row, event)``: the row lands in the partition of ``event`` (its source)."""
         if not writes:
