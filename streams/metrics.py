@@ -45,12 +45,12 @@ def lean_prometheus_monitor(metrics: Any) -> Any:
     class LeanPrometheusMonitor(PrometheusMonitor):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            self._children: dict[tuple[Any, ...], Any] = {}
+            self._label_cache: dict[tuple[Any, ...], Any] = {}
 
         def _child(self, key: tuple[Any, ...], make: Any) -> Any:
-            child = self._children.get(key)
+            child = self._label_cache.get(key)
             if child is None:
-                child = self._children[key] = make()
+                child = self._label_cache[key] = make()
             return child
 
         def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
@@ -87,7 +87,7 @@ def lean_prometheus_monitor(metrics: Any) -> Any:
                 table=f"table.{table.name}", operation=self.KEYS_UPDATED)).inc()
 
         def _clear_partition_related_metrics(self) -> None:
-            self._children.clear()  # partitions moved: children are built again on use
+            self._label_cache.clear()  # partitions moved: children are built again on use
             super()._clear_partition_related_metrics()
 
     from faust.sensors.monitor import Monitor
