@@ -12,23 +12,23 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
+from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-from faust.streams import _current_event
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
 from schemas.codec import location_codec, registration_codec
 from schemas.models import RegistrationEvent
 
+from .produce import default_partition, send_batches
 from .rules import Row, decide, durable_key, location_of, visible_key
 
 if TYPE_CHECKING:
     from .app import StreamApp
 
-__all__ = ["attach", "Outputs", "Batch", "check_event"]
+__all__ = ["attach", "Outputs", "Plan", "plan_batch", "check_event"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,11 +53,36 @@ class Outputs:
     ) -> Any:
         return await self.stream.app.producer.send(topic, key, value, None, None, headers)
 
-    async def location(self, endpoint: str, row: Row | None) -> None:
+    async def _producer_send_batch(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
+        # One record batch per partition instead of one producer.send per record (streams/produce.py).
+        producer = self.stream.app.producer._ensure_producer()  # the app's aiokafka producer
+        count = len(await producer.partitions_for(topic))
+        await send_batches(producer, topic, ((default_partition(k, count), k, v) for k, v in records))
+
+    def encode_location(self, row: Row | None) -> bytes | None:
         loc = location_of(row)
-        value = None if loc is None else self.locations.encode(loc)
-        self.stream.metrics.published.labels("tombstone" if value is None else "row").inc()
-        await self._send(self.topics.topic_locations, endpoint.encode(), value, None)
+        return None if loc is None else self.locations.encode(loc)
+
+    async def location(self, endpoint: str, row: Row | None) -> None:
+        await self.publish([(endpoint, row)])
+
+    async def publish(self, rows: list[tuple[str, Row | None]]) -> None:
+        """Publish rows (None or no contact left: tombstone) to the locations topic, batched."""
+        if not rows:
+            return
+        records = [(endpoint.encode(), self.encode_location(row)) for endpoint, row in rows]
+        tombstones = sum(1 for _, value in records if value is None)
+        published = self.stream.metrics.published
+        if tombstones:
+            published.labels("tombstone").inc(tombstones)
+        if len(records) > tombstones:
+            published.labels("row").inc(len(records) - tombstones)
+        topic = self.topics.topic_locations
+        if self._send == self._producer_send:
+            await self._producer_send_batch(topic, records)
+        else:  # a stand-in send (tests): one call per record
+            for key, value in records:
+                await self._send(topic, key, value, None)
 
     async def deadletter(self, src_topic: str, key: bytes | None, value: bytes | None, reason: str,
                          partition: int | None, offset: int | None, error: str | None = None) -> None:
@@ -84,13 +109,67 @@ def check_event(ev: RegistrationEvent, key: bytes | None) -> str | None:
     return None
 
 
-class Batch:
-    """Per-batch working copies: each row read once, written once."""
+@dataclass
+class Plan:
+    """What one batch of events does: rows to write, rows to publish, dead letters, counts."""
 
-    def __init__(self) -> None:
-        self.before: dict[str, Row | None] = {}
-        self.rows: dict[str, Row] = {}
-        self.last_event: dict[str, Any] = {}
+    writes: list[tuple[str, Row, Any]] = field(default_factory=list)  # (endpoint, row, its last event)
+    publish: list[tuple[str, Row]] = field(default_factory=list)
+    deadletters: list[tuple[Any, str, str | None]] = field(default_factory=list)  # (message, reason, error)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    size_delta: int = 0  # rows that gained (+1) or lost (-1) their last contact
+
+
+def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode: Callable[..., RegistrationEvent],
+               now_ms: int) -> Plan:
+    """Apply a batch of Faust events to their rows, synchronously (no await per event).
+
+    Each endpoint's row is read once (``read(endpoint, event)``), every event of the batch is
+    applied in order, then the row is to be written only if its durable state changed and
+    published only if what consumers see changed (docs/stream.md "Publication").
+    """
+    plan = Plan()
+    before: dict[str, Row | None] = {}
+    rows: dict[str, Row] = {}
+    last_event: dict[str, Any] = {}
+    outcomes = plan.outcomes
+    for event in events:
+        msg = event.message
+        try:
+            rec = decode(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
+        except UndecodableRecord as exc:
+            outcomes["deadletter"] += 1
+            plan.deadletters.append((msg, "undecodable", exc.reason))
+            continue
+        problem = check_event(rec, msg.key)
+        if problem is not None:
+            outcomes["deadletter"] += 1
+            plan.deadletters.append((msg, problem, None))
+            continue
+        key = rec.endpoint
+        row = rows.get(key)
+        if row is None and key not in before:
+            row = before[key] = read(key, event)
+        out = decide(row, rec, msg.offset, now_ms=now_ms)
+        if out.reason in DEADLETTER_REASONS:
+            outcomes["deadletter"] += 1
+            plan.deadletters.append((msg, out.reason, None))
+            continue
+        outcomes[out.reason] += 1
+        rows[key] = out.row
+        last_event[key] = event
+    for key, row in rows.items():
+        old = before.get(key)
+        if old is not None and durable_key(old) == durable_key(row):
+            continue
+        plan.writes.append((key, row, last_event[key]))
+        had, has = bool(old is not None and old.contacts), bool(row.contacts)
+        plan.size_delta += has - had
+        if old is None and not row.contacts:
+            continue  # nothing was ever published for it
+        if old is None or visible_key(old) != visible_key(row):
+            plan.publish.append((key, row))
+    return plan
 
 
 def attach(stream: StreamApp) -> None:
@@ -99,7 +178,7 @@ def attach(stream: StreamApp) -> None:
     outputs = Outputs(stream)
     stream.outputs = outputs
     metrics = stream.metrics
-    events_counter = metrics.events
+    src = stream.topics.names.topic_registrations
 
     @app.agent(stream.topics.registrations, name="track_registrations")
     async def track_registrations(records: Any) -> None:
@@ -111,54 +190,18 @@ def attach(stream: StreamApp) -> None:
             yield len(events)
 
     async def apply_batch(events: list[Any]) -> None:
-        batch = Batch()
-        now = int(time.time() * 1000)
-        src = stream.topics.names.topic_registrations
-        for event in events:
-            msg = event.message
-            try:
-                rec = codec.decode(msg.value, topic=msg.topic, partition=msg.partition, offset=msg.offset)
-            except UndecodableRecord as exc:
-                events_counter.labels("deadletter").inc()
-                await outputs.deadletter(src, msg.key, msg.value, "undecodable", msg.partition, msg.offset,
-                                         exc.reason)
-                continue
-            problem = check_event(rec, msg.key)
-            if problem is not None:
-                events_counter.labels("deadletter").inc()
-                await outputs.deadletter(src, msg.key, msg.value, problem, msg.partition, msg.offset)
-                continue
-            key = rec.endpoint
-            row = batch.rows.get(key)
-            if row is None and key not in batch.before:
-                _current_event.set(weakref.ref(event))  # the store looks in this event's partition
-                row = table.get(key)
-                batch.before[key] = row
-            out = decide(row, rec, msg.offset, now_ms=now)
-            if out.reason in DEADLETTER_REASONS:
-                events_counter.labels("deadletter").inc()
-                await outputs.deadletter(src, msg.key, msg.value, out.reason, msg.partition, msg.offset)
-                continue
-            events_counter.labels(out.reason).inc()
-            batch.rows[key] = out.row
-            batch.last_event[key] = event
-        await flush(batch)
-
-    async def flush(batch: Batch) -> None:
-        for key, row in batch.rows.items():
-            before = batch.before.get(key)
-            if before is not None and durable_key(before) == durable_key(row):
-                continue
-            _current_event.set(weakref.ref(batch.last_event[key]))
-            table[key] = row
-            metrics.table_writes.inc()
-            had, has = bool(before is not None and before.contacts), bool(row.contacts)
-            if had != has:  # rows with a registration written by this worker process
-                metrics.table_size.inc() if has else metrics.table_size.dec()
-            if before is None or visible_key(before) != visible_key(row):
-                if before is None and not row.contacts:
-                    continue  # nothing was ever published for it
-                await outputs.location(key, row)
+        plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000))
+        # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
+        await table.write_batch(plan.writes)
+        for msg, reason, error in plan.deadletters:
+            await outputs.deadletter(src, msg.key, msg.value, reason, msg.partition, msg.offset, error)
+        await outputs.publish(plan.publish)
+        for outcome, n in plan.outcomes.items():
+            metrics.events.labels(outcome).inc(n)
+        if plan.writes:
+            metrics.table_writes.inc(len(plan.writes))
+        if plan.size_delta:
+            metrics.table_size.inc(plan.size_delta)
 
     stream.apply_batch = apply_batch
     stream.agent = track_registrations

@@ -100,8 +100,8 @@ async def _produce(kafka: KafkaSettings, topic: str, events: list[RegistrationEv
     return len(events) / (time.perf_counter() - t0)
 
 
-async def raw_consume_rate(kafka: KafkaSettings, topic: str, partitions: int, total: int) -> float:
-    """aiokafka consume + Avro decode of the whole topic, events/s."""
+async def raw_consume_rate(kafka: KafkaSettings, topic: str, partitions: int, total: int) -> dict[str, Any]:
+    """aiokafka consume + Avro decode of the whole topic: events/s, CPU µs/event, series."""
     codec = registration_codec()
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
                                 max_partition_fetch_bytes=4 * 1024 * 1024)
@@ -111,7 +111,8 @@ async def raw_consume_rate(kafka: KafkaSettings, topic: str, partitions: int, to
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         seen = 0
-        t0 = time.perf_counter()
+        marks: list[tuple[float, int]] = []
+        c0, t0 = time.process_time(), time.perf_counter()
         while seen < total:
             batches = await consumer.getmany(timeout_ms=1000, max_records=10000)
             if not batches:
@@ -120,13 +121,32 @@ async def raw_consume_rate(kafka: KafkaSettings, topic: str, partitions: int, to
                 for r in records:
                     codec.decode(r.value)
                 seen += len(records)
-        return seen / (time.perf_counter() - t0)
+            marks.append((time.perf_counter() - t0, seen))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        return {"events_per_s": seen / wall, "cpu_us_per_event": cpu / max(seen, 1) * 1e6,
+                "series": _series(marks)}
     finally:
         await consumer.stop()
 
 
-async def _output_span(kafka: KafkaSettings, topic: str, sentinels: set[str], timeout: float) -> tuple[int, int]:
-    """(first, last) output timestamps once every sentinel endpoint has been published."""
+def _series(marks: list[tuple[float, int]], step: float = 0.5) -> list[tuple[float, float]]:
+    """(t, events/s) per ``step`` seconds from cumulative (t, count) marks."""
+    out: list[tuple[float, float]] = []
+    last_t, last_n, edge = 0.0, 0, step
+    for t, n in marks:
+        if t >= edge:
+            out.append((round(t, 2), round((n - last_n) / max(t - last_t, 1e-6))))
+            last_t, last_n, edge = t, n, t + step
+    return out
+
+
+async def _output_span(kafka: KafkaSettings, topic: str, sentinels: set[str], timeout: float,
+                       pid: int | None = None) -> dict[str, Any]:
+    """Watch the output until every sentinel endpoint is published: first/last output timestamps,
+    the worker's CPU seconds from its first output to its last (``pid``), output marks."""
+    import psutil
+
+    proc = psutil.Process(pid) if pid is not None else None
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -134,21 +154,34 @@ async def _output_span(kafka: KafkaSettings, topic: str, sentinels: set[str], ti
         consumer.subscribe([topic])
         first: int | None = None
         last = 0
+        cpu0: float | None = None
+        outputs = 0
+        marks: list[tuple[int, int]] = []
         waiting = set(sentinels)
         deadline = time.monotonic() + timeout
         while waiting and time.monotonic() < deadline:
-            batches = await consumer.getmany(timeout_ms=500, max_records=10000)
+            batches = await consumer.getmany(timeout_ms=200, max_records=10000)
             for records in batches.values():
                 for r in records:
+                    if first is None and proc is not None:
+                        cpu0 = _cpu(proc)  # start-up (imports, group join, recovery) is not counted
                     first = r.timestamp if first is None else min(first, r.timestamp)
                     last = max(last, r.timestamp)
+                    outputs += 1
+                    marks.append((r.timestamp, outputs))
                     if r.key is not None:
                         waiting.discard(r.key.decode())
         if waiting or first is None:
             raise TimeoutError(f"{len(waiting)} partitions never finished within {timeout}s")
-        return first, last
+        cpu = _cpu(proc) - cpu0 if proc is not None and cpu0 is not None else None
+        return {"first": first, "last": last, "cpu_s": cpu, "outputs": outputs, "marks": sorted(marks)}
     finally:
         await consumer.stop()
+
+
+def _cpu(proc: Any) -> float:
+    t = proc.cpu_times()
+    return float(t.user + t.system)
 
 
 def _worker_argv(kafka: KafkaSettings, topics: TopicSettings, data_dir: Path, store: str, web_port: int,
@@ -171,17 +204,28 @@ def _free_port() -> int:
 
 
 async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], sentinels: set[str], n: int,
-                   logs: Path, name: str, timeout: float) -> float:
+                   logs: Path, name: str, timeout: float) -> dict[str, Any]:
     with ProcessGroup(log_dir=logs) as procs:
-        procs.start(name, argv)
-        first, last = await _output_span(kafka, topics.topic_locations, sentinels, timeout)
-    return n / max((last - first) / 1000, 1e-3)
+        child = procs.start(name, argv)
+        span = await _output_span(kafka, topics.topic_locations, sentinels, timeout, pid=child.pid)
+    seconds = max((span["last"] - span["first"]) / 1000, 1e-3)
+    # Output records per time step, scaled to input events (not every event publishes a record).
+    scale = n / max(span["outputs"], 1)
+    marks = [((ts - span["first"]) / 1000, count * scale) for ts, count in span["marks"]]
+    out: dict[str, Any] = {"events_per_s": n / seconds, "series": _series([(t, int(c)) for t, c in marks])}
+    if span["cpu_s"] is not None:
+        out["cpu_us_per_event"] = span["cpu_s"] / n * 1e6
+    return out
 
 
 async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: int = 20_000,
-                           partitions: int = 4, timeout: float = 300, mix: str = "churn") -> dict[str, Any]:
-    """Events/s of astreg's worker, a naive Faust app and raw aiokafka on the same input."""
-    work = Path(tempfile.mkdtemp(prefix="astreg-bench-"))
+                           partitions: int = 4, timeout: float = 300, mix: str = "churn",
+                           work: Path | None = None) -> dict[str, Any]:
+    """Events/s and CPU µs/event of astreg's worker, a naive Faust app and raw aiokafka on the
+    same input, same broker, one after the other in this run (flat dict, ``*_series`` lists)."""
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="astreg-bench-")) if work is None else work
+    work.mkdir(parents=True, exist_ok=True)
     try:
         events = workload(n, endpoints, mix)
         results: dict[str, Any] = {"events": n, "endpoints": endpoints, "partitions": partitions, "mix": mix}
@@ -195,26 +239,42 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
             rate = await _produce(kafka, topics.topic_registrations, [*events, *sent.values()])
             results.setdefault("produce_events_per_s", round(rate))
             if variant == "astreg":
-                results["raw_aiokafka_consume_decode_per_s"] = round(
-                    await raw_consume_rate(kafka, topics.topic_registrations, partitions, n))
+                raw = await raw_consume_rate(kafka, topics.topic_registrations, partitions, n)
+                results["raw_events_per_s"] = round(raw["events_per_s"])
+                results["raw_cpu_us_per_event"] = round(raw["cpu_us_per_event"], 1)
+                results["raw_series"] = raw["series"]
                 argv = _worker_argv(kafka, topics, work / variant, "rocksdb", _free_port(), app_id)
             else:
                 argv = [sys.executable, "-m", "streams.bench", "naive-worker", "--bootstrap", kafka.bootstrap,
                         "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
                         "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
                         "--web-port", str(_free_port())] + (["--embedded"] if kafka.embedded else [])
-            results[f"{variant}_events_per_s"] = round(
-                await _run_app(kafka, topics, argv, set(sent), n, work / "logs", variant, timeout))
-        results["speedup_vs_naive"] = round(results["astreg_events_per_s"] / results["naive_events_per_s"], 2)
+            fig = await _run_app(kafka, topics, argv, set(sent), n, work / "logs", variant, timeout)
+            results[f"{variant}_events_per_s"] = round(fig["events_per_s"])
+            if "cpu_us_per_event" in fig:
+                results[f"{variant}_cpu_us_per_event"] = round(fig["cpu_us_per_event"], 1)
+            results[f"{variant}_series"] = fig["series"]
+        results["ratio_vs_naive"] = round(results["astreg_events_per_s"] / results["naive_events_per_s"], 2)
+        results["ratio_vs_raw"] = round(results["astreg_events_per_s"] / results["raw_events_per_s"], 3)
+        if "astreg_cpu_us_per_event" in results and "naive_cpu_us_per_event" in results:
+            # Machine-load independent: CPU a naive app spends per event / CPU astreg spends.
+            results["cpu_ratio_vs_naive"] = round(
+                results["naive_cpu_us_per_event"] / results["astreg_cpu_us_per_event"], 2)
+            results["cpu_ratio_vs_raw"] = round(
+                results["raw_cpu_us_per_event"] / results["astreg_cpu_us_per_event"], 3)
+        results["speedup_vs_naive"] = results["ratio_vs_naive"]  # older name
         return results
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partitions: int = 4,
-                         timeout: float = 600) -> dict[str, Any]:
+                         timeout: float = 900, work: Path | None = None) -> dict[str, Any]:
     """Seconds until a restarted worker answers correctly, warm (RocksDB kept) and cold (replay)."""
-    work = Path(tempfile.mkdtemp(prefix="astreg-bench-rec-"))
+    own = work is None
+    work = Path(tempfile.mkdtemp(prefix="astreg-bench-rec-")) if work is None else work
+    work.mkdir(parents=True, exist_ok=True)
     try:
         topics = TopicSettings(partitions=partitions).with_suffix(f"benchrec{int(time.time())}")
         app_id = f"bench-rec-{int(time.time() * 1000)}"
@@ -256,7 +316,8 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
                 out[label] = round(time.monotonic() - t0, 1)
         return out
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 async def _wait_probe(kafka: KafkaSettings, topic: str, keys: set[str], *, tombstone: bool, timeout: float) -> None:
@@ -320,7 +381,53 @@ def naive_worker(args: argparse.Namespace) -> None:
 
     from faust.worker import Worker
 
-    Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False).execute_from_commandline()
+    from .cli import quiet_worker
+
+    # Same logging as astreg's worker (no spinner forcing DEBUG records): only the processing differs.
+    quiet_worker(Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)).execute_from_commandline()
+
+
+class _Broker:
+    """The broker of a bench run: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else an embedded one."""
+
+    def __init__(self, bootstrap: str | None = None):
+        self.bootstrap = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        self.embedded: Any = None
+
+    def __enter__(self) -> KafkaSettings:
+        if self.bootstrap:
+            return KafkaSettings(bootstrap=self.bootstrap)
+        from astreg.broker import EmbeddedBroker
+
+        self.embedded = EmbeddedBroker().start()
+        return KafkaSettings(bootstrap=self.embedded.bootstrap, embedded=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+async def run(quick: bool, work: Path) -> dict[str, Any]:
+    """``astreg bench`` section "stream": astreg worker vs naive Faust vs raw aiokafka (flat dict).
+
+    quick: 3,000 churn events on 1,000 endpoints (~30 s); full: 20,000 churn events on 5,000
+    endpoints, then 20,000 steady-state events (``steady_*`` keys)."""
+    with _Broker() as kafka:
+        if quick:
+            return await bench_throughput(kafka, 3_000, 1_000, work=work / "churn")
+        res = await bench_throughput(kafka, 20_000, 5_000, work=work / "churn")
+        steady = await bench_throughput(kafka, 20_000, 2_000, mix="steady", work=work / "steady")
+        res.update({f"steady_{k}": v for k, v in steady.items() if not k.endswith("_series")})
+        return res
+
+
+async def run_recovery(quick: bool, work: Path) -> dict[str, Any]:
+    """``astreg bench`` section "recovery": restarted worker answering from a large table.
+
+    quick: 5,000 rows (~30 s); full: 200,000 rows (1,000,000 takes too long to fill on a
+    shared 2-core machine; ``python -m streams.bench --recovery-endpoints 1000000`` does it)."""
+    with _Broker() as kafka:
+        return await bench_recovery(kafka, 5_000 if quick else 200_000, work=work)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -340,29 +447,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--recovery-endpoints", type=int, default=100_000)
     parser.add_argument("--mix", choices=["churn", "steady"], default="churn")
+    parser.add_argument("--series", action="store_true", help="Also print the (t, events/s) series.")
+    parser.add_argument("--astreg-bench", choices=["stream", "recovery"], default=None,
+                        help="Run what `astreg bench` runs for this section (run / run_recovery).")
+    parser.add_argument("--quick", action="store_true", help="With --astreg-bench: the quick sizes.")
     args = parser.parse_args(argv)
     if args.cmd == "naive-worker":
         naive_worker(args)
         return
     logging.basicConfig(level=logging.WARNING)
 
-    async def run(kafka: KafkaSettings) -> dict[str, Any]:
-        res = {"throughput": await bench_throughput(kafka, args.events, args.endpoints, args.partitions,
-                                                    mix=args.mix)}
+    async def standalone(kafka: KafkaSettings) -> dict[str, Any]:
+        res: dict[str, Any] = {}
+        if args.events:
+            res["throughput"] = await bench_throughput(kafka, args.events, args.endpoints, args.partitions,
+                                                       mix=args.mix)
         if args.recovery_endpoints:
             res["recovery"] = await bench_recovery(kafka, args.recovery_endpoints, args.partitions)
         return res
 
-    if args.bootstrap:
-        result = asyncio.run(run(KafkaSettings(bootstrap=args.bootstrap)))
+    t0 = time.monotonic()
+    if args.astreg_bench:
+        fn = run if args.astreg_bench == "stream" else run_recovery
+        with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
+            result: dict[str, Any] = {args.astreg_bench: asyncio.run(fn(quick=args.quick, work=Path(tmp)))}
     else:
-        from astreg.broker import EmbeddedBroker
-
-        broker = EmbeddedBroker().start()
-        try:
-            result = asyncio.run(run(KafkaSettings(bootstrap=broker.bootstrap, embedded=True)))
-        finally:
-            broker.stop()
+        with _Broker(args.bootstrap) as kafka:
+            result = asyncio.run(standalone(kafka))
+    if not args.series:
+        result = {k: {f: v for f, v in figs.items() if not f.endswith("_series")} for k, figs in result.items()}
+    result["elapsed_s"] = round(time.monotonic() - t0, 1)  # type: ignore[assignment]
     print(json.dumps(result, indent=2))
 
 

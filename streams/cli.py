@@ -13,6 +13,7 @@ import asyncio
 import importlib
 import logging
 import os
+from typing import Any
 
 import click
 
@@ -22,7 +23,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from .settings import WorkerSettings
 from .web_settings import WebSettings
 
-__all__ = ["worker", "clear_faust_env"]
+__all__ = ["worker", "clear_faust_env", "quiet_worker"]
 
 logger = logging.getLogger(__name__)
 
@@ -70,4 +71,11 @@ def worker(**kw: object) -> None:
     from faust.worker import Worker
 
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
-    Worker(stream.app, loglevel=level, quiet=True, redirect_stdouts=False).execute_from_commandline()
+    quiet_worker(Worker(stream.app, loglevel=level, quiet=True, redirect_stdouts=False)).execute_from_commandline()
+
+
+def quiet_worker(worker: Any) -> Any:
+    """No terminal spinner: at log level WARNING or above Faust's spinner sets the root logger
+    to DEBUG, so every debug call of aiokafka/Faust (one per record sent) builds a LogRecord."""
+    worker.spinner = None
+    return worker

@@ -15,6 +15,8 @@ import json
 from dataclasses import dataclass, replace
 from typing import Any
 
+import msgpack
+
 from schemas.models import (
     Contact,
     ContactStatus,
@@ -129,6 +131,39 @@ class Row:
             separators=(",", ":"),
         ).encode()
 
+    def to_bytes(self) -> bytes:
+        """Compact binary form for the table and its changelog (msgpack of positional lists)."""
+        return _PACK(
+            (
+                ROW_FORMAT,
+                self.endpoint,
+                [_contact_to_list(c) for c in self.contacts],
+                self.last,
+                [(n, d.value) for n, d in self.devices],
+                self.version,
+                self.updated_at_ms,
+                self.last_event_time_ms,
+            )
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Row:
+        """Read :meth:`to_bytes` output, or the older JSON form (changelogs written before)."""
+        if data[:1] == b"{":
+            return cls.from_json(data)
+        fmt, endpoint, contacts, last, devices, version, updated, last_time = msgpack.unpackb(data, use_list=False)
+        if fmt != ROW_FORMAT:
+            raise ValueError(f"unknown row format {fmt!r}")
+        return cls(
+            endpoint=endpoint,
+            contacts=tuple(_contact_from_list(x) for x in contacts),
+            last=last,
+            devices=tuple((n, DeviceState(d)) for n, d in devices),
+            version=version,
+            updated_at_ms=updated,
+            last_event_time_ms=last_time,
+        )
+
     @classmethod
     def from_json(cls, data: bytes) -> Row:
         o = json.loads(data)
@@ -144,6 +179,9 @@ class Row:
         )
 
 
+ROW_FORMAT = 1  # first element of the binary form; bump when the layout changes
+_PACK = msgpack.Packer(use_bin_type=True).pack
+
 _CFIELDS = (
     "node", "uri", "reg_offset", "registered_at_ms", "updated_at_ms", "confirmed", "status", "aor",
     "ip", "port", "transport", "user_agent", "rtt_us", "expires_at_ms", "stale", "snapshot_seen",
@@ -158,12 +196,11 @@ def _contact_to_list(c: ContactState) -> list[Any]:
     return out
 
 
-def _contact_from_list(x: list[Any]) -> ContactState:
-    kw = dict(zip(_CFIELDS, x, strict=True))
-    kw["confirmed"] = tuple(kw["confirmed"])
-    kw["snapshot_seen"] = tuple(kw["snapshot_seen"])
-    kw["status"] = ContactStatus(kw["status"])
-    return ContactState(**kw)
+def _contact_from_list(x: list[Any] | tuple[Any, ...]) -> ContactState:
+    (node, uri, reg_offset, registered, updated, confirmed, status, aor, ip, port, transport, ua, rtt, expires,
+     stale, snap) = x
+    return ContactState(node, uri, reg_offset, registered, updated, tuple(confirmed), ContactStatus(status), aor, ip,
+                        port, transport, ua, rtt, expires, stale, tuple(snap))
 
 
 def empty_row(endpoint: str) -> Row:

@@ -631,7 +631,9 @@ def _install_faust_metrics(app: faust.App) -> None:
     if isinstance(app.monitor, PrometheusMonitor):
         return
     try:
-        app.monitor = PrometheusMonitor(metrics=FaustMetrics.create(REGISTRY, "astreg_faust"))
+        from .metrics import lean_prometheus_monitor  # same metrics, labelled children cached
+
+        app.monitor = lean_prometheus_monitor(FaustMetrics.create(REGISTRY, "astreg_faust"))
     except ValueError as exc:  # already registered in this process (tests build several apps)
         logger.debug("Faust Prometheus metrics not installed: %s", exc)
 
