@@ -143,6 +143,7 @@ class Row:
                 self.version,
                 self.updated_at_ms,
                 self.last_event_time_ms,
+                self.offset,
             )
         )
 
@@ -151,7 +152,8 @@ class Row:
         """Read :meth:`to_bytes` output, or the older JSON form (changelogs written before)."""
         if data[:1] == b"{":
             return cls.from_json(data)
-        fmt, endpoint, contacts, last, devices, version, updated, last_time = msgpack.unpackb(data, use_list=False)
+        fmt, endpoint, contacts, last, devices, version, updated, last_time, *rest = msgpack.unpackb(
+            data, use_list=False)
         if fmt != ROW_FORMAT:
             raise ValueError(f"unknown row format {fmt!r}")
         return cls(
@@ -162,6 +164,7 @@ class Row:
             version=version,
             updated_at_ms=updated,
             last_event_time_ms=last_time,
+            offset=rest[0] if rest else -1,
         )
 
     @classmethod
