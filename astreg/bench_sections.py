@@ -47,7 +47,7 @@ async def recovery(quick: bool, work: Path) -> dict[str, Any]:
 async def sinks(quick: bool, work: Path) -> dict[str, Any]:
     from sinks.bench import run_all
 
-    nested = await run_all(rows=10_000 if quick else 50_000)
+    nested = await run_all(rows=4_000 if quick else 50_000)
     flat: dict[str, Any] = {}
     for kind, parts in nested.items():
         for part, figures in parts.items():
