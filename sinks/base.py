@@ -220,6 +220,9 @@ class SinkRunner:
                 await self._consumer.seek_to_beginning(tp)
                 self._rebuilding[tp] = {}
                 fresh.append(tp.partition)
+            else:
+                # The caller drops what the first fetch returned: go back to read it again.
+                self._consumer.seek(tp, committed)
         self._rebuild_next = False
         if fresh:
             logger.info("sink %s rebuilding partitions %s from the start", self.sink.kind, sorted(fresh))
