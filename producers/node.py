@@ -317,6 +317,9 @@ class NodeProducer:
             compression=settings.compression,
             metrics=self.metrics,
             on_recovered=self._kafka_recovered,
+            # Heartbeats held back this long may have made the workers call the node silent and
+            # mark its contacts stale; only a snapshot un-stales them.
+            stall_after=2 * settings.heartbeat_interval,
         )
         self._reg_codec = Codec.for_model(RegistrationEvent)
         self._node_codec = Codec.for_model(NodeStatus)
