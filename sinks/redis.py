@@ -99,7 +99,8 @@ class RedisSink:
 
         async def check() -> bool:
             created = await client.set(self.marker_key, uuid.uuid4().hex, nx=True)
-            current = await client.get(self.marker_key)
+            raw = await client.get(self.marker_key)
+            current = raw.decode() if isinstance(raw, bytes) else raw
             seen, self._store_id = self._store_id, current
             if seen is None:  # this process' first look
                 return not created
