@@ -9,7 +9,8 @@ same batch is retried with backoff (duplicates are harmless: readers drop record
 coalescing key (one contact, one device, one heartbeat) are dropped first, so the latest state
 of every contact survives an outage; only when that is not enough are the oldest records
 dropped, counted and logged. ``on_recovered`` is called when Kafka answers again after a
-failure (the node then takes a fresh snapshot).
+failure, or acknowledged a batch only after ``stall_after`` seconds (an outage shorter than the
+request timeout fails nothing, but held heartbeats back): the node then takes a fresh snapshot.
 """
 
 from __future__ import annotations
@@ -63,11 +64,13 @@ class Publisher:
         metrics: ProducerMetrics | None = None,
         on_recovered: Callable[[], None] | None = None,
         request_timeout_ms: int = 10_000,
+        stall_after: float | None = None,
     ):
         self.kafka = kafka
         self.buffer_size = buffer_size
         self.metrics = metrics or ProducerMetrics()
         self.on_recovered = on_recovered
+        self.stall_after = stall_after
         self._buffer: deque[Record] = deque()
         self._inflight: list[Record] = []
         self._wakeup = asyncio.Event()
@@ -220,7 +223,8 @@ class Publisher:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, BACKOFF_MAX)
                 continue
-            self.metrics.send_latency.observe(time.perf_counter() - started)
+            took = time.perf_counter() - started
+            self.metrics.send_latency.observe(took)
             kinds: dict[str, int] = {}
             for rec in self._inflight:
                 kinds[rec.kind] = kinds.get(rec.kind, 0) + 1
@@ -234,6 +238,10 @@ class Publisher:
                 self._kafka_up = True
                 self.metrics.kafka_up.set(1)
                 logger.info("Kafka reachable again; %d records still buffered", self.depth)
+                if self.on_recovered is not None:
+                    self.on_recovered()
+            elif self.stall_after is not None and took > self.stall_after:
+                logger.warning("Kafka took %.1fs to acknowledge a batch; %d records still buffered", took, self.depth)
                 if self.on_recovered is not None:
                     self.on_recovered()
 

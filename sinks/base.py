@@ -11,7 +11,10 @@ never be written (undecodable bytes, a constraint the store refuses: :class:`Per
 goes to ``asterisk.deadletter.v1`` with the reason in headers and the sink goes on. A fresh group
 (no committed offset) or ``--rebuild`` reads each partition from the start up to the fetch
 high watermark (the embedded broker's ``end_offsets()`` is wrong) and then asks the sink to
-remove the keys of those partitions the topic no longer holds. Run through ``astreg sink ...``.
+remove the keys of those partitions the topic no longer holds. A sink whose store can lose its
+data behind the sink's back (Redis without persistence) offers ``intact()``; when it answers
+False, at start, before a write or during a quiet second, every assigned partition is rebuilt
+the same way. Run through ``astreg sink ...``.
 """
 
 from __future__ import annotations
@@ -55,6 +58,10 @@ UNAVAILABLE = Counter("astreg_sink_unavailable", "Writes refused because the sto
 STORE_UP = Gauge("astreg_sink_store_up", "1 when the last write succeeded, 0 while retrying", ["sink"])
 LAG = Gauge("astreg_sink_lag_records", "High watermark minus committed position, all partitions", ["sink"])
 RECONCILED = Counter("astreg_sink_reconciled_deletes", "Stale keys removed by a rebuild", ["sink"])
+STORE_LOST = Counter("astreg_sink_store_lost", "Times the store was found to have lost its data (rebuilt)", ["sink"])
+
+# A quiet sink still asks an intact()-capable store this often whether it lost its data.
+INTACT_EVERY = 1.0
 
 
 class Sink(Protocol):
@@ -170,6 +177,7 @@ class SinkRunner:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
+        self._intact_at = 0.0
 
     def stop(self) -> None:
         self._stop.set()
@@ -183,6 +191,9 @@ class SinkRunner:
 
             start_http_server(self.settings.metrics_port)
         await self._retrying(self.sink.setup, "setup")
+        if not await self._intact():
+            logger.info("sink %s: the store does not hold what an earlier run wrote: rebuilding it", self.sink.kind)
+            self._rebuild_next = True
         self._producer = AIOKafkaProducer(
             **self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotence, acks="all"
         )
@@ -220,6 +231,9 @@ class SinkRunner:
                 await self._consumer.seek_to_beginning(tp)
                 self._rebuilding[tp] = {}
                 fresh.append(tp.partition)
+            else:
+                # The caller drops what the first fetch returned: go back to read it again.
+                self._consumer.seek(tp, committed)
         self._rebuild_next = False
         if fresh:
             logger.info("sink %s rebuilding partitions %s from the start", self.sink.kind, sorted(fresh))
@@ -236,6 +250,9 @@ class SinkRunner:
             await self._on_assigned(assigned)
             # Records fetched before the decision are read again from the right position.
             fetched = {tp: recs for tp, recs in fetched.items() if tp not in assigned}
+        if (fetched or time.monotonic() - self._intact_at >= INTACT_EVERY) and not await self._intact():
+            await self._rebuild_lost_store()
+            return
         batch = Batch()
         origins: dict[str, _Origin] = {}
         ends: dict[TopicPartition, int] = {}
@@ -255,6 +272,33 @@ class SinkRunner:
         if ends:
             await self._commit(ends)
         await self._after_write()
+
+    async def _intact(self) -> bool:
+        """Whether the store kept what was written to it (always, for stores without ``intact``)."""
+        check = getattr(self.sink, "intact", None)
+        self._intact_at = time.monotonic()
+        if check is None:
+            return True
+        answers: list[bool] = []
+
+        async def ask() -> None:
+            answers.append(await check())
+
+        await self._retrying(ask, "check")
+        self._intact_at = time.monotonic()
+        return answers[-1]
+
+    async def _rebuild_lost_store(self) -> None:
+        """The store lost its data: read every assigned partition again from the start."""
+        assert self._consumer is not None
+        assigned = sorted(self._consumer.assignment())
+        STORE_LOST.labels(self.sink.kind).inc()
+        logger.warning("sink %s: the store lost its data: rebuilding partitions %s from the topic",
+                       self.sink.kind, [tp.partition for tp in assigned])
+        if assigned:
+            await self._consumer.seek_to_beginning(*assigned)
+        for tp in assigned:
+            self._rebuilding[tp] = {}
 
     async def _decode(self, rec: Any) -> tuple[str | None, EndpointLocation | None]:
         """(key, value-or-None) of a record, or (None, None) after dead-lettering it."""

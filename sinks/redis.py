@@ -8,13 +8,16 @@ expires_at, updated_at, contacts as JSON; absent values are absent fields) and t
 one atomic server-side script call per 2,000 endpoints (EVALSHA with the chunk as one JSON
 argument; atomic like MULTI/EXEC); a tombstone deletes both keys. Redis keys and values are binary-safe,
 so any endpoint name is stored literally. Connection errors and timeouts (e.g. ``CLIENT PAUSE``)
-raise SinkUnavailable.
+raise SinkUnavailable. The string ``<prefix>meta:store`` holds an id of the store's contents: a
+Redis that restarted without persistence (or was flushed) has lost it, :meth:`RedisSink.intact`
+then says so and the runner rebuilds the store from the topic.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -71,12 +74,39 @@ class RedisSink:
         self.prefix = settings.key_prefix
         self.client: aioredis.Redis | None = None
         self._script: Any = None
+        self._store_id: str | None = None  # the marker's value when this sink last checked it
 
     def loc_key(self, endpoint: str) -> str:
         return f"{self.prefix}loc:{endpoint}"
 
     def node_key(self, resource: str) -> str:
         return f"{self.prefix}node:{resource}"
+
+    @property
+    def marker_key(self) -> str:
+        return f"{self.prefix}meta:store"
+
+    async def intact(self) -> bool:
+        """False when the store lost what was written to it since this sink last looked.
+
+        The marker holds a random id of the store's contents. Gone (Redis restarted without
+        persistence, FLUSHALL) or changed (another instance of the group found it gone first):
+        the keys may be gone too, so the caller rebuilds. The first answer of a process is True
+        only if the marker exists (keys written by an earlier run are still there).
+        """
+        assert self.client is not None
+        client = self.client
+
+        async def check() -> bool:
+            created = await client.set(self.marker_key, uuid.uuid4().hex, nx=True)
+            raw = await client.get(self.marker_key)
+            current = raw.decode() if isinstance(raw, bytes) else raw
+            seen, self._store_id = self._store_id, current
+            if seen is None:  # this process' first look
+                return not created
+            return current == seen
+
+        return bool(await self._guard(check()))
 
     async def setup(self) -> None:
         if self.client is None:

@@ -33,9 +33,15 @@ from .produce import send_batches
 from .rules import Row
 from .rules import location_of as _location_of
 
-__all__ = ["RowCodec", "LocationsTable", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations"]
+__all__ = ["RowCodec", "LocationsTable", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations",
+           "BLIND_AFTER_MS"]
 
 logger = logging.getLogger(__name__)
+
+# The broker answers a fetch of the nodes topic at least every fetch_max_wait_ms (500 ms by
+# default) even when no record came; a longer silence means the worker could not hear anybody
+# (broker stopped or unreachable, worker's loop stalled), which says nothing about the nodes.
+BLIND_AFTER_MS = 2500
 
 
 class RowCodec(codecs.Codec):
@@ -186,6 +192,31 @@ class NodeBook:
 
     nodes: dict[str, NodeState] = field(default_factory=dict)
     completed: list[tuple[str, str, int, int]] = field(default_factory=list)  # node, snap id, epoch, begin
+    heard_at_ms: int | None = None  # worker clock at the broker's last answer on the nodes topic
+    blind_ms: int = 0  # total time the worker could not hear the broker (for metrics and logs)
+
+    def heard(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> int:
+        """The broker answered a fetch of the nodes topic at ``now_ms``; returns the blind time credited.
+
+        While the worker hears nothing from the broker, heartbeats cannot reach it whether the
+        nodes are alive or not: that time must not count towards ``node_timeout``, else a broker
+        outage longer than it marks every contact of every node stale (and nothing un-stales a
+        contact but a later event of its node). So a silence longer than ``blind_after_ms`` is
+        added to every node's last-seen time.
+        """
+        blind = 0
+        if self.heard_at_ms is not None and now_ms - self.heard_at_ms > blind_after_ms:
+            blind = now_ms - self.heard_at_ms
+            for name, st in self.nodes.items():
+                self.nodes[name] = replace(st, seen_at_ms=min(now_ms, st.seen_at_ms + blind))
+            self.blind_ms += blind
+        if self.heard_at_ms is None or now_ms > self.heard_at_ms:
+            self.heard_at_ms = now_ms
+        return blind
+
+    def listening(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> bool:
+        """True while the worker hears the broker, i.e. node silence is evidence about nodes."""
+        return self.heard_at_ms is not None and now_ms - self.heard_at_ms <= blind_after_ms
 
     def items(self) -> list[tuple[str, NodeState]]:
         return sorted(self.nodes.items())

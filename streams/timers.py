@@ -101,6 +101,12 @@ def attach(stream: StreamApp) -> None:
             while True:
                 batches = await consumer.getmany(timeout_ms=500, max_records=5000)
                 now = int(time.time() * 1000)
+                answered = consumer.last_poll_timestamp(tp)  # last fetch answer, records or not
+                if answered is not None:
+                    blind = stream.nodes.heard(min(answered, now))
+                    if blind:
+                        logger.warning("nodes topic silent for %.1fs (broker unreachable?): not counted as "
+                                       "node silence", blind / 1000)
                 for records in batches.values():
                     for r in records:
                         try:
@@ -126,8 +132,12 @@ def attach(stream: StreamApp) -> None:
     @app.timer(interval=settings.tick)
     async def decide_synthetic() -> None:
         """Scan owned rows when a node is stale or a snapshot completed; send synthetic events."""
-        now = int(time.time() * 1000)
+        wall = int(time.time() * 1000)
         book = stream.nodes
+        if not book.listening(wall) or book.heard_at_ms is None:
+            return  # deaf: silence is not evidence, and completed snapshots wait for the broker too
+        # A node can only have been heard up to the broker's last answer: judge silence up to then.
+        now = min(wall, book.heard_at_ms)
         stale = [n for n, st in book.nodes.items() if st.stale(now, settings.node_timeout)]
         stream.metrics.stale_nodes.set(len(stale))
         stream.metrics.nodes.set(len(book.nodes))

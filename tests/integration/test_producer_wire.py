@@ -4,11 +4,15 @@ ordering, snapshots, split UTF-8, malformed input and dead letters, half-open li
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import AsyncIterator
 
 import pytest
 
+from astreg.broker import EmbeddedBroker
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import ensure_topics
 from producers.node import NodeProducer, ProducerSettings
 from schemas.models import ContactStatus, DeviceState, EventKind, NodeEventKind, Source
 from tests.support.fake_ami import FakeAmi, contact_row
@@ -189,3 +193,30 @@ async def test_md5_login_and_refused_secret_never_crash(fake_ami: FakeAmi, kafka
         assert not p.connected.is_set()
     finally:
         await p.stop()
+
+
+async def test_kafka_stall_shorter_than_the_request_timeout_takes_a_fresh_snapshot(
+    fake_ami: FakeAmi, own_broker: EmbeddedBroker, unique: str
+) -> None:
+    # The broker stops answering for 3 s: no send fails (request timeout 10 s), but heartbeats
+    # were held back for longer than 2 intervals, so workers may have marked the node's contacts
+    # stale; only a snapshot un-stales them (fault suite: a producer cut off from Kafka).
+    kafka = KafkaSettings(bootstrap=own_broker.bootstrap, embedded=True)
+    topics = TopicSettings(partitions=4).with_suffix(unique)
+    await ensure_topics(kafka, topics)
+    p = await start_producer(fake_ami, kafka, topics, heartbeat_interval=0.5)
+    reader = await TopicReader(kafka, topics).start()
+    try:
+        await reader.until(lambda d: completed_snapshots(d))
+        assert own_broker.proc is not None
+        os.kill(own_broker.proc.pid, signal.SIGSTOP)
+        try:
+            await asyncio.sleep(3)
+        finally:
+            os.kill(own_broker.proc.pid, signal.SIGCONT)
+        data = await reader.until(lambda d: len(completed_snapshots(d)) >= 2, timeout=20)
+    finally:
+        await reader.stop()
+        await p.stop()
+    assert len(completed_snapshots(data)) >= 2, "no snapshot after Kafka stalled"
+    assert p.publisher.dropped == 0

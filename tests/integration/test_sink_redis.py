@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from schemas.models import DeviceState
-from sinks.base import UNAVAILABLE
+from sinks.base import STORE_LOST, UNAVAILABLE
 from sinks.redis import RedisSettings, RedisSink, hash_of
 from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
 
@@ -21,6 +21,8 @@ async def snapshot(url: str, prefix: str) -> dict[str, Any]:
     try:
         out: dict[str, Any] = {}
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            if key.startswith(f"{prefix}meta:"):
+                continue  # the sink's own marker, not data for the dialplan
             kind = await client.type(key)
             out[key] = await client.hgetall(key) if kind == "hash" else await client.get(key)
         return out
@@ -81,3 +83,34 @@ async def test_redis_client_pause_mid_run_loses_nothing(kafka, topics, unique, r
     await admin.aclose()
     assert UNAVAILABLE.labels("redis")._value.get() > before
     assert got == expected(redis_prefix, first + second)
+
+
+async def test_redis_that_lost_its_data_is_rebuilt_from_the_topic(kafka, topics, unique, redis_url, redis_prefix):
+    # A Redis without persistence restarts empty (fault suite, Redis down): committed offsets
+    # are past every record, so without noticing the loss the sink would never write them again.
+    items = [(f"PJSIP/{4000 + i}", location(f"PJSIP/{4000 + i}")) for i in range(30)]
+    items += [("PJSIP/4003", None)]
+    more = [("PJSIP/4100", location("PJSIP/4100", "node3"))]
+    settings = RedisSettings(url=redis_url, key_prefix=redis_prefix)
+    admin = aioredis.from_url(redis_url)
+    await produce(kafka, topics.topic_locations, items)
+    async with running(RedisSink(settings), kafka, topics, group=f"g-{unique}") as runner:
+        await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items))
+        lost_before = STORE_LOST.labels("redis")._value.get()
+        rebuilds = runner.rebuilds_done
+        # Everything this sink wrote disappears while it is idle (what a restart does here).
+        await admin.delete(*[k async for k in admin.scan_iter(match=f"{redis_prefix}*")])
+        got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items))
+        assert got == expected(redis_prefix, items)
+        assert await admin.exists(f"{redis_prefix}meta:store")
+        assert STORE_LOST.labels("redis")._value.get() == lost_before + 1
+        await eventually(lambda: _value(runner.rebuilds_done), lambda n: n > rebuilds)
+        # And the sink goes on with new records afterwards.
+        await produce(kafka, topics.topic_locations, more)
+        got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items + more))
+        assert got == expected(redis_prefix, items + more)
+    await admin.aclose()
+
+
+async def _value(value: Any) -> Any:
+    return value

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 
 import pytest
 
+from astreg.broker import EmbeddedBroker
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import ensure_topics
 from schemas.codec import registration_codec
 from schemas.models import (
     ContactStatus,
@@ -182,3 +186,46 @@ async def test_two_workers_share_partitions_and_one_leaving_hands_over(
     ])
     expect = {f"PJSIP/k{i}": ("B" if i % 4 == 0 else "A") for i in range(n) if i % 2 == 0}
     assert await converged(kafka, topics, expect, timeout=90), "partitions handed over lost rows"
+
+
+async def test_broker_outage_longer_than_node_timeout_marks_nothing_stale(
+    own_broker: EmbeddedBroker, unique: str, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    # Regression (fault suite, broker outage): while the broker was stopped no heartbeat could
+    # reach the worker, its timer counted that as node silence and marked every contact of every
+    # node STALE; nothing un-stales a contact but a later event of its node, so rows stayed
+    # unroutable for ever.
+    kafka = KafkaSettings(bootstrap=own_broker.bootstrap, embedded=True)
+    topics = TopicSettings(partitions=4).with_suffix(unique)
+    await ensure_topics(kafka, topics)
+    start_worker(procs, kafka, topics, "w1", tmp_path / "w1", "--node-timeout", "2", "--tick", "0.5")
+    await produce(kafka, topics, [node("A", 1), *many("k", 20, "A", 2, ContactStatus.REACHABLE)])
+    seq = 100
+
+    async def beat() -> None:
+        nonlocal seq
+        seq += 1
+        await produce(kafka, topics, [node("A", seq)])
+
+    async def registered() -> dict:
+        await beat()
+        locs = await read_locations(kafka, topics.topic_locations)
+        ok = len(locs) == 20 and all(v.status is LocationStatus.REGISTERED for v in locs.values())
+        return locs if ok else {}
+
+    assert await wait_for(registered, timeout=60), "worker never published the rows"
+    assert own_broker.proc is not None
+    os.kill(own_broker.proc.pid, signal.SIGSTOP)  # 2.5 x node_timeout without any answer
+    try:
+        await asyncio.sleep(5)
+    finally:
+        os.kill(own_broker.proc.pid, signal.SIGCONT)
+    for _ in range(8):  # node A goes on beating: 2 x node_timeout after the outage
+        await beat()
+        await asyncio.sleep(0.5)
+    synthetic = [e for e in (registration_codec().decode(v) for _, v, _ in
+                             await read_all(kafka, topics.topic_registrations) if v)
+                 if e.source is Source.SYNTHETIC]
+    assert synthetic == [], f"the outage was taken for node silence: {synthetic[:3]}"
+    locs = await read_locations(kafka, topics.topic_locations)
+    assert {k: v.status for k, v in locs.items()} == {f"PJSIP/k{i}": LocationStatus.REGISTERED for i in range(20)}

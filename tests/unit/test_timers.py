@@ -118,3 +118,29 @@ def test_partition_of_matches_kafka_default_partitioner() -> None:
 
     for key in (b"PJSIP/1001", b"SIP/x", b""):
         assert partition_of(key.decode(), 12) == DefaultPartitioner()(key, list(range(12)), list(range(12)))
+
+
+def test_time_the_worker_could_not_hear_the_broker_is_not_node_silence() -> None:
+    # A broker outage longer than node_timeout: no heartbeat can arrive, from live nodes or not.
+    book = NodeBook()
+    book.heard(T0)
+    book.observe(status("A", 10), T0)
+    row = row_of(contact("A", 1, "sip:a"))
+    outage_end = T0 + 20_000
+    assert not book.listening(outage_end)  # the timer makes no decision while deaf
+    assert book.heard(outage_end) == 20_000  # the first fetch answer after the outage
+    assert book.listening(outage_end)
+    assert decide(row, book, outage_end + 1_000) == []
+    # A node that stays silent once the broker is heard again goes stale after node_timeout.
+    for t in range(outage_end, outage_end + 17_000, 500):
+        book.heard(t)
+    assert [e.kind for e in decide(row, book, outage_end + 16_500)] == [EventKind.STALE]
+
+
+def test_regular_fetch_answers_credit_nothing() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    for t in range(T0, T0 + 16_000, 500):
+        assert book.heard(t) == 0
+    assert book.listening(T0 + 16_000)
+    assert [e.kind for e in decide(row_of(contact("A", 1, "sip:a")), book, T0 + 16_000)] == [EventKind.STALE]
