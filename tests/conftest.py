@@ -19,6 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from astreg.broker import EmbeddedBroker
@@ -26,6 +27,9 @@ from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
+# hypothesis is imported here, not lazily by its pytest plugin at the end of the session: after
+# the Faust agent tests, a late import's AST parse hit CPython 3.11.7's "AST constructor
+# recursion depth mismatch" SystemError when only tests/stream was selected.
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
