@@ -41,15 +41,47 @@ class BulkEvent:
         self.message = message
 
 
-def install(stream: StreamApp, apply: Callable[[list[Any]], Awaitable[None]]) -> None:
+Apply = Callable[[list[Any]], Awaitable[None]]
+
+
+def install(stream: StreamApp, apply: Apply) -> None:
     """Make the app's consumer drain the registrations topic in batches into ``apply``."""
     consumer = stream.app.consumer
     topic = stream.topics.names.topic_registrations
+    size = stream.settings.batch_size
     consumer._drain_messages = types.MethodType(  # Fetcher calls consumer._drain_messages(fetcher)
-        lambda self, fetcher: drain(self, fetcher, topic, apply), consumer)
+        lambda self, fetcher: drain(self, fetcher, topic, apply, size), consumer)
 
 
-async def drain(consumer: Any, fetcher: Any, topic: str, apply: Callable[[list[Any]], Awaitable[None]]) -> None:
+async def _apply_acked(consumer: Any, apply: Apply, batch: list[Any]) -> None:
+    """Apply one batch, then ack it: Faust commits only offsets whose rows are written."""
+    for message in batch:
+        consumer.track_message(message)
+    try:
+        await apply([BulkEvent(m) for m in batch])
+    except BaseException:
+        # Cancelled (rebalance, stop) or failed mid-batch: nothing of it is acked, so the
+        # offsets stay where they were and the next owner replays it (harmless: rules
+        # compare the row's applied offset). Untrack so Faust's wait_empty does not wait.
+        for message in batch:
+            consumer._unacked_messages.discard(message)
+        raise
+    for message in batch:  # only now may Faust commit them
+        consumer.ack(message)
+
+
+def _unread(consumer: Any, batch: list[Any]) -> None:
+    """Let a dropped batch be read again: its partitions' read offsets go back to its first one."""
+    first: dict[Any, int] = {}
+    for message in batch:
+        first.setdefault(message.tp, message.offset)
+    read_offset = consumer._read_offset
+    for tp, offset in first.items():
+        if tp in read_offset:  # still assigned (a revoked partition's entry is gone)
+            read_offset[tp] = offset or None
+
+
+async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_size: int = 2000) -> None:
     """Faust's ``Consumer._drain_messages`` with one batch per ``getmany`` round for ``topic``."""
     app = consumer.app
     callback = consumer.callback
@@ -58,7 +90,6 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Callable[[list[A
     get_read_offset = consumer._read_offset.__getitem__
     set_read_offset = consumer._read_offset.__setitem__
     acks_enabled_for = app.topics.acks_enabled_for
-    track, ack = consumer.track_message, consumer.ack
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             batch: list[Any] = []
@@ -84,20 +115,10 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Callable[[list[A
                 # A rebalance started while fetching: these partitions may no longer be ours and
                 # Faust seeks back to the committed offsets; drop the batch unapplied, unacked.
                 logger.info("rebalance during fetch: %d registrations left to the new owner", len(batch))
+                _unread(consumer, batch)
                 continue
-            for message in batch:
-                track(message)
-            try:
-                await apply([BulkEvent(m) for m in batch])
-            except BaseException:
-                # Cancelled (rebalance, stop) or failed mid-batch: nothing of it is acked, so the
-                # offsets stay where they were and the next owner replays it (harmless: rules
-                # compare the row's applied offset). Untrack so Faust's wait_empty does not wait.
-                for message in batch:
-                    consumer._unacked_messages.discard(message)
-                raise
-            for message in batch:  # only now may Faust commit them
-                ack(message)
+            for start in range(0, len(batch), batch_size):  # at most batch_size per table write
+                await _apply_acked(consumer, apply, batch[start:start + batch_size])
             commit_every = consumer._commit_every
             if commit_every is not None and consumer._n_acked >= commit_every:
                 consumer._n_acked = 0
