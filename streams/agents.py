@@ -204,4 +204,8 @@ def attach(stream: StreamApp) -> None:
             metrics.table_size.inc(plan.size_delta)
 
     stream.apply_batch = apply_batch
+    if settings.ingest == "bulk":
+        from .bulk import install  # the agent stays declared: subscription + co-partitioning
+
+        install(stream, apply_batch)
     stream.agent = track_registrations

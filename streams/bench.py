@@ -69,14 +69,14 @@ def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEve
     return out
 
 
-def _sentinels(partitions: int, seq0: int) -> dict[str, RegistrationEvent]:
+def _sentinels(partitions: int, seq0: int, prefix: str = "PJSIP/zz-sentinel") -> dict[str, RegistrationEvent]:
     """One endpoint per partition, registered last: its output means the partition is done."""
     from .timers import partition_of
 
     found: dict[int, str] = {}
     i = 0
     while len(found) < partitions:
-        name = f"PJSIP/zz-sentinel-{i}"
+        name = f"{prefix}-{i}"
         found.setdefault(partition_of(name, partitions), name)
         i += 1
     return {name: RegistrationEvent(endpoint=name, node="ast1", producer_epoch=2, seq=seq0 + p,
@@ -203,19 +203,33 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], sentinels: set[str], n: int,
+async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], events: list[RegistrationEvent],
                    logs: Path, name: str, timeout: float) -> dict[str, Any]:
+    """Start the app, wait until it is up and idle (its warm-up sentinels are out), then feed
+    ``events`` (ending in sentinels) live: events/s = events / (last sentinel out − feed start),
+    CPU = the app's CPU over the same interval. The clock does not depend on how the app batches
+    (a first-output clock left a worker's whole first batch out of the span)."""
+    import psutil
+
+    warm = _sentinels(topics.partitions, 10**9 - 10**6, prefix="PJSIP/zz-warm")
+    final = _sentinels(topics.partitions, 10**9)
+    n = len(events)
     with ProcessGroup(log_dir=logs) as procs:
         child = procs.start(name, argv)
-        span = await _output_span(kafka, topics.topic_locations, sentinels, timeout, pid=child.pid)
-    seconds = max((span["last"] - span["first"]) / 1000, 1e-3)
+        await _produce(kafka, topics.topic_registrations, list(warm.values()))
+        await _output_span(kafka, topics.topic_locations, set(warm), timeout)  # joined, recovered, idle
+        proc = psutil.Process(child.pid)
+        cpu0, t0 = _cpu(proc), time.time() * 1000
+        rate = await _produce(kafka, topics.topic_registrations, [*events, *final.values()])
+        span = await _output_span(kafka, topics.topic_locations, set(final), timeout)
+        cpu = _cpu(proc) - cpu0  # a few idle polls after the last output are counted too
+    seconds = max((span["last"] - t0) / 1000, 1e-3)
+    live = [(ts, count) for ts, count in span["marks"] if ts >= t0]
     # Output records per time step, scaled to input events (not every event publishes a record).
-    scale = n / max(span["outputs"], 1)
-    marks = [((ts - span["first"]) / 1000, count * scale) for ts, count in span["marks"]]
-    out: dict[str, Any] = {"events_per_s": n / seconds, "series": _series([(t, int(c)) for t, c in marks])}
-    if span["cpu_s"] is not None:
-        out["cpu_us_per_event"] = span["cpu_s"] / n * 1e6
-    return out
+    scale = n / max(len(live), 1)
+    marks = [((ts - t0) / 1000, i * scale) for i, (ts, _) in enumerate(live, 1)]
+    return {"events_per_s": n / seconds, "series": _series([(t, int(c)) for t, c in marks]),
+            "cpu_us_per_event": cpu / n * 1e6, "produce_events_per_s": rate}
 
 
 async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: int = 20_000,
@@ -235,25 +249,23 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
             await ensure_topics(kafka, topics, extra=[
                 TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
                 TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
-            sent = _sentinels(partitions, 10**9)
-            rate = await _produce(kafka, topics.topic_registrations, [*events, *sent.values()])
-            results.setdefault("produce_events_per_s", round(rate))
             if variant == "astreg":
-                raw = await raw_consume_rate(kafka, topics.topic_registrations, partitions, n)
-                results["raw_events_per_s"] = round(raw["events_per_s"])
-                results["raw_cpu_us_per_event"] = round(raw["cpu_us_per_event"], 1)
-                results["raw_series"] = raw["series"]
                 argv = _worker_argv(kafka, topics, work / variant, "rocksdb", _free_port(), app_id)
             else:
                 argv = [sys.executable, "-m", "streams.bench", "naive-worker", "--bootstrap", kafka.bootstrap,
                         "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
                         "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
                         "--web-port", str(_free_port())] + (["--embedded"] if kafka.embedded else [])
-            fig = await _run_app(kafka, topics, argv, set(sent), n, work / "logs", variant, timeout)
+            fig = await _run_app(kafka, topics, argv, events, work / "logs", variant, timeout)
+            results.setdefault("produce_events_per_s", round(fig["produce_events_per_s"]))
             results[f"{variant}_events_per_s"] = round(fig["events_per_s"])
-            if "cpu_us_per_event" in fig:
-                results[f"{variant}_cpu_us_per_event"] = round(fig["cpu_us_per_event"], 1)
+            results[f"{variant}_cpu_us_per_event"] = round(fig["cpu_us_per_event"], 1)
             results[f"{variant}_series"] = fig["series"]
+            if variant == "astreg":  # the same topic, now holding warm-up + events + sentinels
+                raw = await raw_consume_rate(kafka, topics.topic_registrations, partitions, n)
+                results["raw_events_per_s"] = round(raw["events_per_s"])
+                results["raw_cpu_us_per_event"] = round(raw["cpu_us_per_event"], 1)
+                results["raw_series"] = raw["series"]
         results["ratio_vs_naive"] = round(results["astreg_events_per_s"] / results["naive_events_per_s"], 2)
         results["ratio_vs_raw"] = round(results["astreg_events_per_s"] / results["raw_events_per_s"], 3)
         if "astreg_cpu_us_per_event" in results and "naive_cpu_us_per_event" in results:

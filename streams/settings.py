@@ -32,4 +32,7 @@ class WorkerSettings(BaseSettings):
     app_id: str | None = Field(None, description="Faust app id / group (default: astreg-<registrations topic>).")
     batch_size: int = Field(2000, ge=1, description="Events taken per batch by the agent.")
     batch_within: float = Field(0.05, gt=0, description="Seconds to wait filling a batch.")
+    ingest: Literal["agent", "bulk"] = Field(
+        "bulk", description="How registrations reach the table: bulk (one batch per fetch, no Faust "
+        "per-message stream path) or agent (the Faust agent's stream, take_events).")
     tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")
