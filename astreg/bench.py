@@ -49,7 +49,10 @@ def _load(target: str) -> Callable[..., Awaitable[dict[str, Any]]]:
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
-async def run_sections(names: list[str], quick: bool, work: Path, console: Console) -> dict[str, Any]:
+async def run_sections(names: list[str], quick: bool, work: Path, console: Console,
+                       progress_path: Path | None = None) -> dict[str, Any]:
+    """Run each section; with ``progress_path`` the figures so far are rewritten after every
+    section, so a long run that is stopped keeps what it measured."""
     results: dict[str, Any] = {}
     for name in names:
         target, what = SECTIONS[name]
@@ -65,6 +68,8 @@ async def run_sections(names: list[str], quick: bool, work: Path, console: Conso
             logger.debug("section %s failed", name, exc_info=True)
             results[name] = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
             console.print(f"  [red]failed[/]: {type(exc).__name__}: {exc}")
+        if progress_path is not None:
+            progress_path.write_text(json.dumps({"partial": True, "results": results}, indent=2, default=str))
     return results
 
 
@@ -138,7 +143,7 @@ def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None
         raise click.UsageError(f"unknown sections: {', '.join(unknown)}")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
-        results = asyncio.run(run_sections(names, quick, Path(tmp), console))
+        results = asyncio.run(run_sections(names, quick, Path(tmp), console, json_path))
     meta = {"quick": quick, "total_s": round(time.monotonic() - t0, 1), "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.node()}", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     render(results, console)
