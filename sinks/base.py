@@ -122,6 +122,14 @@ def stale_keys(stored: Iterable[str], alive: set[str], owned: Callable[[str], bo
     return [k for k in stored if k not in alive and owned(k)]
 
 
+async def delete_stale_keys(sink: Any, alive: set[str], owned: Callable[[str], bool]) -> int:
+    """``reconcile`` for a store that can list its keys: delete the stale ones in one batch."""
+    stale = stale_keys(await sink.stored_keys(), alive, owned)
+    if stale:
+        await sink.write_batch({}, set(stale))
+    return len(stale)
+
+
 @dataclass
 class _Origin:
     """Where the last record of a key in a batch came from (for dead letters)."""

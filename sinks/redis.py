@@ -145,12 +145,9 @@ class RedisSink:
         return keys
 
     async def reconcile(self, alive: set[str], owned: Callable[[str], bool]) -> int:
-        from .base import stale_keys
+        from .base import delete_stale_keys
 
-        stale = stale_keys(await self.stored_keys(), alive, owned)
-        if stale:
-            await self.write_batch({}, set(stale))
-        return len(stale)
+        return await delete_stale_keys(self, alive, owned)
 
     async def flush(self) -> None:
         """Each batch was one EXEC: nothing is buffered."""

@@ -263,12 +263,9 @@ class SqlSink:
         return await self._guard(read(), "read keys")
 
     async def reconcile(self, alive: set[str], owned: Callable[[str], bool]) -> int:
-        from .base import stale_keys
+        from .base import delete_stale_keys
 
-        stale = stale_keys(await self.stored_keys(), alive, owned)
-        if stale:
-            await self.write_batch({}, set(stale))
-        return len(stale)
+        return await delete_stale_keys(self, alive, owned)
 
     async def flush(self) -> None:
         """Every batch is its own committed transaction: nothing is buffered."""
