@@ -49,7 +49,7 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
         table_standby_replicas=0, producer_acks=-1, consumer_auto_offset_reset="earliest",
         producer_linger=0.005,  # a few ms of linger: batches of records instead of one request each
     )
-    stream = StreamApp(app, declare_locations(app, topics.partitions), NodeBook(),
+    stream = StreamApp(app, declare_locations(app, topics.partitions, worker.row_cache), NodeBook(),
                        declare_topics(app, topics), kafka, worker)
     from . import agents, timers  # attach the agent and timers to this app
 

@@ -24,6 +24,10 @@ import types
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+from faust.types import TP
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
 if TYPE_CHECKING:
     from .app import StreamApp
 
@@ -54,27 +58,44 @@ def install(stream: StreamApp, apply: Apply) -> None:
 
 
 async def _apply_acked(consumer: Any, apply: Apply, batch: list[Any]) -> None:
-    """Apply one batch, then ack it: Faust commits only offsets whose rows are written."""
-    for message in batch:
-        consumer.track_message(message)
-    try:
-        await apply([BulkEvent(m) for m in batch])
-    except BaseException:
-        # Cancelled (rebalance, stop) or failed mid-batch: nothing of it is acked, so the
-        # offsets stay where they were and the next owner replays it (harmless: rules
-        # compare the row's applied offset). Untrack so Faust's wait_empty does not wait.
-        for message in batch:
-            consumer._unacked_messages.discard(message)
-        raise
-    for message in batch:  # only now may Faust commit them
-        consumer.ack(message)
+    """Apply one batch, then ack it: Faust commits only offsets whose rows are written.
+
+    The batch is never in Faust's unacked set (``track_message``: a WeakSet insert plus sensor
+    calls per message): nothing of it is acked until ``apply`` returned, so a rebalance that
+    commits meanwhile commits none of it, and a cancelled or failed batch leaves its offsets
+    where they were for the next owner (replays are harmless: rules compare the row's offset).
+    """
+    await apply([BulkEvent(m) for m in batch])
+    _ack_all(consumer, batch)
+
+
+def _ack_all(consumer: Any, batch: list[Any]) -> None:
+    """``Consumer.ack`` for a whole batch of records of one topic, under its lock once."""
+    committed_offset = consumer._committed_offset
+    acked_index = consumer._acked_index
+    acked = consumer._acked
+    n = 0
+    with ack_lock:
+        by_tp: dict[Any, list[int]] = {}
+        for record in batch:
+            by_tp.setdefault((record.topic, record.partition), []).append(record.offset)
+        for (topic, partition), offsets in by_tp.items():
+            tp = TP(topic, partition)
+            committed = committed_offset[tp]
+            index = acked_index[tp]
+            fresh = [o for o in offsets if (committed is None or o >= committed) and o not in index]
+            index.update(fresh)
+            acked[tp].extend(fresh)
+            n += len(fresh)
+        consumer._n_acked += n
+        notify(consumer._waiting_for_ack)
 
 
 def _unread(consumer: Any, batch: list[Any]) -> None:
     """Let a dropped batch be read again: its partitions' read offsets go back to its first one."""
     first: dict[Any, int] = {}
-    for message in batch:
-        first.setdefault(message.tp, message.offset)
+    for record in batch:
+        first.setdefault(TP(record.topic, record.partition), record.offset)
     read_offset = consumer._read_offset
     for tp, offset in first.items():
         if tp in read_offset:  # still assigned (a revoked partition's entry is gone)
@@ -82,9 +103,17 @@ def _unread(consumer: Any, batch: list[Any]) -> None:
 
 
 async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_size: int = 2000) -> None:
-    """Faust's ``Consumer._drain_messages`` with one batch per ``getmany`` round for ``topic``."""
+    """Faust's ``Consumer._drain_messages`` with one batch per fetch round for ``topic``.
+
+    Faust's ``getmany`` turns every record into a ConsumerMessage, asks for the highwater and
+    updates the monitor per record; here each fetch round's records of ``topic`` are taken as
+    aiokafka gives them (``record.topic/partition/offset/key/value``: all the rules and the
+    table need), per partition in offset order, and the monitor is told once per partition.
+    Records of any other topic take Faust's per-message path exactly as before.
+    """
     app = consumer.app
     callback = consumer.callback
+    to_message = consumer._to_message
     consumer_should_stop = consumer._stopped.is_set
     fetcher_should_stop = fetcher._stopped.is_set
     get_read_offset = consumer._read_offset.__getitem__
@@ -92,23 +121,48 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
     acks_enabled_for = app.topics.acks_enabled_for
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
-            batch: list[Any] = []
             generation = app.consumer_generation_id
             await consumer.sleep(0)
             if consumer.should_stop:
                 break
-            async for tp, message in consumer.getmany(timeout=1.0):
-                offset = message.offset
+            records, active = await consumer._wait_next_records(1.0)
+            if not records or consumer.should_stop:
+                continue
+            if not consumer.flow_active:
+                await consumer.perform_seek()  # what getmany does: back to the committed offsets
+                continue
+            if generation != app.consumer_generation_id:
+                continue  # a rebalance began while fetching: the new assignment reads it again
+            batch: list[Any] = []
+            buffered = consumer._buffered_partitions
+            for tp, recs in records.items():
+                if not recs or (active is not None and tp not in active and tp not in buffered):
+                    continue
+                app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
                 r_offset = get_read_offset(tp)
-                if r_offset is not None and offset < r_offset:
-                    continue  # already read (Faust drops these the same way)
-                if r_offset and offset - r_offset > 1 and acks_enabled_for(message.topic):
-                    await consumer._add_gap(tp, r_offset + 1, offset)  # compacted away: commit past it
-                if message.topic == topic:
-                    batch.append(message)
-                else:
-                    await consumer.wait_first(callback(message), consumer.suspend_flow.wait())
-                set_read_offset(tp, offset)
+                acks = acks_enabled_for(tp.topic)
+                if tp.topic == topic:
+                    prev = r_offset
+                    for record in recs:
+                        offset = record.offset
+                        if r_offset is not None and offset < r_offset:
+                            continue  # already read (Faust drops these the same way)
+                        if prev and offset - prev > 1 and acks:
+                            await consumer._add_gap(tp, prev + 1, offset)  # compacted away: commit past it
+                        batch.append(record)
+                        prev = offset
+                    if prev is not None:
+                        set_read_offset(tp, prev)
+                    continue
+                for record in recs:
+                    offset = record.offset
+                    if r_offset is not None and offset < r_offset:
+                        continue
+                    if r_offset and offset - r_offset > 1 and acks:
+                        await consumer._add_gap(tp, r_offset + 1, offset)
+                    await consumer.wait_first(callback(to_message(tp, record)), consumer.suspend_flow.wait())
+                    set_read_offset(tp, offset)
+                    r_offset = offset
             if not batch:
                 continue
             if not app.flow_control.is_active() or generation != app.consumer_generation_id:

@@ -35,4 +35,7 @@ class WorkerSettings(BaseSettings):
     ingest: Literal["agent", "bulk"] = Field(
         "bulk", description="How registrations reach the table: bulk (one batch per fetch, no Faust "
         "per-message stream path) or agent (the Faust agent's stream, take_events).")
+    row_cache: int = Field(
+        100_000, ge=0, description="Decoded table rows kept in memory (~1 KB each; 0: none). Rows "
+        "of endpoints seen recently are not read and decoded from RocksDB again.")
     tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")

@@ -26,6 +26,7 @@ from faust.serializers import codecs
 from faust.stores.base import SerializedStore
 from faust.streams import _current_event
 from faust.types import TP
+from rocksdict import WriteBatch
 
 from schemas.models import EndpointLocation, LinkState, NodeEventKind, NodeStatus
 
@@ -58,24 +59,72 @@ codecs.register("astreg-row", RowCodec())
 
 
 class LocationsTable(faust.Table):
-    """A Faust table with a batched write path for the agent: :meth:`write_batch`.
+    """A Faust table with a batched read/write path for the bulk agent.
 
     Same store (RocksDB), same changelog topic, same recovery as ``table[key] = value``; the
     difference is that a batch of rows is encoded once (store and changelog share the bytes),
-    sent as one record batch per changelog partition, and the persisted changelog offset is
-    written once per batch and partition instead of once per record.
+    written to each partition's RocksDB as one WriteBatch, sent as one record batch per
+    changelog partition, and the persisted changelog offset is written once per batch and
+    partition instead of once per record.
+
+    Decoded rows are kept in a bounded cache (``row_cache`` rows, ~1 KB each): decoding a row
+    from RocksDB (msgpack + dataclasses) was the largest cost per event after the rules. Rows
+    are immutable, this table is their only writer, and the cache is emptied whenever the
+    assignment changes (another worker may have written the partition meanwhile) or the
+    store recovers from the changelog, so it never holds a row the store does not.
     """
+
+    row_cache: int = 100_000
+
+    def __init__(self, *args: Any, row_cache: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if row_cache is not None:
+            self.row_cache = row_cache
+        self._rows: dict[str, Row | None] = {}
+
+    def forget_rows(self) -> None:
+        """Empty the decoded-row cache (assignment changed, store recovered)."""
+        self._rows.clear()
+
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any,
+                           generation_id: int = 0) -> None:
+        self.forget_rows()
+        await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+    async def on_recovery_completed(self, active_tps: Any, standby_tps: Any) -> None:
+        self.forget_rows()
+        await super().on_recovery_completed(active_tps, standby_tps)
+
+    def _remember(self, key: str, row: Row | None) -> None:
+        rows = self._rows
+        rows.pop(key, None)  # re-insert: the dict's order is the order of last write/read
+        if len(rows) >= self.row_cache:
+            del rows[next(iter(rows))]  # the least recently written or read row
+        rows[key] = row
 
     def read(self, key: str, event: Any) -> Row | None:
         """The row of ``key`` (None when absent), looked up in the partition of ``event``."""
-        _current_event.set(weakref.ref(event))  # the store looks in this event's partition
         store = self.data
         if not isinstance(store, SerializedStore):
+            _current_event.set(weakref.ref(event))  # the store looks in this event's partition
             return self.get(key)  # type: ignore[no-any-return]
+        try:
+            return self._rows[key]
+        except KeyError:
+            pass
         # table.get() goes through Mapping.get -> __getitem__ -> sensors -> __contains__ + _get:
-        # two store lookups and a sensor call per key; this is the one lookup underneath.
-        raw = store._get(store._encode_key(key))
-        return None if raw is None else store._decode_value(raw)  # type: ignore[no-any-return]
+        # two store lookups, a sensor call and a key-index update per key; this is the one
+        # lookup underneath, in the partition the event came from (co-partitioned).
+        db_for = getattr(store, "_db_for_partition", None)
+        if db_for is not None:
+            raw = db_for(event.message.partition).get(store._encode_key(key))
+        else:
+            _current_event.set(weakref.ref(event))
+            raw = store._get(store._encode_key(key))
+        row = None if raw is None else store._decode_value(raw)
+        if self.row_cache:
+            self._remember(key, row)
+        return row  # type: ignore[no-any-return]
 
     async def write_batch(self, writes: list[tuple[str, Row, Any]]) -> None:
         """Write ``(key, row, event)``: the row lands in the partition of ``event`` (its source)."""
@@ -88,12 +137,30 @@ class LocationsTable(faust.Table):
                 self[key] = row
             return
         encode_key, encode_value = store._encode_key, store._encode_value
+        if self.value_serializer == "astreg-row" and self.key_serializer == "raw":
+            # What those two do through Faust's serializer registry (codecs.dumps -> RowCodec,
+            # raw -> want_bytes), without the registry lookups per record.
+            encode_key, encode_value = str.encode, Row.to_bytes  # type: ignore[assignment]
+        db_for = getattr(store, "_db_for_partition", None)
+        batches: dict[int, Any] = {}
         records = []
+        cache = self.row_cache
         for key, row, event in writes:
-            _current_event.set(weakref.ref(event))  # the store writes into this event's partition
+            partition = event.message.partition
             k, v = encode_key(key), encode_value(row)
-            store._set(k, v)
-            records.append((event.message.partition, k, v))
+            if db_for is not None:
+                wb = batches.get(partition)
+                if wb is None:
+                    wb = batches[partition] = WriteBatch(raw_mode=True)
+                wb.put(k, v)
+            else:
+                _current_event.set(weakref.ref(event))  # the store writes into this event's partition
+                store._set(k, v)
+            if cache:
+                self._remember(key, row)
+            records.append((partition, k, v))
+        for partition, wb in batches.items():
+            db_for(partition).write(wb)  # type: ignore[misc]
         producer = self.app.producer._ensure_producer()  # the app's aiokafka producer
         topic = self.changelog_topic.get_topic_name()
         for partition, fut, count in await send_batches(producer, topic, records):
@@ -111,7 +178,7 @@ class LocationsTable(faust.Table):
         self.data.set_persisted_offset(tp, fut.result().offset + count - 1)
 
 
-def declare_locations(app: faust.App, partitions: int) -> faust.Table:
+def declare_locations(app: faust.App, partitions: int, row_cache: int | None = None) -> faust.Table:
     # Faust derives serializers from Record types only, and builds the changelog topic (which
     # recovery decodes with) as soon as the table is registered: declare both explicitly.
     # The RocksDB store recovers from the changelog records' raw bytes, so the topic is read as
@@ -126,7 +193,7 @@ def declare_locations(app: faust.App, partitions: int) -> faust.Table:
     )
     table = app.tables.add(LocationsTable(
         app, name="locations", default=None, beacon=app.tables.beacon, partitions=partitions, key_type=str,
-        changelog_topic=changelog,
+        changelog_topic=changelog, row_cache=row_cache,
         # Changelog partition = partition of the current event; the agent writes each row under
         # the last event of that endpoint in the batch (same partition: co-partitioned).
         use_partitioner=False,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
+from astreg.errors import UndecodableRecord
 from schemas.codec import Codec
 from schemas.models import EndpointLocation, NodeStatus, RegistrationEvent
 from tests.support.strategies import endpoint_locations, node_statuses, registration_events
@@ -32,3 +35,95 @@ def test_endpoint_location_bytes_equal_fastavro(loc: EndpointLocation) -> None:
     codec = Codec.for_model(EndpointLocation)
     assert codec.encode(loc) == codec.encode_fastavro(loc)
     assert codec.decode(codec.encode(loc)) == loc
+
+
+# ---------------------------------------------------------------- the generated flat reader
+
+
+def _fastavro_decode(codec: Codec, data: bytes) -> object:
+    """The reference: fastavro's reader + from_dict (what decode() did before the fast reader)."""
+    from schemas.codec import from_dict
+
+    return from_dict(codec.model, codec.decode_dict(data))
+
+
+@FAST
+@given(registration_events)
+def test_flat_reader_equals_fastavro_reader(ev: RegistrationEvent) -> None:
+    codec = Codec.for_model(RegistrationEvent)
+    data = codec.encode(ev)
+    fast = codec.decode(data)
+    assert codec._flat_reader is not None and codec._flat_reader.__name__ == "read"  # the fast path ran
+    assert fast == _fastavro_decode(codec, data) == ev
+    assert type(fast) is RegistrationEvent and hash(fast) == hash(ev)
+
+
+@FAST
+@given(node_statuses)
+def test_flat_reader_node_status(ns: NodeStatus) -> None:
+    codec = Codec.for_model(NodeStatus)
+    assert codec.decode(codec.encode(ns)) == ns == _fastavro_decode(codec, codec.encode(ns))
+
+
+@FAST
+@given(registration_events, st.data())
+def test_flat_reader_rejects_what_fastavro_rejects(ev: RegistrationEvent, data: st.DataObject) -> None:
+    """Truncated, extended or byte-flipped bodies: the fast reader either decodes exactly what
+    fastavro decodes or raises UndecodableRecord (never another exception, never a wrong row)."""
+    codec = Codec.for_model(RegistrationEvent)
+    good = codec.encode(ev)
+    cut = data.draw(st.integers(10, len(good) - 1))
+    flip = data.draw(st.integers(10, len(good) - 1))
+    byte = data.draw(st.integers(0, 255))
+    for bad in (good[:cut], good + b"\x00", good[:flip] + bytes([byte]) + good[flip + 1:]):
+        try:
+            want = _fastavro_decode(codec, bad)
+        except (UndecodableRecord, TypeError, ValueError):
+            want = None
+        try:
+            got = codec.decode(bad)
+        except UndecodableRecord:
+            got = None
+        if got is not None:
+            assert got == want
+
+
+def test_flat_reader_error_messages() -> None:
+    codec = Codec.for_model(RegistrationEvent)
+    good = codec.encode(RegistrationEvent(endpoint="PJSIP/1", node="n", producer_epoch=1, seq=1, event_time_ms=1))
+    with pytest.raises(UndecodableRecord, match="bad Avro body: IndexError: truncated"):
+        codec.decode(good[:-1])
+    with pytest.raises(UndecodableRecord, match="1 trailing bytes"):
+        codec.decode(good + b"\x00")
+    with pytest.raises(UndecodableRecord, match="bad Avro body"):
+        codec.decode(good[:10] + b"\x07" + good[11:])  # negative string length
+    with pytest.raises(UndecodableRecord, match="bad Avro body"):
+        codec.decode(good[:10] + b"\x02\xff" + good[12:])  # invalid UTF-8
+
+
+# ---------------------------------------------------------------- schemas.fastdc
+
+
+def test_fastdc_maker_and_replacer_build_the_same_objects() -> None:
+    import dataclasses
+
+    from schemas.fastdc import maker, replacer
+    from streams.rules import ContactState, Row
+
+    make, rep = maker(ContactState), replacer(ContactState)
+    a = ContactState("n1", "sip:a", 3, 10, 11, (1, 2))
+    b = make("n1", "sip:a", 3, 10, 11, (1, 2))
+    assert a == b and hash(a) == hash(b) and type(b) is ContactState
+    assert rep(a, stale=True, rtt_us=5) == dataclasses.replace(a, stale=True, rtt_us=5)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.stale = True  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        rep(a, nonsense=1)
+    assert maker(Row)(endpoint="PJSIP/1") == Row(endpoint="PJSIP/1")
+
+    @dataclasses.dataclass(frozen=True)
+    class NoSlots:
+        x: int
+
+    with pytest.raises(TypeError):
+        maker(NoSlots)
