@@ -586,9 +586,10 @@ def _compile_record(schema: dict[str, Any], named: dict[str, Any], model: type |
 
 
 def _generate_flat_writer(schema: dict[str, Any], named: dict[str, Any]) -> Callable[[Any, bytearray], None] | None:
-    """Straight-line Python source for a record of scalars/enums/[null, scalar] unions (the
-    RegistrationEvent / NodeStatus shape): no per-field call, small ints and short strings
-    inline. Records with arrays or nested records use the closure writer above."""
+    """Straight-line Python source for a record of scalars, enums, [null, scalar] unions and
+    arrays of those or of such records (RegistrationEvent, NodeStatus, EndpointLocation): no
+    per-field call, small ints and short strings inline. Anything else (maps, nested records
+    outside arrays, other unions) uses the closure writer above."""
     lines = ["def write(obj, out):", "    if isinstance(obj, dict):", "        return slow(obj, out)"]
     env: dict[str, Any] = {"_wl": _write_long}
 
@@ -634,6 +635,21 @@ def _generate_flat_writer(schema: dict[str, Any], named: dict[str, Any]) -> Call
                 return None
             lines += ["    if v is None:", f"        out.append({ni * 2})", "    else:",
                       f"        out.append({(1 - ni) * 2})", *body]
+        elif isinstance(t, dict) and t.get("type") == "array":
+            items = named.get(t["items"], t["items"]) if isinstance(t["items"], str) else t["items"]
+            head = ["    if v:", "        n = len(v)", "        if n < 64: out.append(n << 1)", "        else: _wl(n, out)"]
+            if isinstance(items, dict) and items.get("type") == "record":
+                named[items["name"]] = items
+                item_writer = _generate_flat_writer(items, named)
+                if item_writer is None:
+                    return None
+                env[f"W_{name}"] = item_writer
+                lines += [*head, f"        for x in v: W_{name}(x, out)", "    out.append(0)"]
+            else:
+                body = scalar(items, "x", "            ", name)
+                if body is None:
+                    return None
+                lines += [*head, "        for x in v:", *body, "    out.append(0)"]
         else:
             body = scalar(t, "v", "    ", name)
             if body is None:

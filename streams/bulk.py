@@ -121,18 +121,18 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
     acks_enabled_for = app.topics.acks_enabled_for
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
-            generation = app.consumer_generation_id
             await consumer.sleep(0)
             if consumer.should_stop:
                 break
+            # Waits while the flow is paused (rebalance, recovery); the records it returns belong
+            # to the generation current when it returns (what Faust's getmany compares with).
             records, active = await consumer._wait_next_records(1.0)
+            generation = app.consumer_generation_id
             if not records or consumer.should_stop:
                 continue
             if not consumer.flow_active:
                 await consumer.perform_seek()  # what getmany does: back to the committed offsets
                 continue
-            if generation != app.consumer_generation_id:
-                continue  # a rebalance began while fetching: the new assignment reads it again
             batch: list[Any] = []
             buffered = consumer._buffered_partitions
             for tp, recs in records.items():

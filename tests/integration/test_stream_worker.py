@@ -147,6 +147,9 @@ async def converged(kafka: KafkaSettings, topics: TopicSettings, expect: dict[st
     async def check() -> dict:
         locs = await read_locations(kafka, topics.topic_locations)
         got = {k: v.primary_node for k, v in locs.items()}
+        if got != expect:
+            diff = {k: (got.get(k), expect.get(k)) for k in set(got) | set(expect) if got.get(k) != expect.get(k)}
+            print("DIFF", len(diff), sorted(diff.items())[:20])
         return locs if got == expect else {}
 
     return await wait_for(check, timeout=timeout)  # type: ignore[return-value]
