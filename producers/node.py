@@ -389,7 +389,13 @@ class NodeProducer:
             await asyncio.sleep(0.01)
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._tasks:  # bounded: a task stuck in a client call must not hang the stop
+            done, stuck = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in done:
+                if not task.cancelled():
+                    task.exception()  # retrieved (as gather did): no "never retrieved" noise
+            for task in stuck:
+                logger.warning("producer task %s did not stop within 5 s: abandoned", task.get_name())
         if self._protocol is not None:
             self._protocol.transport.close()
         await self.publisher.stop()

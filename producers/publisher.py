@@ -135,10 +135,11 @@ class Publisher:
                 logger.warning("stopping with %d records not acknowledged by Kafka", self.depth)
             self._closing = True
             self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            # Bounded: the sender may be inside aiokafka's start()/stop() of a client that never
+            # reached the broker, and a stop must never hang the process (or a test) on it.
+            done, _ = await asyncio.wait({self._task}, timeout=5)
+            if not done:
+                logger.warning("Kafka sender did not stop within 5 s: abandoned")
         if self._producer is not None:
             try:
                 await asyncio.wait_for(self._producer.stop(), 5)

@@ -612,8 +612,11 @@ def _generate_flat_writer(schema: dict[str, Any], named: dict[str, Any]) -> Call
             t = t.get("type")
             if isinstance(t, dict | list):
                 return None
-        if t in ("long", "int"):
-            return [f"{indent}if 0 <= {var} < 64: out.append({var} << 1)", f"{indent}else: _wl({var}, out)"]
+        if t in ("long", "int"):  # zig-zag varint, inline (timestamps take 6-7 bytes)
+            return [f"{indent}if 0 <= {var} < 64: out.append({var} << 1)", f"{indent}else:",
+                    f"{indent}    z = ({var} << 1) ^ ({var} >> 63)",
+                    f"{indent}    while z > 127: out.append((z & 127) | 128); z >>= 7",
+                    f"{indent}    out.append(z)"]
         if t == "string":
             return [f"{indent}b = {var}.encode()", f"{indent}n = len(b)",
                     f"{indent}if n < 64: out.append(n << 1)", f"{indent}else: _wl(n, out)", f"{indent}out += b"]

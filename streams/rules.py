@@ -32,7 +32,8 @@ from schemas.models import (
 )
 
 __all__ = [
-    "ContactState", "Row", "Outcome", "apply", "decide", "location_of", "visible_key", "durable_key", "empty_row",
+    "ContactState", "Row", "Outcome", "apply", "decide", "location_of", "visible_key", "durable_key", "durable_rest",
+    "empty_row",
 ]
 
 Seq = tuple[int, int]  # (producer_epoch, seq)
@@ -409,8 +410,8 @@ def visible_key(row: Row) -> tuple[Any, ...]:
     primary = max(row.contacts, key=ContactState.rank)
     return (
         primary.node, primary.uri, primary.rank()[0], row.device_of(primary.node),
-        tuple((c.node, c.uri, c.reg_offset, c.status, c.stale, c.ip, c.port, c.transport, c.user_agent, c.aor)
-              for c in row.contacts),
+        tuple([(c.node, c.uri, c.reg_offset, c.status, c.stale, c.ip, c.port, c.transport, c.user_agent, c.aor)
+               for c in row.contacts]),
     )
 
 
@@ -422,7 +423,12 @@ def durable_key(row: Row) -> tuple[Any, ...]:
     the same durable state if replayed, and reconciliation only needs snapshot confirmations
     (any contact alive after a snapshot's begin is listed by it, or was created after it).
     """
-    return (visible_key(row), tuple((c.ident, c.snapshot_seen, c.expires_at_ms) for c in row.contacts), row.devices)
+    return (visible_key(row), *durable_rest(row))
+
+
+def durable_rest(row: Row) -> tuple[Any, ...]:
+    """The part of :func:`durable_key` that is not visible: confirmations, expiries, devices."""
+    return (tuple([(c.node, c.uri, c.snapshot_seen, c.expires_at_ms) for c in row.contacts]), row.devices)
 
 
 def location_of(row: Row | None) -> EndpointLocation | None:
