@@ -228,6 +228,9 @@ class Outcome:
     reason: str = "applied"
 
 
+_outcome = maker(Outcome)
+
+
 def apply(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None) -> Row:
     """The row after ``event`` (at partition ``offset``); the same object when nothing changed."""
     return decide(row, event, offset, now_ms=now_ms).row
@@ -238,11 +241,11 @@ def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: in
     base = row if row is not None else empty_row(event.endpoint)
     now = event.event_time_ms if now_ms is None else now_ms
     if offset <= base.offset:
-        return Outcome(base, False, "replay")
+        return _outcome(base, False, "replay")
     out = _decide(base, event, offset, now)
     if out.row is base:
         return out
-    return Outcome(_rep_row(out.row, offset=offset), out.applied, out.reason)
+    return _outcome(_rep_row(out.row, offset=offset), out.applied, out.reason)
 
 
 def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outcome:
@@ -259,7 +262,7 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
             reason = "seq_backwards"
         else:
             reason = "old_epoch"
-        return Outcome(base, False, reason)
+        return _outcome(base, False, reason)
     contacts = _contacts_after(base, event, offset, stamp, now)
     devices = base.devices
     if event.kind is EventKind.DEVICE and event.device_state is not None:
@@ -267,7 +270,7 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
     if contacts is None and devices is base.devices:
         reason = "unusable" if event.kind not in (EventKind.CONTACT, EventKind.PEER, EventKind.DEVICE) else "no_change"
         new = _rep_row(base, last=_set_last(base.last, event.node, stamp), last_event_time_ms=event.event_time_ms)
-        return Outcome(new, False, reason)
+        return _outcome(new, False, reason)
     new = _rep_row(
         base,
         contacts=base.contacts if contacts is None else contacts,
@@ -275,7 +278,7 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
         last=_set_last(base.last, event.node, stamp),
         last_event_time_ms=event.event_time_ms,
     )
-    return Outcome(_stamp_version(base, new, now), True)
+    return _outcome(_stamp_version(base, new, now), True)
 
 
 def _contacts_after(
@@ -374,15 +377,21 @@ def _synthetic(row: Row, ev: RegistrationEvent, now: int) -> Outcome:
         marked = tuple(_rep_contact(c, stale=True) if not_newer(c) and not c.stale else c for c in row.contacts)
         contacts = marked if any(a is not b for a, b in zip(marked, row.contacts, strict=True)) else None
     else:
-        return Outcome(row, False, "unusable")
+        return _outcome(row, False, "unusable")
     if contacts is None:
-        return Outcome(row, False, "no_change")
+        return _outcome(row, False, "no_change")
     new = _rep_row(row, contacts=contacts)
-    return Outcome(_stamp_version(row, new, now), True)
+    return _outcome(_stamp_version(row, new, now), True)
 
 
 def _set_last(last: tuple[tuple[str, int, int], ...], node: str, stamp: Seq) -> tuple[tuple[str, int, int], ...]:
-    return tuple(sorted([x for x in last if x[0] != node] + [(node, stamp[0], stamp[1])]))
+    entry = (node, stamp[0], stamp[1])
+    for i, x in enumerate(last):  # sorted by node: replace in place, or insert before the first larger
+        if x[0] == node:
+            return (*last[:i], entry, *last[i + 1:])
+        if x[0] > node:
+            return (*last[:i], entry, *last[i:])
+    return (*last, entry)
 
 
 def _set_pair(pairs: tuple[tuple[str, DeviceState], ...], node: str, state: DeviceState) -> tuple[tuple[str, DeviceState], ...]:
