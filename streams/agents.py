@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
@@ -55,7 +55,7 @@ class Outputs:
 
     async def _producer_send_batch(self, topic: str, records: list[tuple[bytes, bytes | None]]) -> None:
         # One record batch per partition instead of one producer.send per record (streams/produce.py).
-        producer = self.stream.app.producer._ensure_producer()  # the app's aiokafka producer
+        producer = cast(Any, self.stream.app.producer)._ensure_producer()  # the app's aiokafka producer
         count = len(await producer.partitions_for(topic))
         await send_batches(producer, topic, ((default_partition(k, count), k, v) for k, v in records))
 
@@ -66,7 +66,7 @@ class Outputs:
     async def location(self, endpoint: str, row: Row | None) -> None:
         await self.publish([(endpoint, row)])
 
-    async def publish(self, rows: list[tuple[str, Row | None]]) -> None:
+    async def publish(self, rows: Sequence[tuple[str, Row | None]]) -> None:
         """Publish rows (None or no contact left: tombstone) to the locations topic, batched."""
         if not rows:
             return
@@ -185,8 +185,8 @@ def attach(stream: StreamApp) -> None:
     metrics = stream.metrics
     src = stream.topics.names.topic_registrations
 
-    @app.agent(stream.topics.registrations, name="track_registrations")
-    async def track_registrations(records: Any) -> None:
+    @app.agent(stream.topics.registrations, name="track_registrations")  # type: ignore[arg-type]
+    async def track_registrations(records: Any) -> AsyncIterator[int]:
         """Apply every registration event to its endpoint's row, a batch at a time."""
         async for events in records.take_events(settings.batch_size, within=settings.batch_within):
             t0 = time.perf_counter()

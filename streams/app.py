@@ -16,7 +16,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 
 from .metrics import StreamMetrics
 from .settings import WorkerSettings
-from .tables import NodeBook, declare_locations
+from .tables import LocationsTable, NodeBook, declare_locations
 from .topics import StreamTopics, declare_topics
 
 __all__ = ["StreamApp", "create_app", "app_id_for"]
@@ -25,7 +25,7 @@ __all__ = ["StreamApp", "create_app", "app_id_for"]
 @dataclass
 class StreamApp:
     app: faust.App
-    locations: faust.Table
+    locations: LocationsTable
     nodes: NodeBook
     topics: StreamTopics
     kafka: KafkaSettings

@@ -53,7 +53,7 @@ def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEve
         step = rnd % 4 if mix == "churn" else min(rnd, 1)
         if mix == "steady":
             node = NODES[e % 3]
-        base = {"endpoint": f"PJSIP/{e}", "node": node, "producer_epoch": 1, "seq": seqs[node],
+        base: dict[str, Any] = {"endpoint": f"PJSIP/{e}", "node": node, "producer_epoch": 1, "seq": seqs[node],
                 "event_time_ms": now + i, "source": Source.LIVE}
         uri = f"sip:{e}@10.{e % 250}.{rnd % 250}.1:5060"
         if step == 0:

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from faust.types import TP
 from faust.types.tuples import ack_lock
@@ -50,7 +50,7 @@ Apply = Callable[[list[Any]], Awaitable[None]]
 
 def install(stream: StreamApp, apply: Apply) -> None:
     """Make the app's consumer drain the registrations topic in batches into ``apply``."""
-    consumer = stream.app.consumer
+    consumer = cast(Any, stream.app.consumer)
     topic = stream.topics.names.topic_registrations
     size = stream.settings.batch_size
     consumer._drain_messages = types.MethodType(  # Fetcher calls consumer._drain_messages(fetcher)

@@ -19,7 +19,7 @@ import logging
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import faust
 from faust.serializers import codecs
@@ -161,7 +161,7 @@ class LocationsTable(faust.Table):
             records.append((partition, k, v))
         for partition, wb in batches.items():
             db_for(partition).write(wb)  # type: ignore[misc]
-        producer = self.app.producer._ensure_producer()  # the app's aiokafka producer
+        producer = cast(Any, self.app.producer)._ensure_producer()  # the app's aiokafka producer
         topic = self.changelog_topic.get_topic_name()
         for partition, fut, count in await send_batches(producer, topic, records):
             fut.add_done_callback(functools.partial(self._on_batch_sent, TP(topic, partition), count))
@@ -178,7 +178,7 @@ class LocationsTable(faust.Table):
         self.data.set_persisted_offset(tp, fut.result().offset + count - 1)
 
 
-def declare_locations(app: faust.App, partitions: int, row_cache: int | None = None) -> faust.Table:
+def declare_locations(app: faust.App, partitions: int, row_cache: int | None = None) -> LocationsTable:
     # Faust derives serializers from Record types only, and builds the changelog topic (which
     # recovery decodes with) as soon as the table is registered: declare both explicitly.
     # The RocksDB store recovers from the changelog records' raw bytes, so the topic is read as
@@ -191,13 +191,13 @@ def declare_locations(app: faust.App, partitions: int, row_cache: int | None = N
         value_type=bytes if rocksdb else None, value_serializer="raw" if rocksdb else "astreg-row",
         partitions=partitions, compacting=True, deleting=False, acks=False, internal=True,
     )
-    table = app.tables.add(LocationsTable(
+    table = cast(LocationsTable, app.tables.add(LocationsTable(
         app, name="locations", default=None, beacon=app.tables.beacon, partitions=partitions, key_type=str,
         changelog_topic=changelog, row_cache=row_cache,
         # Changelog partition = partition of the current event; the agent writes each row under
         # the last event of that endpoint in the batch (same partition: co-partitioned).
         use_partitioner=False,
-    ))
+    )))
     table.key_serializer = "raw"
     table.value_serializer = "astreg-row"
     return table
