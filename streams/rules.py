@@ -444,14 +444,15 @@ def location_of(row: Row | None) -> EndpointLocation | None:
     """The published row; ``None`` (tombstone) when no contact is left."""
     if row is None or not row.contacts:
         return None
-    primary = row.primary()
-    assert primary is not None
+    # Ranks are unique (they end in node, uri), so the first of the sorted contacts is
+    # row.primary(), without ranking them all twice.
+    ordered = sorted(row.contacts, key=ContactState.rank, reverse=True)
+    primary = ordered[0]
     tier = primary.rank()[0]
     status = LocationStatus.REGISTERED if tier == 2 else (
         LocationStatus.UNREACHABLE if tier == 1 else LocationStatus.STALE
     )
     routable = tier > 0
-    ordered = sorted(row.contacts, key=ContactState.rank, reverse=True)
     nodes: list[str] = []
     for c in ordered:
         if c.node not in nodes:
