@@ -92,10 +92,11 @@ class Outputs:
                                      offset=offset, error=error)
         await self._send(self.topics.topic_deadletter, key, value, headers)
 
-    async def synthetic(self, event: RegistrationEvent) -> None:
+    async def synthetic(self, event: RegistrationEvent) -> Any:
+        """Send a synthetic event; returns its delivery future (RecordMetadata: partition, offset)."""
         self.stream.metrics.synthetic.labels(event.kind.value, event.cause or "").inc()
-        await self._send(self.topics.topic_registrations, event.endpoint.encode(),
-                         self.registrations.encode(event), None)
+        return await self._send(self.topics.topic_registrations, event.endpoint.encode(),
+                                self.registrations.encode(event), None)
 
 
 def check_event(ev: RegistrationEvent, key: bytes | None) -> str | None:
@@ -194,6 +195,8 @@ def attach(stream: StreamApp) -> None:
             logger.debug("batch of %d events applied in %.1f ms", len(events), (time.perf_counter() - t0) * 1000)
             yield len(events)
 
+    applied = stream.applied
+
     async def apply_batch(events: list[Any]) -> None:
         plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000))
         # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
@@ -207,6 +210,8 @@ def attach(stream: StreamApp) -> None:
             metrics.table_writes.inc(len(plan.writes))
         if plan.size_delta:
             metrics.table_size.inc(plan.size_delta)
+        for event in events:  # per partition in offset order: the last one is the highest
+            applied[event.message.partition] = event.message.offset
 
     stream.apply_batch = apply_batch
     if settings.ingest == "bulk":

@@ -34,6 +34,9 @@ class StreamApp:
     agent: Any = None  # the track_registrations agent (set by agents.attach)
     outputs: Any = None  # agents.Outputs: locations, dead letters, synthetic events
     apply_batch: Any = None
+    # Highest registrations offset this worker applied, per partition (timers: is a synthetic
+    # event it sent applied yet?).
+    applied: dict[int, int] = field(default_factory=dict)
 
 
 def app_id_for(topics: TopicSettings, worker: WorkerSettings) -> str:

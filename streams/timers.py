@@ -28,7 +28,7 @@ from .tables import NodeState
 if TYPE_CHECKING:
     from .app import StreamApp
 
-__all__ = ["synthetic_for", "partition_of", "attach"]
+__all__ = ["synthetic_for", "next_deadline", "partition_of", "attach"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,10 +82,37 @@ def synthetic_for(
     return out
 
 
+def next_deadline(row: Row, nodes: dict[str, NodeState], now_ms: int, *, node_timeout: float,
+                  node_grace: float, expiry_grace: float) -> int | None:
+    """The earliest time after ``now_ms`` at which :func:`synthetic_for` may ask for something
+    new for this row by the clock alone (a stale node's grace ends, a stale node's contact
+    expires); None when nothing is due by time. New stale nodes and completed snapshots are
+    noticed from the node book, not from rows."""
+    best: int | None = None
+    for c in row.contacts:
+        st = nodes.get(c.node)
+        if st is None or not st.stale(now_ms, node_timeout):
+            continue
+        due = []
+        if not st.down:
+            due.append(st.stale_since_ms(node_timeout) + int(node_grace * 1000) + 1)
+        if c.expires_at_ms is not None:
+            due.append(c.expires_at_ms + int(expiry_grace * 1000) + 1)
+        for t in due:
+            if t > now_ms and (best is None or t < best):
+                best = t
+    return best
+
+
+RESCAN_MS = 30_000  # safety net: scan at least this often while a node is stale
+RESEND_MS = 10_000  # a synthetic event not applied yet is not resent; an applied one after this
+GIVE_UP_MS = 300_000  # an event whose delivery or application was never seen is resent after this
+
+
 def attach(stream: StreamApp) -> None:
     app, settings = stream.app, stream.settings
     names = stream.topics.names
-    sent: dict[tuple[Any, ...], float] = {}
+    sent: dict[tuple[Any, ...], tuple[int, Any]] = {}  # ident -> (sent at, delivery future)
 
     @app.task
     async def follow_nodes() -> None:
@@ -129,39 +156,97 @@ def attach(stream: StreamApp) -> None:
     def _owned() -> set[int]:
         return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == names.topic_registrations}
 
+    scan_state: dict[str, Any] = {"stale": frozenset(), "next": None, "last": 0}
+
+    def may_send(ident: tuple[Any, ...], now: int) -> bool:
+        """Whether a synthetic event may be sent (again): not while one is on its way.
+
+        "On its way" lasts until the worker has applied the record (its partition's applied
+        offset reached the record's offset), not a fixed time: a worker that is behind (a
+        registration storm) would otherwise resend every row's removal every few seconds and
+        never catch up (seen with 33,334 rows of a dead node)."""
+        entry = sent.get(ident)
+        if entry is None:
+            return True
+        at, fut = entry
+        age = now - at
+        if age < RESEND_MS:
+            return False
+        if age > GIVE_UP_MS or fut is None or not hasattr(fut, "done"):
+            return True
+        if not fut.done():
+            return False  # still being delivered
+        if fut.cancelled() or fut.exception() is not None:
+            return True
+        meta = fut.result()
+        applied = stream.applied.get(meta.partition)
+        return applied is not None and applied >= meta.offset
+
+    def rows_to_check(interesting: set[str], owned: set[int]) -> Any:
+        """Owned rows that mention one of ``interesting`` nodes (only they can need a synthetic
+        event): raw RocksDB bytes are searched for the node names before decoding, so a scan of
+        a large table costs a byte search per row, not a decode."""
+        store = stream.locations.data
+        db_for = getattr(store, "_db_for_partition", None)
+        if db_for is None:  # memory store (tests)
+            for key, row in list(stream.locations.items()):
+                if partition_of(key, names.partitions) in owned:
+                    yield key, row
+            return
+        needles = [n.encode() for n in interesting]
+        skip = getattr(store, "offset_key", b"__faust\0offset__")
+        for partition in sorted(owned):
+            for raw_key, raw in db_for(partition).items():
+                if raw_key == skip or not any(n in raw for n in needles):
+                    continue
+                yield raw_key.decode(), Row.from_bytes(raw)
+
     @app.timer(interval=settings.tick)
     async def decide_synthetic() -> None:
-        """Scan owned rows when a node is stale or a snapshot completed; send synthetic events."""
+        """Scan owned rows when a node went stale, a snapshot completed or a deadline passed."""
         wall = int(time.time() * 1000)
         book = stream.nodes
         if not book.listening(wall) or book.heard_at_ms is None:
             return  # deaf: silence is not evidence, and completed snapshots wait for the broker too
         # A node can only have been heard up to the broker's last answer: judge silence up to then.
         now = min(wall, book.heard_at_ms)
-        stale = [n for n, st in book.nodes.items() if st.stale(now, settings.node_timeout)]
+        stale = frozenset(n for n, st in book.nodes.items() if st.stale(now, settings.node_timeout))
         stream.metrics.stale_nodes.set(len(stale))
         stream.metrics.nodes.set(len(book.nodes))
         reconciles, book.completed = book.completed, []
-        if not stale and not reconciles:
+        newly_stale = stale - scan_state["stale"]
+        scan_state["stale"] = stale
+        if not reconciles and not stale:
             return
+        due = scan_state["next"] is not None and now >= scan_state["next"]
+        if not (reconciles or newly_stale or due or now - scan_state["last"] >= RESCAN_MS):
+            return  # nothing changed since the last scan and nothing is due
+        scan_state["last"] = now
         owned = _owned()
-        count = 0
-        for i, (key, row) in enumerate(list(stream.locations.items())):
-            if i % 5000 == 0:
+        interesting = set(stale) | {r[0] for r in reconciles}
+        count = scanned = 0
+        next_due: int | None = None
+        for _key, row in rows_to_check(interesting, owned):
+            scanned += 1
+            if scanned % 2000 == 0:
                 await asyncio.sleep(0)  # let the agent run during long scans
-            if row is None or not row.contacts or partition_of(key, names.partitions) not in owned:
+            if row is None or not row.contacts:
                 continue
-            for ev in synthetic_for(row, book.nodes, now, node_timeout=settings.node_timeout,
-                                    node_grace=settings.node_grace, expiry_grace=settings.expiry_grace,
-                                    reconciles=reconciles):
+            kw = {"node_timeout": settings.node_timeout, "node_grace": settings.node_grace,
+                  "expiry_grace": settings.expiry_grace}
+            t = next_deadline(row, book.nodes, now, **kw)
+            if t is not None and (next_due is None or t < next_due):
+                next_due = t
+            for ev in synthetic_for(row, book.nodes, now, reconciles=reconciles, **kw):
                 ident = (ev.endpoint, ev.node, ev.kind, ev.contact_uri, ev.producer_epoch, ev.seq)
-                if now - sent.get(ident, 0) < 10_000:
+                if not may_send(ident, now):
                     continue  # already on its way
-                sent[ident] = now
+                sent[ident] = (now, await stream.outputs.synthetic(ev))
                 count += 1
-                await stream.outputs.synthetic(ev)
-        for ident, at in list(sent.items()):
-            if now - at > 60_000:
+        scan_state["next"] = next_due
+        for ident, (at, _) in list(sent.items()):
+            if now - at > 2 * GIVE_UP_MS:
                 del sent[ident]
         if count:
-            logger.info("sent %d synthetic events (stale nodes %s, reconciles %d)", count, stale, len(reconciles))
+            logger.info("sent %d synthetic events (stale nodes %s, reconciles %d, %d rows checked)",
+                        count, sorted(stale), len(reconciles), scanned)

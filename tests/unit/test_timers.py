@@ -13,7 +13,7 @@ from schemas.models import (
 )
 from streams.rules import Row, apply, location_of
 from streams.tables import NodeBook, node_view
-from streams.timers import partition_of, synthetic_for
+from streams.timers import next_deadline, partition_of, synthetic_for
 
 E = "PJSIP/1001"
 T0 = 1_000_000
@@ -144,3 +144,37 @@ def test_regular_fetch_answers_credit_nothing() -> None:
         assert book.heard(t) == 0
     assert book.listening(T0 + 16_000)
     assert [e.kind for e in decide(row_of(contact("A", 1, "sip:a")), book, T0 + 16_000)] == [EventKind.STALE]
+
+
+def deadline(row: Row, book: NodeBook, now: int) -> int | None:
+    return next_deadline(row, book.nodes, now, node_timeout=15, node_grace=120, expiry_grace=35)
+
+
+def test_next_deadline_is_when_synthetic_for_changes_its_answer() -> None:
+    """The timer rescans only when a deadline passes: the deadline must be exactly when the
+    decision for the row changes, and decisions must not change in between."""
+    book = NodeBook()
+    book.observe(status("A", 10), T0)
+    book.observe(status("B", 10), T0)
+    row = row_of(contact("A", 1, "sip:a", expires=T0 + 60_000), contact("B", 2, "sip:b", expires=T0 + 10_000))
+    assert deadline(row, book, T0 + 5_000) is None  # both live: nothing is due by time
+    book.observe(status("B", 11), T0 + 30_000)  # B keeps beating, A goes silent
+    now = T0 + 16_000
+    # A stale since T0+15s: its contact expires at T0+60s+35s grace, node grace ends at T0+135s.
+    assert deadline(row, book, now) == T0 + 95_001
+    before = {(e.kind, e.contact_uri) for e in decide(row, book, T0 + 95_000)}
+    after = {(e.kind, e.contact_uri) for e in decide(row, book, T0 + 95_001)}
+    assert (EventKind.EXPIRE, "sip:a") in after - before
+    assert deadline(row, book, T0 + 95_001) == T0 + 135_001  # then A's node grace
+    # B went silent too after its last beat at T0+30s (stale from T0+45s): its grace ends later.
+    assert deadline(row, book, T0 + 135_001) == T0 + 165_001
+    assert deadline(row, book, T0 + 165_001) is None
+
+
+def test_next_deadline_of_a_down_node_ignores_the_grace() -> None:
+    book = NodeBook()
+    book.observe(status("A", 10, kind=NodeEventKind.AMI_DOWN, link=LinkState.DOWN), T0)
+    row = row_of(contact("A", 1, "sip:a", expires=T0 + 60_000))
+    assert deadline(row, book, T0 + 1_000) == T0 + 95_001  # only the contact's expiry
+    row2 = row_of(contact("A", 1, "sip:a"))  # no known expiry: nothing by time (AMI down ≠ gone)
+    assert deadline(row2, book, T0 + 1_000) is None
