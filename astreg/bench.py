@@ -3,9 +3,11 @@
 Sections (each also runnable alone with ``--only``): simulator generation rate, producer
 throughput + RSS, stream throughput (astreg worker vs a naive Faust app vs raw aiokafka
 consume+decode, same broker, same run), sink upserts/s, query latency under 50 clients,
-end-to-end AMI event → SQL row latency at a steady rate, storm convergence, worker recovery.
-Prints a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps
-the whole run under two minutes on a 2-core machine. Figures go to docs/benchmarks.md.
+end-to-end AMI event → SQL row latency at a steady rate, storm convergence (every store: SQLite
+and each live node's AstDB), worker recovery. One embedded broker serves the whole run. Prints
+a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps the
+whole run under two minutes on a 2-core machine (~100 s; its sizes are printed, QUICK_SIZES),
+with e2e and storm on one shared pipeline. Figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
