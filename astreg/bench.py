@@ -3,9 +3,11 @@
 Sections (each also runnable alone with ``--only``): simulator generation rate, producer
 throughput + RSS, stream throughput (astreg worker vs a naive Faust app vs raw aiokafka
 consume+decode, same broker, same run), sink upserts/s, query latency under 50 clients,
-end-to-end AMI event → SQL row latency at a steady rate, storm convergence, worker recovery.
-Prints a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps
-the whole run under two minutes on a 2-core machine. Figures go to docs/benchmarks.md.
+end-to-end AMI event → SQL row latency at a steady rate, storm convergence (every store: SQLite
+and each live node's AstDB), worker recovery. One embedded broker serves the whole run. Prints
+a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps the
+whole run under two minutes on a 2-core machine (~100 s; its sizes are printed, QUICK_SIZES),
+with e2e and storm on one shared pipeline. Figures go to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -26,11 +28,16 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from .broker import EmbeddedBroker
+from .settings import KafkaSettings
+
 __all__ = ["bench", "SECTIONS", "run_sections"]
 
 logger = logging.getLogger(__name__)
 
-# name -> (module:function, description). Each function: async def f(quick: bool, work: Path) -> dict
+# name -> (module:function, description). Each function:
+#   async def f(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict
+# ``kafka``: the run's one broker (every section that needs Kafka uses it, with its own topics).
 SECTIONS: dict[str, tuple[str, str]] = {
     "simulator": ("astreg.bench_sections:simulator", "AMI events/s generated, bytes per phone"),
     "producer": ("astreg.bench_sections:producer", "AMI events/s parsed+mapped+encoded+sent, RSS"),
@@ -49,18 +56,75 @@ def _load(target: str) -> Callable[..., Awaitable[dict[str, Any]]]:
     return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
 
 
+QUICK_SIZES = (
+    "simulator 2 s of 3 nodes x 10,000 phones, RSS at 100,000 phones; producer 20,000 AMI events; "
+    "stream 2,000 churn events on 500 endpoints (astreg, naive Faust, raw aiokafka); sinks 4,000 rows "
+    "(AstDB 400); web 2,000 endpoints, 2 workers, 50 clients, 2,000 requests; e2e + storm on one "
+    "pipeline: 900 phones, every store loaded, 120 moves at 30/s, then node1's ~300 phones re-register elsewhere; "
+    "recovery 2,000 rows; alerting 10,000 records"
+)
+FULL_SIZES = (
+    "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 20,000 churn + "
+    "20,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
+    "e2e 3,000 phones, 2,000 moves at 50/s; storm 100,000 phones (33,334 re-register); recovery "
+    "200,000 rows; alerting 100,000 records"
+)
+NO_BROKER = {"simulator", "alerting"}
+PAIRED = {"e2e": "storm", "storm": "e2e"}  # --quick runs these two on one pipeline
+
+
 async def run_sections(names: list[str], quick: bool, work: Path, console: Console,
-                       progress_path: Path | None = None) -> dict[str, Any]:
-    """Run each section; with ``progress_path`` the figures so far are rewritten after every
-    section, so a long run that is stopped keeps what it measured."""
+                       progress_path: Path | None = None, kafka: KafkaSettings | None = None) -> dict[str, Any]:
+    """Run each section on one broker (``kafka``, else an embedded one started here for the
+    whole run); with ``progress_path`` the figures so far are rewritten after every section, so
+    a long run that is stopped keeps what it measured."""
+    broker = None
+    if kafka is None and any(n not in NO_BROKER for n in names):
+        work.mkdir(parents=True, exist_ok=True)
+        broker = await asyncio.to_thread(EmbeddedBroker(log_file=work / "broker.log").start)
+        kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+    try:
+        return await _run_sections(names, quick, work, console, progress_path, kafka)
+    finally:
+        if broker is not None:
+            await asyncio.to_thread(broker.stop)
+
+
+async def _run_sections(names: list[str], quick: bool, work: Path, console: Console,
+                        progress_path: Path | None, kafka: KafkaSettings | None) -> dict[str, Any]:
     results: dict[str, Any] = {}
+    shared: dict[str, Any] = {}
     for name in names:
         target, what = SECTIONS[name]
+        if name in shared:  # measured together with an earlier section
+            results[name] = shared.pop(name)
+            console.print(f"[bold]▶ {name}[/]: {what} … (on the pipeline of {PAIRED[name]})")
+            if "error" not in results[name]:
+                console.print(f"  done in {results[name].get('elapsed_s')} s")
+            continue
+        if quick and name in PAIRED and PAIRED[name] in names:
+            # --quick: e2e and storm share one pipeline (start-up is most of their time).
+            other = PAIRED[name]
+            console.print(f"[bold]▶ {name}[/]: {what} … (then {other} on the same pipeline)")
+            try:
+                from .bench_e2e import run_latency_and_storm
+
+                both = await run_latency_and_storm(quick=quick, work=work / f"{name}+{other}", kafka=kafka)
+                results[name], shared[other] = both[name], both[other]
+                console.print(f"  done in {results[name]['elapsed_s']} s")
+            except Exception as exc:  # noqa: BLE001 - one failing section must not hide the others
+                logger.debug("sections %s+%s failed", name, other, exc_info=True)
+                err = {"error": f"{type(exc).__name__}: {exc}", "trace": traceback.format_exc()[-2000:]}
+                results[name], shared[other] = err, dict(err)
+                console.print(f"  [red]failed[/]: {type(exc).__name__}: {exc}")
+            if progress_path is not None:
+                progress_path.write_text(json.dumps({"partial": True, "results": results}, indent=2, default=str))
+            continue
         console.print(f"[bold]▶ {name}[/]: {what} …")
         t0 = time.monotonic()
         try:
             fn = _load(target)
-            figures = await fn(quick=quick, work=work / name)
+            figures = await fn(quick=quick, work=work / name, kafka=kafka)
             figures["elapsed_s"] = round(time.monotonic() - t0, 1)
             results[name] = figures
             console.print(f"  done in {figures['elapsed_s']} s")
@@ -141,10 +205,11 @@ def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise click.UsageError(f"unknown sections: {', '.join(unknown)}")
+    console.print(f"sizes ({'--quick' if quick else 'full'}): {QUICK_SIZES if quick else FULL_SIZES}")
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
         results = asyncio.run(run_sections(names, quick, Path(tmp), console, json_path))
-    meta = {"quick": quick, "total_s": round(time.monotonic() - t0, 1), "python": platform.python_version(),
+    meta = {"quick": quick, "sizes": QUICK_SIZES if quick else FULL_SIZES, "total_s": round(time.monotonic() - t0, 1), "python": platform.python_version(),
             "machine": f"{platform.machine()} {platform.node()}", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     render(results, console)
     console.print(f"total {meta['total_s']} s")

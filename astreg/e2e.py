@@ -14,7 +14,7 @@ import random
 import sqlite3
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,7 @@ from .proc import ProcessGroup, astreg_argv
 from .settings import KafkaSettings, TopicSettings
 from .topics import ensure_topics
 
-__all__ = ["Pipeline", "pipeline", "sql_nodes", "percentile"]
+__all__ = ["Pipeline", "pipeline", "sql_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,19 @@ def sql_nodes(path: Path) -> dict[str, str | None]:
         con.close()
 
 
+def astdb_nodes(db: Any, family: str = "astreg") -> dict[str, str]:
+    """AstDB key ``node/<resource>`` → value from a simulated node's AstDB (``AmiNode.astdb``)."""
+    head = f"/{family}/node/"
+    return {key[len(head):]: value for key, value in db.tree(family, "node")}
+
+
+def astdb_want(want: dict[str, str]) -> dict[str, str]:
+    """endpoint → node as the AstDB sink stores it: key ``node/<URI-encoded resource>``."""
+    from sinks.astdb import key_part
+
+    return {key_part(ep.partition("/")[2] or ep): node for ep, node in want.items()}
+
+
 def _run_blocking(coro: Any) -> Any:
     """Run a coroutine to completion from sync code, even when an event loop is running here."""
     try:
@@ -71,6 +84,7 @@ class Pipeline:
     procs: ProcessGroup
     sqlite_path: Path
     web_urls: list[str] = field(default_factory=list)
+    astdb_sinks: list[str] = field(default_factory=list)  # the nodes that have their own AstDB sink
 
     def topic_args(self) -> list[str]:
         t = self.topics
@@ -90,8 +104,14 @@ def pipeline(
     suffix: str | None = None,
     sinks: tuple[str, ...] = ("sql",),
     extra_env: dict[str, str] | None = None,
+    stop_grace: float = 8.0,
 ) -> Iterator[Pipeline]:
-    """Broker (embedded unless ``kafka`` is given) + topics + producers + workers + sinks."""
+    """Broker (embedded unless ``kafka`` is given) + topics + producers + workers + sinks.
+
+    ``sinks``: ``"sql"`` (SQLite file ``sqlite_path``) and/or ``"astdb"``: one AstDB sink per
+    node as deployed (SPEC: "AstDB sink: one per node"), each its own consumer group, so a dead
+    node stalls only its own sink. ``stop_grace``: seconds the processes get to stop on SIGTERM
+    before SIGKILL (a benchmark that throws the pipeline away need not wait long)."""
     work.mkdir(parents=True, exist_ok=True)
     broker = None
     if kafka is None:
@@ -116,14 +136,22 @@ def pipeline(
                 "worker", "--web-port", str(port), "--store", "memory", "--data-dir", str(work / f"worker{i + 1}"),
                 *pipe.topic_args()))
             pipe.web_urls.append(f"http://127.0.0.1:{port}")
+        group = f"-{suffix}" if suffix else ""
         if "sql" in sinks:
             procs.start("sink-sql", astreg_argv("sink", "sql", "--url", f"sqlite+aiosqlite:///{pipe.sqlite_path}",
+                                                *(["--group", f"astreg-sink-sql{group}"] if suffix else []),
                                                 *pipe.topic_args()))
+        if "astdb" in sinks:
+            for node, port in ami.items():
+                procs.start(f"sink-astdb-{node}", astreg_argv(
+                    "sink", "astdb", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg", "--ami-secret", "astreg",
+                    "--group", f"astreg-sink-astdb-{node}{group}", *pipe.topic_args()))
+                pipe.astdb_sinks.append(node)
         for url in pipe.web_urls:
             wait_port("127.0.0.1", int(url.rsplit(":", 1)[1]), 60)
         yield pipe
     finally:
-        procs.stop_all()
+        procs.stop_all(grace=stop_grace)
         if broker is not None:
             broker.stop()
 
@@ -137,6 +165,56 @@ async def wait_converged(path: Path, want: dict[str, str], timeout: float, poll:
             return time.monotonic() - start
         await asyncio.sleep(poll)
     return None
+
+
+def _wrong(have: dict[str, Any], want: dict[str, str]) -> int:
+    """Keys whose value differs from ``want``, missing or extra."""
+    return sum(1 for k, v in want.items() if have.get(k) != v) + sum(1 for k in have if k not in want)
+
+
+async def wait_stores(stores: dict[str, Callable[[], dict[str, Any]]], want: dict[str, dict[str, str]],
+                      timeout: float, poll: float = 0.05,
+                      progress: Callable[[float, dict[str, int]], None] | None = None,
+                      progress_every: float = 1.0) -> dict[str, float | None]:
+    """Seconds until each store equals its ``want`` (None: not within ``timeout``).
+
+    ``stores``: name → a blocking reader of the store's key → node mapping; reading and
+    comparing run in a thread. A store counts as converged the first time it equals its truth.
+    ``progress`` gets, every ``progress_every`` s, the number of wrong, missing or extra keys
+    per store still waiting."""
+    start = time.monotonic()
+    took: dict[str, float | None] = dict.fromkeys(stores)
+    counted = -progress_every
+
+    def check(name: str, count: bool) -> tuple[bool, int | None]:
+        have = stores[name]()
+        if have == want[name]:
+            return True, 0
+        return False, _wrong(have, want[name]) if count else None
+
+    while time.monotonic() - start < timeout:
+        waiting = [name for name, t in took.items() if t is None]
+        if not waiting:
+            break
+        count = progress is not None and time.monotonic() - start - counted >= progress_every
+        wrong: dict[str, int] = {}
+        for name in waiting:
+            try:
+                same, n = await asyncio.to_thread(check, name, count)
+            except sqlite3.Error as exc:  # read while the store is being written: try again
+                logger.debug("reading %s: %s", name, exc)
+                continue
+            if same:
+                took[name] = time.monotonic() - start
+            elif n is not None:
+                wrong[name] = n
+        if count and progress is not None:
+            counted = time.monotonic() - start
+            if wrong:
+                progress(counted, wrong)
+        if any(t is None for t in took.values()):
+            await asyncio.sleep(poll)
+    return took
 
 
 def primaries(truth: dict[str, Any], live_only: bool = True) -> dict[str, str]:

@@ -62,16 +62,20 @@ async def _wait(port: int, key: str, at_least: float, timeout: float, proc: psut
 
 
 async def bench_producer(
-    events: int = 200_000, phones: int = 2000, bootstrap: str | None = None, compression: str = "lz4"
+    events: int = 200_000, phones: int = 2000, bootstrap: str | None = None, compression: str = "lz4",
+    kafka: KafkaSettings | None = None,
 ) -> dict[str, Any]:
-    """Flood one simulated node and measure the producer process (see module docstring)."""
+    """Flood one simulated node and measure the producer process (see module docstring).
+    The broker: ``kafka``, else ``bootstrap``, else an embedded one started here."""
     from producers.simulator import SimConfig, Simulator  # the simulator is a dev/bench tool
 
     broker = None
-    if bootstrap is None:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    kafka = KafkaSettings(bootstrap=bootstrap, embedded=broker is not None)
+    if kafka is None:
+        if bootstrap is None:
+            broker = EmbeddedBroker().start()
+            bootstrap = broker.bootstrap
+        kafka = KafkaSettings(bootstrap=bootstrap, embedded=broker is not None)
+    bootstrap = kafka.bootstrap
     topics = TopicSettings(partitions=12).with_suffix(f"bench{int(time.time())}")
     await ensure_topics(kafka, topics)
     sim = Simulator(SimConfig(nodes=1, phones=phones, ami_port=0, initial="spread", security_events=True,
@@ -83,7 +87,7 @@ async def bench_producer(
     try:
         child = group.start("producer", astreg_argv(
             "--log-level", "WARNING", "producer", "--ami", f"127.0.0.1:{sim.ports['node1']}", "--ami-user", "astreg",
-            "--ami-secret", "astreg", "--bootstrap", bootstrap, *(["--embedded"] if broker else []),
+            "--ami-secret", "astreg", "--bootstrap", bootstrap, *(["--embedded"] if kafka.embedded else []),
             "--metrics-port", str(metrics_port), "--compression", compression, "--resync-interval", "3600",
             "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
             "--topic-deadletter", topics.topic_deadletter, "--topic-locations", topics.topic_locations,
@@ -137,7 +141,7 @@ async def bench_producer(
             "rss_mb": round(rss / 2**20, 1),
             "peak_rss_mb": round(peak / 2**20, 1),
             "compression": compression,
-            "broker": "embedded" if broker else bootstrap,
+            "broker": "embedded" if kafka.embedded else bootstrap,
         }
     finally:
         group.stop_all()

@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from schemas.models import Contact, ContactStatus, EndpointLocation, LocationStatus
 
-__all__ = ["store_rate", "pipeline_rate", "run_all", "KINDS"]
+__all__ = ["store_rate", "pipeline_rate", "pipeline_rates", "run_all", "KINDS"]
 
 KINDS = ("postgresql", "mysql", "sqlite", "redis", "astdb")
 PG_ADMIN = os.environ.get("ASTREG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -153,67 +153,131 @@ async def store_rate(kind: str, *, rows: int = 50_000, batch: int = 5000) -> dic
         return figures
 
 
-async def pipeline_rate(kind: str, *, rows: int = 50_000, bootstrap: str | None = None) -> dict[str, Any]:
-    """Rows/s from the locations topic into the store through the runner (embedded broker
-    unless ``bootstrap`` is given)."""
+async def _fill(kafka: Any, kind: str, rows: int) -> Any:
+    """A fresh locations topic holding ``rows`` sample records; its TopicSettings."""
     from aiokafka import AIOKafkaProducer
 
-    from astreg.broker import EmbeddedBroker
-    from astreg.settings import KafkaSettings, TopicSettings
+    from astreg.settings import TopicSettings
     from astreg.topics import ensure_topics
     from schemas.codec import location_codec
+
+    topics = TopicSettings(partitions=4).with_suffix(f"{kind}{uuid.uuid4().hex[:8]}")
+    await ensure_topics(kafka, topics)
+    codec = location_codec()
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence,
+                                linger_ms=20, max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        for i in range(rows):
+            loc = sample(i)
+            await producer.send(topics.topic_locations, key=loc.endpoint.encode(), value=codec.encode(loc))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return topics
+
+
+class _Gated:
+    """Holds a runner's first write until ``gate`` opens; times first write → last write."""
+
+    def __init__(self, sink: Any):
+        self.write = sink.write_batch
+        self.gate = asyncio.Event()
+        self.arrived = asyncio.Event()
+        self.first: float | None = None
+        self.last: float | None = None
+        sink.write_batch = self
+
+    async def __call__(self, upserts: Any, deletes: Any) -> None:
+        self.arrived.set()
+        await self.gate.wait()
+        started = time.perf_counter()
+        await self.write(upserts, deletes)
+        self.first = self.first or started
+        self.last = time.perf_counter()
+
+
+async def pipeline_rates(kinds: tuple[str, ...], rows: dict[str, int], kafka: Any = None) -> dict[str, Any]:
+    """Rows/s from the locations topic into each store through the runner: consume + decode +
+    coalesce + write + commit, from the first write to the last (the records are on the topic
+    before the runner starts, as in a catch-up).
+
+    The runners start and join their groups together (the embedded broker makes every join
+    wait its whole rebalance timeout), each holding its first write; then they are released
+    one at a time, so each kind is measured alone. ``kafka``: a running broker, else an
+    embedded one is started here."""
+    from astreg.broker import EmbeddedBroker
+    from astreg.settings import KafkaSettings
 
     from .base import SinkRunner
     from .settings import RunnerSettings
 
     broker = None
-    if bootstrap is None:
+    if kafka is None:
         broker = EmbeddedBroker().start()
         kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
-    else:
-        kafka = KafkaSettings(bootstrap=bootstrap)
     try:
-        topics = TopicSettings(partitions=4).with_suffix(uuid.uuid4().hex[:8])
-        await ensure_topics(kafka, topics)
-        codec = location_codec()
-        producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence,
-                                    linger_ms=20, max_batch_size=256 * 1024)
-        await producer.start()
-        try:
-            for i in range(rows):
-                loc = sample(i)
-                await producer.send(topics.topic_locations, key=loc.endpoint.encode(), value=codec.encode(loc))
-            await producer.flush()
-        finally:
-            await producer.stop()
-        async with scratch_sink(kind) as sink:
-            runner = SinkRunner(sink, kafka, topics, RunnerSettings(batch_size=5000, batch_linger_ms=100))
-            sink.setup = _noop  # already set up by scratch_sink
-            task = asyncio.create_task(runner.run())
+        topics = {kind: await _fill(kafka, kind, rows[kind]) for kind in kinds}
+        async with contextlib.AsyncExitStack() as stack:
+            runs: dict[str, tuple[Any, _Gated, asyncio.Task[None]]] = {}
+            for kind in kinds:
+                sink = await stack.enter_async_context(scratch_sink(kind))
+                sink.setup = _noop  # already set up by scratch_sink
+                gated = _Gated(sink)
+                runner = SinkRunner(sink, kafka, topics[kind], RunnerSettings(batch_size=5000, batch_linger_ms=100))
+                runs[kind] = (runner, gated, asyncio.create_task(runner.run()))
+            out: dict[str, Any] = {}
             try:
-                while runner.written < rows and not task.done():
-                    await asyncio.sleep(0.05)
+                for kind, (_runner, gated, task) in runs.items():  # every one joined and fetched
+                    arrived = asyncio.create_task(gated.arrived.wait())
+                    await asyncio.wait({arrived, task}, timeout=120, return_when=asyncio.FIRST_COMPLETED)
+                    if not gated.arrived.is_set():
+                        arrived.cancel()
+                        raise RuntimeError(f"{kind} runner never got to its first write")
+                await asyncio.sleep(0.5)  # let the fetchers' prefetch settle: measure each kind alone
+                for kind, (runner, gated, task) in runs.items():
+                    gated.gate.set()
+                    deadline = time.monotonic() + 300
+                    while runner.written < rows[kind] and not task.done() and time.monotonic() < deadline:
+                        await asyncio.sleep(0.02)
+                    runner.stop()
+                    await task
+                    if runner.written < rows[kind] or gated.first is None or gated.last is None:
+                        raise RuntimeError(f"{kind} runner wrote {runner.written} of {rows[kind]} rows")
+                    out[kind] = {"sink": kind, "rows": rows[kind], "via": "kafka+runner",
+                                 "rows_per_s": round(rows[kind] / (gated.last - gated.first))}
             finally:
-                runner.stop()
-                await task
-            assert runner.first_write_at is not None and runner.last_write_at is not None
-            elapsed = runner.last_write_at - runner.first_write_at
-            return {"sink": kind, "rows": rows, "via": "kafka+runner", "rows_per_s": round(rows / elapsed)}
+                for runner, gated, _task in runs.values():
+                    runner.stop()
+                    gated.gate.set()
+                await asyncio.gather(*(t for _, _, t in runs.values()), return_exceptions=True)
+            return out
     finally:
         if broker is not None:
             broker.stop()
+
+
+async def pipeline_rate(kind: str, *, rows: int = 50_000, bootstrap: str | None = None) -> dict[str, Any]:
+    """Rows/s from the locations topic into the store through the runner (embedded broker
+    unless ``bootstrap`` is given)."""
+    from astreg.settings import KafkaSettings
+
+    kafka = KafkaSettings(bootstrap=bootstrap) if bootstrap else None
+    return (await pipeline_rates((kind,), {kind: rows}, kafka))[kind]  # type: ignore[no-any-return]
 
 
 async def _noop() -> None:
     return None
 
 
-async def run_all(rows: int = 50_000, kinds: tuple[str, ...] = KINDS) -> dict[str, Any]:
-    """Every figure for every kind (AstDB with a tenth of the rows: 4 AMI actions per row)."""
-    out: dict[str, Any] = {}
-    for kind in kinds:
-        n = rows // 10 if kind == "astdb" else rows
-        out[kind] = {"store": await store_rate(kind, rows=n), "pipeline": await pipeline_rate(kind, rows=n)}
+async def run_all(rows: int = 50_000, kinds: tuple[str, ...] = KINDS, kafka: Any = None) -> dict[str, Any]:
+    """Every figure for every kind (AstDB with a tenth of the rows: 4 AMI actions per row):
+    each store alone, then each through the runner (``kafka``: a running broker, else an
+    embedded one)."""
+    sizes = {kind: rows // 10 if kind == "astdb" else rows for kind in kinds}
+    out: dict[str, Any] = {kind: {"store": await store_rate(kind, rows=sizes[kind])} for kind in kinds}
+    for kind, figures in (await pipeline_rates(kinds, sizes, kafka)).items():
+        out[kind]["pipeline"] = figures
     return out
 
 

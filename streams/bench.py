@@ -203,26 +203,31 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def _run_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], events: list[RegistrationEvent],
-                   logs: Path, name: str, timeout: float) -> dict[str, Any]:
-    """Start the app, wait until it is up and idle (its warm-up sentinels are out), then feed
-    ``events`` (ending in sentinels) live: events/s = events / (last sentinel out − feed start),
-    CPU = the app's CPU over the same interval. The clock does not depend on how the app batches
-    (a first-output clock left a worker's whole first batch out of the span)."""
+async def _start_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], procs: ProcessGroup,
+                     name: str, timeout: float) -> Any:
+    """Start the app and wait until it is up and idle (its warm-up sentinels are out)."""
+    warm = _sentinels(topics.partitions, 10**9 - 10**6, prefix="PJSIP/zz-warm")
+    child = procs.start(name, argv)
+    await _produce(kafka, topics.topic_registrations, list(warm.values()))
+    await _output_span(kafka, topics.topic_locations, set(warm), timeout)  # joined, recovered, idle
+    return child
+
+
+async def _measure_app(kafka: KafkaSettings, topics: TopicSettings, child: Any, events: list[RegistrationEvent],
+                       timeout: float) -> dict[str, Any]:
+    """Feed ``events`` (ending in sentinels) live to a started, idle app: events/s = events /
+    (last sentinel out − feed start), CPU = the app's CPU over the same interval. The clock does
+    not depend on how the app batches (a first-output clock left a worker's whole first batch
+    out of the span)."""
     import psutil
 
-    warm = _sentinels(topics.partitions, 10**9 - 10**6, prefix="PJSIP/zz-warm")
     final = _sentinels(topics.partitions, 10**9)
     n = len(events)
-    with ProcessGroup(log_dir=logs) as procs:
-        child = procs.start(name, argv)
-        await _produce(kafka, topics.topic_registrations, list(warm.values()))
-        await _output_span(kafka, topics.topic_locations, set(warm), timeout)  # joined, recovered, idle
-        proc = psutil.Process(child.pid)
-        cpu0, t0 = _cpu(proc), time.time() * 1000
-        rate = await _produce(kafka, topics.topic_registrations, [*events, *final.values()])
-        span = await _output_span(kafka, topics.topic_locations, set(final), timeout)
-        cpu = _cpu(proc) - cpu0  # a few idle polls after the last output are counted too
+    proc = psutil.Process(child.pid)
+    cpu0, t0 = _cpu(proc), time.time() * 1000
+    rate = await _produce(kafka, topics.topic_registrations, [*events, *final.values()])
+    span = await _output_span(kafka, topics.topic_locations, set(final), timeout)
+    cpu = _cpu(proc) - cpu0  # a few idle polls after the last output are counted too
     seconds = max((span["last"] - t0) / 1000, 1e-3)
     live = [(ts, count) for ts, count in span["marks"] if ts >= t0]
     # Output records per time step, scaled to input events (not every event publishes a record).
@@ -236,14 +241,20 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
                            partitions: int = 4, timeout: float = 300, mix: str = "churn",
                            work: Path | None = None) -> dict[str, Any]:
     """Events/s and CPU µs/event of astreg's worker, a naive Faust app and raw aiokafka on the
-    same input, same broker, one after the other in this run (flat dict, ``*_series`` lists)."""
+    same input, same broker, in this run (flat dict, ``*_series`` lists).
+
+    Both apps start together (start-up, which is not measured, is most of a small run's time)
+    and wait idle on their own topics; then each is fed and measured alone, one after the
+    other, and stopped after its measurement."""
     own = work is None
     work = Path(tempfile.mkdtemp(prefix="astreg-bench-")) if work is None else work
     work.mkdir(parents=True, exist_ok=True)
     try:
         events = workload(n, endpoints, mix)
         results: dict[str, Any] = {"events": n, "endpoints": endpoints, "partitions": partitions, "mix": mix}
-        for variant in ("astreg", "naive"):
+        variants = ("astreg", "naive")
+        setups: dict[str, tuple[TopicSettings, list[str]]] = {}
+        for variant in variants:
             topics = TopicSettings(partitions=partitions).with_suffix(f"bench{variant}{int(time.time())}")
             app_id = f"bench-{variant}-{int(time.time() * 1000)}"
             await ensure_topics(kafka, topics, extra=[
@@ -256,16 +267,23 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
                         "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
                         "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
                         "--web-port", str(_free_port())] + (["--embedded"] if kafka.embedded else [])
-            fig = await _run_app(kafka, topics, argv, events, work / "logs", variant, timeout)
-            results.setdefault("produce_events_per_s", round(fig["produce_events_per_s"]))
-            results[f"{variant}_events_per_s"] = round(fig["events_per_s"])
-            results[f"{variant}_cpu_us_per_event"] = round(fig["cpu_us_per_event"], 1)
-            results[f"{variant}_series"] = fig["series"]
-            if variant == "astreg":  # the same topic, now holding warm-up + events + sentinels
-                raw = await raw_consume_rate(kafka, topics.topic_registrations, partitions, n)
-                results["raw_events_per_s"] = round(raw["events_per_s"])
-                results["raw_cpu_us_per_event"] = round(raw["cpu_us_per_event"], 1)
-                results["raw_series"] = raw["series"]
+            setups[variant] = (topics, argv)
+        with ProcessGroup(log_dir=work / "logs") as procs:
+            children = await asyncio.gather(*(
+                _start_app(kafka, setups[v][0], setups[v][1], procs, v, timeout) for v in variants))
+            for variant, child in zip(variants, children, strict=True):
+                topics = setups[variant][0]
+                fig = await _measure_app(kafka, topics, child, events, timeout)
+                results.setdefault("produce_events_per_s", round(fig["produce_events_per_s"]))
+                results[f"{variant}_events_per_s"] = round(fig["events_per_s"])
+                results[f"{variant}_cpu_us_per_event"] = round(fig["cpu_us_per_event"], 1)
+                results[f"{variant}_series"] = fig["series"]
+                if variant == "astreg":  # the same topic, now holding warm-up + events + sentinels
+                    raw = await raw_consume_rate(kafka, topics.topic_registrations, partitions, n)
+                    results["raw_events_per_s"] = round(raw["events_per_s"])
+                    results["raw_cpu_us_per_event"] = round(raw["cpu_us_per_event"], 1)
+                    results["raw_series"] = raw["series"]
+                await asyncio.to_thread(child.stop, 2.0)  # gone before the next app is fed
         results["ratio_vs_naive"] = round(results["astreg_events_per_s"] / results["naive_events_per_s"], 2)
         results["ratio_vs_raw"] = round(results["astreg_events_per_s"] / results["raw_events_per_s"], 3)
         if "astreg_cpu_us_per_event" in results and "naive_cpu_us_per_event" in results:
@@ -419,18 +437,25 @@ class _Broker:
             self.embedded.stop()
 
 
-async def run(quick: bool, work: Path) -> dict[str, Any]:
+async def run(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
     """``astreg bench`` section "stream": astreg worker vs naive Faust vs raw aiokafka (flat dict).
 
-    quick: 3,000 churn events on 1,000 endpoints (~30 s); full: 20,000 churn events on 5,000
-    endpoints, then 20,000 steady-state events (``steady_*`` keys)."""
-    with _Broker() as kafka:
-        if quick:
-            return await bench_throughput(kafka, 3_000, 1_000, work=work / "churn")
-        res = await bench_throughput(kafka, 20_000, 5_000, work=work / "churn")
-        steady = await bench_throughput(kafka, 20_000, 2_000, mix="steady", work=work / "steady")
-        res.update({f"steady_{k}": v for k, v in steady.items() if not k.endswith("_series")})
-        return res
+    quick: 2,000 churn events on 500 endpoints (~15 s); full: 20,000 churn events on 5,000
+    endpoints, then 20,000 steady-state events (``steady_*`` keys). ``kafka``: the bench run's
+    broker (else ``KAFKA_BOOTSTRAP_SERVERS`` or an embedded one)."""
+    if kafka is None:
+        with _Broker() as own:
+            return await _run(quick, work, own)
+    return await _run(quick, work, kafka)
+
+
+async def _run(quick: bool, work: Path, kafka: KafkaSettings) -> dict[str, Any]:
+    if quick:
+        return await bench_throughput(kafka, 2_000, 500, work=work / "churn")
+    res = await bench_throughput(kafka, 20_000, 5_000, work=work / "churn")
+    steady = await bench_throughput(kafka, 20_000, 2_000, mix="steady", work=work / "steady")
+    res.update({f"steady_{k}": v for k, v in steady.items() if not k.endswith("_series")})
+    return res
 
 
 async def run_recovery(quick: bool, work: Path) -> dict[str, Any]:

@@ -219,8 +219,9 @@ async def _wait_rows(url: str, total: int, timeout: float) -> None:
 
 
 def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_seconds: float = 60.0,
-        workers: int = 2, bare: bool = False) -> dict[str, Any]:
-    """Broker + topics + ``workers`` workers + ``endpoints`` registrations, then the load."""
+        workers: int = 2, bare: bool = False, kafka: Any = None) -> dict[str, Any]:
+    """Broker (``kafka``: a running one, else an embedded one) + topics + ``workers`` workers +
+    ``endpoints`` registrations, then the load."""
     from astreg.broker import EmbeddedBroker
     from astreg.proc import ProcessGroup, astreg_argv
     from astreg.settings import KafkaSettings, TopicSettings
@@ -228,16 +229,18 @@ def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_
 
     ids = [f"PJSIP/{100000 + i}" for i in range(endpoints)]
     with tempfile.TemporaryDirectory(prefix="astreg-webbench-") as tmp:
-        broker = EmbeddedBroker().start()
+        broker = EmbeddedBroker().start() if kafka is None else None
         try:
-            kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+            if broker is not None:
+                kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
             topics = TopicSettings(partitions=4).with_suffix(f"webbench{int(time.time())}")
             asyncio.run(ensure_topics(kafka, topics))
             with ProcessGroup(Path(tmp) / "logs") as procs:
                 ports = [_free_port() for _ in range(workers)]
                 for n, port in enumerate(ports):
                     procs.start(f"w{n}", astreg_argv(
-                        "worker", "--bootstrap", kafka.bootstrap, "--embedded", "--partitions", "4",
+                        "worker", "--bootstrap", kafka.bootstrap, "--embedded" if kafka.embedded else "--no-embedded",
+                        "--partitions", "4",
                         "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
                         "--topic-locations", topics.topic_locations, "--topic-deadletter", topics.topic_deadletter,
                         "--web-port", str(port), "--data-dir", str(Path(tmp) / f"w{n}"), "--store", "memory",
@@ -249,7 +252,8 @@ def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_
                 figures = asyncio.run(measure_node_lookups(
                     url, ids, clients=clients, requests=requests, max_seconds=max_seconds, bare=bare))
         finally:
-            broker.stop()
+            if broker is not None:
+                broker.stop()
     return {"endpoints": endpoints, "workers": workers, "bare_names": bare, **figures}
 
 
