@@ -2,7 +2,7 @@
 
 Starts the embedded broker, creates the topics, a simulator with 3 nodes (or points at real
 Asterisk nodes with ``--ami``), one producer per node, two Faust workers, the SQLite sink and an
-AstDB sink writing to every node; prints the page URL and the SQLite file; shows a live status
+AstDB sink per node; prints the page URL and the SQLite file; shows a live status
 (events/s, table size, per-node counts, lag) until Ctrl-C, then stops everything it started.
 """
 
@@ -153,10 +153,15 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
             stack.web_urls.append(f"http://127.0.0.1:{port}")
         stack.sqlite_path = data / "astreg.sqlite"
         stack.procs.start("sink-sql", astreg_argv("sink", "sql", "--url", f"sqlite+aiosqlite:///{stack.sqlite_path}"))
-        stack.procs.start("sink-astdb", astreg_argv(
-            "sink", "astdb", "--ami", ",".join(stack.ami.values()), "--ami-user", cfg.ami_user, "--ami-secret", secret,
-        ))
-        step("sinks started: SQLite and AstDB")
+        # One AstDB sink per node, each in its own consumer group (docs/operations.md): a single
+        # sink for every node retries each batch while any one node is unreachable, so one node
+        # down would stop the AstDB of all the others.
+        for name, addr in stack.ami.items():
+            stack.procs.start(f"sink-astdb-{name}", astreg_argv(
+                "sink", "astdb", "--ami", addr, "--ami-user", cfg.ami_user, "--ami-secret", secret,
+                "--group", f"astreg-sink-astdb-{_group_safe(name)}",
+            ))
+        step(f"sinks started: SQLite and {len(stack.ami)} AstDB (one per node)")
         for url in stack.web_urls:
             if not _wait_http(f"{url}/healthz", 90):
                 raise click.ClickException(f"worker at {url} did not come up; see {logs}")
@@ -165,6 +170,11 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
     except BaseException:
         stack.stop()
         raise
+
+
+def _group_safe(name: str) -> str:
+    """A node name (or host:port) as part of a consumer group id."""
+    return "".join(ch if ch.isalnum() or ch in "-_." else "-" for ch in name)
 
 
 def _get_json(client: httpx.Client, url: str) -> Any:
