@@ -218,11 +218,13 @@ def attach(stream: StreamApp) -> None:
         scan_state["stale"] = stale
         if not reconciles and not stale:
             return
+        owned = _owned()
+        gained = owned - scan_state.get("owned", set())  # partitions taken over since the last scan
         due = scan_state["next"] is not None and now >= scan_state["next"]
-        if not (reconciles or newly_stale or due or now - scan_state["last"] >= RESCAN_MS):
+        if not (reconciles or newly_stale or gained or due or now - scan_state["last"] >= RESCAN_MS):
             return  # nothing changed since the last scan and nothing is due
         scan_state["last"] = now
-        owned = _owned()
+        scan_state["owned"] = owned
         interesting = set(stale) | {r[0] for r in reconciles}
         count = scanned = 0
         next_due: int | None = None
