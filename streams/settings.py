@@ -35,4 +35,7 @@ class WorkerSettings(BaseSettings):
     ingest: Literal["agent", "bulk"] = Field(
         "bulk", description="How registrations reach the table: bulk (one batch per fetch, no Faust "
         "per-message stream path) or agent (the Faust agent's stream, take_events).")
+    bulk_restore: bool = Field(
+        True, description="Cold restart (RocksDB store): read the table's changelog in big batches "
+        "instead of Faust's record-by-record replay.")
     tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")
