@@ -424,7 +424,7 @@ async def _wait_api(port: int, expected: list[RegistrationEvent], timeout: float
                 try:
                     async with session.get(f"http://127.0.0.1:{port}/api/v1/endpoints/{quote(ev.endpoint, safe='')}") as r:
                         row = await r.json() if r.status == 200 else None
-                except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, aiohttp.ClientError, ValueError):
                     row = None
                 ok = (row is not None and row.get("endpoint") == ev.endpoint and row.get("primary_node") == ev.node
                       and any(c.get("uri") == ev.contact_uri for c in row.get("contacts", ())))

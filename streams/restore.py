@@ -72,22 +72,24 @@ def _patch_recovery() -> None:
         # Faust wraps this step in broker_request_timeout: stay well inside it, Faust's own
         # replay reads whatever the budget leaves.
         budget = float(self.app.conf.broker_request_timeout) * 0.6
-        reached = await restore_partitions(stream, mine, highwaters, budget)
-        for tp, offset in reached.items():
-            destination[tp] = offset
+        # destination is updated batch by batch: if Faust cancels this step (a new rebalance),
+        # what was written stays counted (RocksDB holds it and its persisted offset).
+        await restore_partitions(stream, mine, highwaters, budget, progress=destination)
 
     Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
     Recovery._astreg_bulk_restore = True  # type: ignore[attr-defined]
 
 
 async def restore_partitions(stream: StreamApp, offsets: dict[Any, int | None], highwaters: dict[Any, int | None],
-                             budget_s: float) -> dict[Any, int]:
+                             budget_s: float, progress: Any = None) -> dict[Any, int]:
     """Read changelog partitions ``tp`` from ``offsets[tp] + 1`` up to ``highwaters[tp]`` (the
     last offset, Faust's convention) into the table's RocksDB store; returns the offset reached
-    per partition (only partitions it read)."""
-    store = stream.locations.data
+    per partition (only partitions it read), also written into ``progress`` after every batch."""
+    progress = {} if progress is None else progress
+    store: Any = stream.locations.data  # faust.stores.rocksdb.Store
+    ends = {tp: hw for tp, hw in highwaters.items() if hw is not None}
     todo = {tp: (-1 if off is None else off) for tp, off in offsets.items()
-            if highwaters.get(tp) is not None and highwaters[tp] - (-1 if off is None else off) > MIN_LAG}
+            if tp in ends and ends[tp] - (-1 if off is None else off) > MIN_LAG}
     if not todo:
         return {}
     import rocksdict
@@ -116,25 +118,26 @@ async def restore_partitions(stream: StreamApp, offsets: dict[Any, int | None], 
                     continue
                 tp = by_tp[ktp]
                 wb = rocksdict.WriteBatch(raw_mode=True)
+                put, delete = wb.put, wb.delete
                 for r in records:
                     if r.value is None:
-                        wb.delete(r.key)
+                        delete(r.key)
                     else:
-                        wb.put(r.key, r.value)
+                        put(r.key, r.value)
                 store._db_for_partition(tp.partition).write(wb)
                 last = records[-1].offset
                 store.set_persisted_offset(tp, last)
-                reached[tp] = last
+                reached[tp] = progress[tp] = last
                 rows += len(records)
             for ktp in list(pending):
                 tp = by_tp[ktp]
                 # Done when the reading position passed the highwater (compaction leaves gaps,
                 # so the last record read may sit below it).
                 pos = await consumer.position(ktp)  # next offset to read
-                if pos > highwaters[tp] or reached.get(tp, todo[tp]) >= highwaters[tp]:
-                    if reached.get(tp, todo[tp]) < highwaters[tp]:
-                        reached[tp] = highwaters[tp]  # the tail was compacted away: nothing left to read
-                        store.set_persisted_offset(tp, highwaters[tp])
+                if pos > ends[tp] or reached.get(tp, todo[tp]) >= ends[tp]:
+                    if reached.get(tp, todo[tp]) < ends[tp]:
+                        store.set_persisted_offset(tp, ends[tp])
+                        reached[tp] = progress[tp] = ends[tp]  # the tail was compacted away
                     pending.discard(ktp)
     finally:
         await consumer.stop()
