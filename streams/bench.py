@@ -543,21 +543,22 @@ async def run(quick: bool, work: Path) -> dict[str, Any]:
         return res
 
 
-RECOVERY_FULL_ROWS = 500_000
+RECOVERY_FULL_ROWS = 750_000
 
 
 async def run_recovery(quick: bool, work: Path) -> dict[str, Any]:
     """``astreg bench`` section "recovery": restarted worker answering from a large table.
 
-    quick: 5,000 rows (~30 s); full: 500,000 rows (~4-5 min here). 1,000,000 rows took 7.6 min
-    on this shared 2-core machine, almost all of it filling the table through the worker (~370 s);
+    quick: 5,000 rows (~30 s); full: 750,000 rows (~4.5-5 min here; 500,000 took 3.1 min).
+    1,000,000 rows took 7.0-7.6 min on this shared 2-core machine, almost all of it filling the
+    table through the worker (~350 s), over the ~6 min this section may take;
     ``python -m streams.bench --events 0 --recovery-endpoints 1000000`` measures it."""
     rows = 5_000 if quick else RECOVERY_FULL_ROWS
     with _Broker() as kafka:
         out = await bench_recovery(kafka, rows, work=work)
     if not quick:
-        out["note"] = (f"full size {rows:,} rows, not 1,000,000: filling 1M rows through the worker takes "
-                       "~6 min alone here (python -m streams.bench --recovery-endpoints 1000000 does it)")
+        out["note"] = (f"{rows:,} rows, not 1,000,000: filling 1M rows through the worker takes ~6 min "
+                       "alone here (python -m streams.bench --events 0 --recovery-endpoints 1000000 does it)")
     return out
 
 
