@@ -38,4 +38,7 @@ class WorkerSettings(BaseSettings):
     row_cache: int = Field(
         100_000, ge=0, description="Decoded table rows kept in memory (~1 KB each; 0: none). Rows "
         "of endpoints seen recently are not read and decoded from RocksDB again.")
+    bulk_restore: bool = Field(
+        True, description="Cold restart (RocksDB store): read the table's changelog in big batches "
+        "instead of Faust's record-by-record replay.")
     tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")
