@@ -67,7 +67,7 @@ FULL_SIZES = (
     "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 20,000 churn + "
     "20,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
     "e2e 3,000 phones, 2,000 moves at 50/s; storm 100,000 phones (33,334 re-register); recovery "
-    "200,000 rows; alerting 100,000 records"
+    "1,000,000 rows; alerting 100,000 records"
 )
 NO_BROKER = {"simulator", "alerting"}
 PAIRED = {"e2e": "storm", "storm": "e2e"}  # --quick runs these two on one pipeline

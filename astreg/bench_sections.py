@@ -41,13 +41,13 @@ async def stream(quick: bool, work: Path, kafka: KafkaSettings | None = None) ->
 
 
 async def recovery(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from streams.bench import bench_recovery, run_recovery
+    from streams.bench import RECOVERY_FULL_ROWS, bench_recovery, run_recovery
 
     if kafka is None:
         return await run_recovery(quick=quick, work=work)  # type: ignore[no-any-return]
     # On the run's broker; quick: 2,000 rows (the time is the three worker start-ups, not the
-    # rows: see docs/stream.md for the large tables), full: 200,000 as run_recovery.
-    return await bench_recovery(kafka, 2_000 if quick else 200_000, work=work)  # type: ignore[no-any-return]
+    # rows: see docs/stream.md for the large tables), full: RECOVERY_FULL_ROWS as run_recovery.
+    return await bench_recovery(kafka, 2_000 if quick else RECOVERY_FULL_ROWS, work=work)  # type: ignore[no-any-return]
 
 
 async def sinks(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
