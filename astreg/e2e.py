@@ -105,13 +105,16 @@ def pipeline(
     sinks: tuple[str, ...] = ("sql",),
     extra_env: dict[str, str] | None = None,
     stop_grace: float = 8.0,
+    store: str = "rocksdb",
 ) -> Iterator[Pipeline]:
     """Broker (embedded unless ``kafka`` is given) + topics + producers + workers + sinks.
 
     ``sinks``: ``"sql"`` (SQLite file ``sqlite_path``) and/or ``"astdb"``: one AstDB sink per
     node as deployed (SPEC: "AstDB sink: one per node"), each its own consumer group, so a dead
     node stalls only its own sink. ``stop_grace``: seconds the processes get to stop on SIGTERM
-    before SIGKILL (a benchmark that throws the pipeline away need not wait long)."""
+    before SIGKILL (a benchmark that throws the pipeline away need not wait long). ``store``:
+    the workers' table store, RocksDB as deployed (the memory store takes Faust's per-record
+    write path, not the batched one: a benchmark on it measures a configuration nobody runs)."""
     work.mkdir(parents=True, exist_ok=True)
     broker = None
     if kafka is None:
@@ -133,7 +136,7 @@ def pipeline(
         for i in range(workers):
             port = free_port()
             procs.start(f"worker{i + 1}", astreg_argv(
-                "worker", "--web-port", str(port), "--store", "memory", "--data-dir", str(work / f"worker{i + 1}"),
+                "worker", "--web-port", str(port), "--store", store, "--data-dir", str(work / f"worker{i + 1}"),
                 *pipe.topic_args()))
             pipe.web_urls.append(f"http://127.0.0.1:{port}")
         group = f"-{suffix}" if suffix else ""
