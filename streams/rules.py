@@ -243,14 +243,14 @@ def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: in
     if offset <= base.offset:
         return _outcome(base, False, "replay")
     out = _decide(base, event, offset, now)
-    if out.row is base:
-        return out
+    if out.row is base or out.row.offset == offset:
+        return out  # _decide stamps the offset on every row it builds
     return _outcome(_rep_row(out.row, offset=offset), out.applied, out.reason)
 
 
 def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outcome:
     if event.source is Source.SYNTHETIC or event.kind in (EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE):
-        return _synthetic(base, event, now)
+        return _synthetic(base, event, offset, now)
     stamp = (event.producer_epoch, event.seq)
     last = base.last_of(event.node)
     if last is not None and stamp <= last:
@@ -269,7 +269,8 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
         devices = _set_pair(base.devices, event.node, event.device_state)
     if contacts is None and devices is base.devices:
         reason = "unusable" if event.kind not in (EventKind.CONTACT, EventKind.PEER, EventKind.DEVICE) else "no_change"
-        new = _rep_row(base, last=_set_last(base.last, event.node, stamp), last_event_time_ms=event.event_time_ms)
+        new = _rep_row(base, last=_set_last(base.last, event.node, stamp), last_event_time_ms=event.event_time_ms,
+                       offset=offset)
         return _outcome(new, False, reason)
     new = _rep_row(
         base,
@@ -277,6 +278,7 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
         devices=devices,
         last=_set_last(base.last, event.node, stamp),
         last_event_time_ms=event.event_time_ms,
+        offset=offset,
     )
     return _outcome(_stamp_version(base, new, now), True)
 
@@ -358,7 +360,7 @@ def _remove(contacts: tuple[ContactState, ...], gone: Any) -> tuple[ContactState
     return None if len(kept) == len(contacts) else kept
 
 
-def _synthetic(row: Row, ev: RegistrationEvent, now: int) -> Outcome:
+def _synthetic(row: Row, ev: RegistrationEvent, offset: int, now: int) -> Outcome:
     """STALE / EXPIRE / RECONCILE: conditional on the (epoch, seq) they are based on."""
     basis = (ev.producer_epoch, ev.seq)
 
@@ -380,7 +382,7 @@ def _synthetic(row: Row, ev: RegistrationEvent, now: int) -> Outcome:
         return _outcome(row, False, "unusable")
     if contacts is None:
         return _outcome(row, False, "no_change")
-    new = _rep_row(row, contacts=contacts)
+    new = _rep_row(row, contacts=contacts, offset=offset)
     return _outcome(_stamp_version(row, new, now), True)
 
 
@@ -402,9 +404,27 @@ def _set_pair(pairs: tuple[tuple[str, DeviceState], ...], node: str, state: Devi
 
 def _stamp_version(old: Row, new: Row, now: int) -> Row:
     """Count a version (and touch updated_at) only when a consumer would see a difference."""
-    if visible_key(old) == visible_key(new):
+    if _visible_same(old, new):
         return new
     return _rep_row(new, version=old.version + 1, updated_at_ms=now)
+
+
+def _visible_same(old: Row, new: Row) -> bool:
+    """``visible_key(old) == visible_key(new)``, cheaply in the common case: with the same
+    devices, the keys are equal exactly when the contacts are pairwise equal in the visible
+    fields (the primary and its device are functions of those); anything else is decided by
+    comparing the keys."""
+    if old.devices != new.devices:
+        return visible_key(old) == visible_key(new)
+    a, b = old.contacts, new.contacts
+    if len(a) != len(b):
+        return False
+    for x, y in zip(a, b):
+        if x is not y and (x.node, x.uri, x.reg_offset, x.status, x.stale, x.ip, x.port, x.transport, x.user_agent,
+                           x.aor) != (y.node, y.uri, y.reg_offset, y.status, y.stale, y.ip, y.port, y.transport,
+                                      y.user_agent, y.aor):
+            return False
+    return True
 
 
 def visible_key(row: Row) -> tuple[Any, ...]:
