@@ -12,6 +12,7 @@ they name, so replaying them is harmless. See docs/stream.md for each decision.
 from __future__ import annotations
 
 import json
+import operator
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,8 +201,12 @@ _CFIELDS = (
 )
 
 
+_contact_values = operator.attrgetter(*_CFIELDS)  # one C call for all 16 fields
+_STATUS = {m.value: m for m in ContactStatus}  # an Enum call costs ~1 µs, a dict lookup ~50 ns
+
+
 def _contact_to_list(c: ContactState) -> list[Any]:
-    out: list[Any] = [getattr(c, f) for f in _CFIELDS]
+    out: list[Any] = list(_contact_values(c))
     out[5] = list(c.confirmed)
     out[6] = c.status.value
     out[15] = list(c.snapshot_seen)
@@ -211,7 +216,9 @@ def _contact_to_list(c: ContactState) -> list[Any]:
 def _contact_from_list(x: list[Any] | tuple[Any, ...]) -> ContactState:
     (node, uri, reg_offset, registered, updated, confirmed, status, aor, ip, port, transport, ua, rtt, expires,
      stale, snap) = x
-    return _new_contact(node, uri, reg_offset, registered, updated, tuple(confirmed), ContactStatus(status), aor, ip,
+    st = _STATUS.get(status)
+    return _new_contact(node, uri, reg_offset, registered, updated, tuple(confirmed),
+                        ContactStatus(status) if st is None else st, aor, ip,
                         port, transport, ua, rtt, expires, stale, tuple(snap))
 
 
@@ -419,12 +426,15 @@ def _visible_same(old: Row, new: Row) -> bool:
     a, b = old.contacts, new.contacts
     if len(a) != len(b):
         return False
-    for x, y in zip(a, b):
-        if x is not y and (x.node, x.uri, x.reg_offset, x.status, x.stale, x.ip, x.port, x.transport, x.user_agent,
-                           x.aor) != (y.node, y.uri, y.reg_offset, y.status, y.stale, y.ip, y.port, y.transport,
-                                      y.user_agent, y.aor):
+    for x, y in zip(a, b, strict=True):
+        if x is not y and _visible_fields(x) != _visible_fields(y):
             return False
     return True
+
+
+# The fields of a contact in visible_key, fetched in one C call.
+_visible_fields = operator.attrgetter("node", "uri", "reg_offset", "status", "stale", "ip", "port", "transport",
+                                      "user_agent", "aor")
 
 
 def visible_key(row: Row) -> tuple[Any, ...]:
@@ -439,8 +449,7 @@ def visible_key(row: Row) -> tuple[Any, ...]:
     primary = max(row.contacts, key=ContactState.rank)
     return (
         primary.node, primary.uri, primary.rank()[0], row.device_of(primary.node),
-        tuple([(c.node, c.uri, c.reg_offset, c.status, c.stale, c.ip, c.port, c.transport, c.user_agent, c.aor)
-               for c in row.contacts]),
+        tuple([_visible_fields(c) for c in row.contacts]),
     )
 
 
