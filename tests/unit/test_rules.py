@@ -342,3 +342,24 @@ def test_replay_after_a_crash_is_ignored_not_dead_lettered() -> None:
     assert replayed.reason == "replay" and replayed.row is row
     # a lower seq of the same epoch at a NEW offset is still impossible
     assert decide(row, ev("A", 2), 13).reason == "seq_backwards"
+
+
+@settings(max_examples=200, deadline=None)
+@given(histories(), st.data())
+def test_visible_shortcut_equals_comparing_visible_keys(case: tuple[dict, list[RegistrationEvent]],
+                                                        data: st.DataObject) -> None:
+    """_stamp_version's shortcut (_visible_same) must agree with comparing visible_key for any
+    two rows of a history: consecutive ones (what it sees) and arbitrary pairs."""
+    from streams.rules import _visible_same
+
+    _, merged = case
+    rows: list[Row] = []
+    row: Row | None = None
+    for off, e in enumerate(merged):
+        row = apply(row, e, off)
+        rows.append(row)
+    pairs = list(zip(rows, rows[1:]))
+    if rows:
+        pairs += [(data.draw(st.sampled_from(rows)), data.draw(st.sampled_from(rows))) for _ in range(5)]
+    for a, b in pairs:
+        assert _visible_same(a, b) == (visible_key(a) == visible_key(b))
