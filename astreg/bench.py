@@ -31,7 +31,7 @@ from rich.table import Table
 from .broker import EmbeddedBroker
 from .settings import KafkaSettings
 
-__all__ = ["bench", "SECTIONS", "run_sections"]
+__all__ = ["bench", "SECTIONS", "run_sections", "failures"]
 
 logger = logging.getLogger(__name__)
 
@@ -217,5 +217,22 @@ def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None
         json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     if plot_path:
         plot(results, plot_path)
-    if any("error" in r for r in results.values()):
+    failed = failures(results)
+    for line in failed:
+        console.print(f"[red]failed[/]: {line}")
+    if failed:
         raise SystemExit(1)
+
+
+def failures(results: dict[str, Any]) -> list[str]:
+    """What makes a run fail: a section that raised, or one that measured a failure (a storm
+    that did not converge, e2e moves lost): figures that look like numbers but are not results."""
+    out = []
+    for name, figures in results.items():
+        if "error" in figures:
+            out.append(f"{name}: {figures['error']}")
+        if figures.get("converged") is False:
+            out.append(f"{name}: did not converge")
+        if figures.get("lost"):
+            out.append(f"{name}: {figures['lost']} lost")
+    return out

@@ -358,7 +358,7 @@ def test_visible_shortcut_equals_comparing_visible_keys(case: tuple[dict, list[R
     for off, e in enumerate(merged):
         row = apply(row, e, off)
         rows.append(row)
-    pairs = list(zip(rows, rows[1:]))
+    pairs = list(zip(rows, rows[1:], strict=False))
     if rows:
         pairs += [(data.draw(st.sampled_from(rows)), data.draw(st.sampled_from(rows))) for _ in range(5)]
     for a, b in pairs:
