@@ -38,6 +38,7 @@ import httpx
 from astreg.errors import SchemaRegistryError, UndecodableRecord
 
 from . import models, quality
+from .fastdc import maker
 
 __all__ = [
     "SCHEMA_DIR",
@@ -765,20 +766,13 @@ def _generate_flat_reader(schema: dict[str, Any], model: type) -> Callable[[byte
             and f.default_factory is dataclasses.MISSING} - {a.split("=")[0] for a in args}:
         return None  # a required model field the schema lacks: let the generic path complain
     lines.append("    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')")
-    slots = getattr(model, "__slots__", ())
-    if not hasattr(model, "__post_init__") and all(a.split("=")[0] in slots for a in args) \
-            and len(args) == len(fields):
+    try:
         # A frozen dataclass's __init__ sets each field through object.__setattr__ (~6 µs for
-        # RegistrationEvent); setting the slots directly gives the same object in half the time.
-        env["new"] = object.__new__
-        lines.append("    o = new(cls)")
-        for a in args:
-            name = a.split("=")[0]
-            env[f"S_{name}"] = model.__dict__[name].__set__
-            lines.append(f"    S_{name}(o, f_{name})")
-        lines.append("    return o")
-    else:
-        lines.append("    return cls(" + ", ".join(args) + ")")
+        # RegistrationEvent); schemas.fastdc builds the same object from its slots.
+        env["make"] = maker(model)
+    except TypeError:  # not slotted, or has __post_init__: its own constructor
+        env["make"] = model
+    lines.append("    return make(" + ", ".join(args) + ")")
     exec(compile("\n".join(lines), f"<avro reader {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
     return env["read"]  # type: ignore[no-any-return]
 

@@ -16,12 +16,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.partitioner import murmur2
 
 from astreg.errors import UndecodableRecord
 from schemas.codec import node_codec
 from schemas.models import EventKind, RegistrationEvent, Source
 
+from .produce import default_partition
 from .rules import Row
 from .tables import NodeState
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 def partition_of(key: str, partitions: int) -> int:
     """Kafka's default partition of a key (murmur2, like the Java client and aiokafka)."""
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+    return default_partition(key.encode(), partitions)
 
 
 def _event(row: Row, node: str, kind: EventKind, basis: tuple[int, int], now_ms: int, cause: str,
