@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from astreg.options import build, settings_options
+from astreg.runtime import tune_gc
 from astreg.settings import KafkaSettings, TopicSettings
 
 from .settings import WorkerSettings
@@ -70,6 +71,7 @@ def worker(**kw: object) -> None:
                 settings.store, settings.web_port)
     from faust.worker import Worker
 
+    tune_gc()
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     quiet_worker(Worker(stream.app, loglevel=level, quiet=True, redirect_stdouts=False)).execute_from_commandline()
 
