@@ -58,14 +58,14 @@ def _load(target: str) -> Callable[..., Awaitable[dict[str, Any]]]:
 
 QUICK_SIZES = (
     "simulator 2 s of 3 nodes x 10,000 phones, RSS at 100,000 phones; producer 20,000 AMI events; "
-    "stream 2,000 churn events on 500 endpoints (astreg, naive Faust, raw aiokafka); sinks 4,000 rows "
+    "stream 10,000 churn events on 2,500 endpoints (astreg, naive Faust, raw aiokafka); sinks 4,000 rows "
     "(AstDB 400); web 2,000 endpoints, 2 workers, 50 clients, 2,000 requests; e2e + storm on one "
     "pipeline: 900 phones, every store loaded, 120 moves at 30/s, then node1's ~300 phones re-register elsewhere; "
     "recovery 2,000 rows; alerting 10,000 records"
 )
 FULL_SIZES = (
-    "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 20,000 churn + "
-    "20,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
+    "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 200,000 churn + "
+    "200,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
     "e2e 3,000 phones, 2,000 moves at 50/s; storm 100,000 phones (33,334 re-register); recovery "
     "1,000,000 rows; alerting 100,000 records"
 )

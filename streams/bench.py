@@ -540,8 +540,9 @@ class _Broker:
 async def run(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
     """``astreg bench`` section "stream": astreg worker vs naive Faust vs raw aiokafka (flat dict).
 
-    quick: 2,000 churn events on 500 endpoints (~15 s); full: 20,000 churn events on 5,000
-    endpoints, then 20,000 steady-state events (``steady_*`` keys). ``kafka``: the bench run's
+    quick: 10,000 churn events on 2,500 endpoints (~20 s); full: 200,000 churn events on 50,000
+    endpoints, then 200,000 steady-state events on 20,000 endpoints (``steady_*`` keys): at
+    20,000+ events/s a 20,000-event run lasted under a second, too short to call a rate. ``kafka``: the bench run's
     broker (else ``KAFKA_BOOTSTRAP_SERVERS`` or an embedded one)."""
     if kafka is None:
         with _Broker() as own:
@@ -551,9 +552,9 @@ async def run(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> di
 
 async def _run(quick: bool, work: Path, kafka: KafkaSettings) -> dict[str, Any]:
     if quick:
-        return await bench_throughput(kafka, 2_000, 500, work=work / "churn")
-    res = await bench_throughput(kafka, 20_000, 5_000, work=work / "churn")
-    steady = await bench_throughput(kafka, 20_000, 2_000, mix="steady", work=work / "steady")
+        return await bench_throughput(kafka, 10_000, 2_500, work=work / "churn")
+    res = await bench_throughput(kafka, 200_000, 50_000, work=work / "churn")
+    steady = await bench_throughput(kafka, 200_000, 20_000, mix="steady", work=work / "steady")
     res.update({f"steady_{k}": v for k, v in steady.items() if not k.endswith("_series")})
     return res
 
