@@ -35,18 +35,20 @@ REDIS = os.environ.get("ASTREG_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 
 
 def sample(i: int, version: int = 1) -> EndpointLocation:
-    """A realistic location row (one contact) for endpoint PJSIP/<100000+i>."""
+    """A realistic location row (one contact) for endpoint PJSIP/<100000+i>; each version has
+    the phone on the next node (an update is a move, so every store has something to write)."""
     res = str(100000 + i)
+    node = f"node{(i + version - 1) % 4 + 1}"
     ip = f"10.{i // 65536 % 256}.{i // 256 % 256}.{i % 256}"
     uri = f"sip:{res}@{ip}:5060;transport=udp"
     return EndpointLocation(
         endpoint=f"PJSIP/{res}", technology="PJSIP", resource=res, updated_at_ms=1_700_000_000_000 + version,
-        primary_node=f"node{i % 4 + 1}", status=LocationStatus.REGISTERED, contact_uri=uri, ip=ip, port=5060,
+        primary_node=node, status=LocationStatus.REGISTERED, contact_uri=uri, ip=ip, port=5060,
         transport="udp", user_agent="Yealink SIP-T46U 108.86.0.20", rtt_us=2100, expires_at_ms=1_800_000_000_000,
-        contacts=(Contact(node=f"node{i % 4 + 1}", uri=uri, aor=res, status=ContactStatus.REACHABLE, ip=ip,
+        contacts=(Contact(node=node, uri=uri, aor=res, status=ContactStatus.REACHABLE, ip=ip,
                           port=5060, transport="udp", rtt_us=2100, registered_at_ms=1_700_000_000_000,
                           updated_at_ms=1_700_000_000_000, primary=True),),
-        nodes=(f"node{i % 4 + 1}",), version=version,
+        nodes=(node,), version=version,
     )
 
 

@@ -109,3 +109,42 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
         assert got == [want3, want3]
     finally:
         await sim.stop()
+
+
+async def test_astdb_sends_only_changed_keys_and_nothing_on_a_restart(kafka, topics, unique) -> None:
+    """A move changes ``node/`` alone: one DBPut per node, not four. A sink restarted against
+    nodes that already hold the topic reads them (DBGetTree) and writes nothing."""
+    items: list[Any] = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}", "node1")) for i in range(30)]
+    await produce(kafka, topics.topic_locations, items)
+    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
+    await sim.start()
+    try:
+        ports = sim.ports
+        settings = AstDbSettings(ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
+                                 ami_secret="astreg", timeout=3)
+        sink = AstDbSink(settings)
+        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+            want = expected(items)
+            await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert sink.actions_sent == 2 * 4 * 30  # the first reconcile: every key, both nodes
+            sent = sink.actions_sent
+            moves = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}", "node2", version=2)) for i in range(10)]
+            await produce(kafka, topics.topic_locations, moves)
+            want = expected(items + moves)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert got == [want, want]
+            assert sink.actions_sent - sent == 2 * 10  # node/ only, on both nodes
+            sent = sink.actions_sent
+            gone = [("PJSIP/2029", None)]
+            await produce(kafka, topics.topic_locations, gone)
+            want = expected(items + moves + gone)
+            await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert sink.actions_sent - sent == 2 * 4  # a tombstone: the four keys it had
+
+        again = AstDbSink(settings)
+        async with running(again, kafka, topics, group=f"g2-{unique}", backoff_max=0.5):
+            await eventually(lambda: _value(again.reconciles), lambda n: n >= 2)
+            assert again.ready and again.actions_sent == 0
+            assert await trees(sim) == [want, want]
+    finally:
+        await sim.stop()
