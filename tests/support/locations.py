@@ -18,12 +18,17 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec, node_codec, registration_codec
 from schemas.models import EndpointLocation, NodeStatus, RegistrationEvent
+from streams.produce import default_partition
 
 __all__ = ["read_locations", "read_all", "produce", "wait_for", "start_worker", "free_port"]
 
 
-async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0) -> list[tuple[bytes | None, bytes | None, list]]:
-    """Every record of a topic, partition by partition, up to the fetch high watermark."""
+async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0,
+                   keyed_placement: bool = False) -> list[tuple[bytes | None, bytes | None, list]]:
+    """Every record of a topic, partition by partition, up to the fetch high watermark.
+
+    ``keyed_placement``: assert that every keyed record is in the partition Kafka's default
+    partitioner gives its key (what a compacted topic's consumers rely on)."""
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
@@ -40,7 +45,11 @@ async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0) -> li
         deadline = loop.time() + timeout
         while len(done) < len(tps) and loop.time() < deadline:
             batches = await consumer.getmany(timeout_ms=200)
-            for records in batches.values():
+            for tp, records in batches.items():
+                if keyed_placement:
+                    wrong = [r.key for r in records if r.key is not None
+                             and default_partition(r.key, len(tps)) != tp.partition]
+                    assert not wrong, f"{topic}[{tp.partition}] holds keys of other partitions: {wrong[:5]}"
                 out.extend((r.key, r.value, list(r.headers)) for r in records)
             for tp in tps:
                 hw = consumer.highwater(tp)
@@ -55,7 +64,7 @@ async def read_locations(kafka: KafkaSettings, topic: str) -> dict[str, Endpoint
     """Fold the compacted locations topic: the last value per endpoint, tombstones delete."""
     codec = location_codec()
     state: dict[str, EndpointLocation] = {}
-    for key, value, _ in await read_all(kafka, topic):
+    for key, value, _ in await read_all(kafka, topic, keyed_placement=True):
         assert key is not None
         if value is None:
             state.pop(key.decode(), None)
