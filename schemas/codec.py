@@ -38,7 +38,7 @@ import httpx
 from astreg.errors import SchemaRegistryError, UndecodableRecord
 
 from . import models, quality
-from .fastdc import maker
+from .fastdc import inline_maker
 
 __all__ = [
     "SCHEMA_DIR",
@@ -768,11 +768,14 @@ def _generate_flat_reader(schema: dict[str, Any], model: type) -> Callable[[byte
     lines.append("    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')")
     try:
         # A frozen dataclass's __init__ sets each field through object.__setattr__ (~6 µs for
-        # RegistrationEvent); schemas.fastdc builds the same object from its slots.
-        env["make"] = maker(model)
+        # RegistrationEvent); schemas.fastdc builds the same object from its slots, inline.
+        dc_env, dc_lines = inline_maker(model, dict(a.split("=", 1) for a in args), var="obj")
+        env.update(dc_env)
+        lines += dc_lines
+        lines.append("    return obj")
     except TypeError:  # not slotted, or has __post_init__: its own constructor
         env["make"] = model
-    lines.append("    return make(" + ", ".join(args) + ")")
+        lines.append("    return make(" + ", ".join(args) + ")")
     exec(compile("\n".join(lines), f"<avro reader {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
     return env["read"]  # type: ignore[no-any-return]
 

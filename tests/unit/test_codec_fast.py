@@ -127,3 +127,26 @@ def test_fastdc_maker_and_replacer_build_the_same_objects() -> None:
 
     with pytest.raises(TypeError):
         maker(NoSlots)
+
+
+def test_fastdc_inline_maker_fills_defaults_and_refuses_missing_fields() -> None:
+    import dataclasses
+
+    from schemas.fastdc import inline_maker
+    from schemas.models import EndpointLocation
+    from streams.rules import Row
+
+    env, lines = inline_maker(Row, {"endpoint": "ep"}, var="r")
+    env["ep"] = "PJSIP/7"
+    exec("def build():\n" + "\n".join(lines) + "\n    return r", env)  # noqa: S102
+    row = env["build"]()
+    assert row == Row(endpoint="PJSIP/7") and type(row) is Row
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        row.version = 3  # type: ignore[misc]
+    # default_factory fields (EndpointLocation.contacts / nodes) are called, not shared
+    env, lines = inline_maker(EndpointLocation, {"endpoint": "'PJSIP/8'", "technology": "'PJSIP'",
+                                                 "resource": "'8'", "updated_at_ms": "1"})
+    exec("def build():\n" + "\n".join(lines) + "\n    return o", env)  # noqa: S102
+    assert env["build"]() == EndpointLocation(endpoint="PJSIP/8", technology="PJSIP", resource="8", updated_at_ms=1)
+    with pytest.raises(TypeError, match="no value for endpoint"):
+        inline_maker(Row, {})
