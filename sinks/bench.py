@@ -85,23 +85,28 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
                 await client.delete(*keys[i : i + 5000])
             await client.aclose()
     elif kind == "astdb":
-        from producers.simulator import SimConfig, Simulator
+        from astreg.broker import free_port, wait_port
+        from astreg.proc import ProcessGroup, astreg_argv
 
         from .astdb import AstDbSink
         from .settings import AstDbSettings
 
-        sim = Simulator(SimConfig(nodes=1, phones=0, ami_port=0, initial="none"))
-        await sim.start()
-        try:
-            sink = AstDbSink(AstDbSettings(ami=f"127.0.0.1:{sim.ports['node1']}", ami_secret=SecretStr("astreg"), timeout=60))
+        # The simulated node runs in its own process, as an Asterisk would: this process's CPU
+        # (client_cpu_us_per_row) is then the sink's alone, and the two do not share a loop.
+        port = free_port()
+        with tempfile.TemporaryDirectory() as logs, ProcessGroup(log_dir=Path(logs)) as procs:
+            procs.start("simulator", astreg_argv(
+                "--log-level", "WARNING", "simulate", "--nodes", "1", "--phones", "0", "--initial", "none",
+                "--ami-port", str(port), "--ami-secret", "astreg", "--control-port", "0"))
+            if not await asyncio.to_thread(wait_port, "127.0.0.1", port, 30):
+                raise RuntimeError("the AMI simulator did not start")
+            sink = AstDbSink(AstDbSettings(ami=f"127.0.0.1:{port}", ami_secret=SecretStr("astreg"), timeout=60))
             await sink.setup()
             sink.ready = True
             try:
                 yield sink
             finally:
                 await sink.close()
-        finally:
-            await sim.stop()
     else:
         raise ValueError(f"unknown sink kind {kind!r}; one of {', '.join(KINDS)}")
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from astreg.broker import free_port
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import TopicSpec, ensure_topics
@@ -216,14 +217,6 @@ def _worker_argv(kafka: KafkaSettings, topics: TopicSettings, data_dir: Path, st
     )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _start_app(kafka: KafkaSettings, topics: TopicSettings, argv: list[str], procs: ProcessGroup,
                      name: str, timeout: float) -> Any:
     """Start the app and wait until it is up and idle (its warm-up sentinels are out)."""
@@ -282,12 +275,12 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
                 TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
                 TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
             if variant == "astreg":
-                argv = _worker_argv(kafka, topics, work / variant, "rocksdb", _free_port(), app_id)
+                argv = _worker_argv(kafka, topics, work / variant, "rocksdb", free_port(), app_id)
             else:
                 argv = [sys.executable, "-m", "streams.bench", "naive-worker", "--bootstrap", kafka.bootstrap,
                         "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
                         "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
-                        "--web-port", str(_free_port())] + (["--embedded"] if kafka.embedded else [])
+                        "--web-port", str(free_port())] + (["--embedded"] if kafka.embedded else [])
             setups[variant] = (topics, argv)
         with ProcessGroup(log_dir=work / "logs") as procs:
             children = await asyncio.gather(*(
@@ -343,7 +336,7 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
         sent = _sentinels(partitions, 10**9)
         await _produce_bulk(kafka, topics.topic_registrations, [*events, *sent.values()], partitions)
         out: dict[str, Any] = {"table_rows": endpoints, "produce_s": round(time.monotonic() - t0, 1)}
-        port = _free_port()
+        port = free_port()
         argv = _worker_argv(kafka, topics, work / "w", "rocksdb", port, app_id)
         with ProcessGroup(log_dir=work / "logs") as procs:
             t0 = time.monotonic()

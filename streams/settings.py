@@ -36,8 +36,9 @@ class WorkerSettings(BaseSettings):
         "bulk", description="How registrations reach the table: bulk (one batch per fetch, no Faust "
         "per-message stream path) or agent (the Faust agent's stream, take_events).")
     row_cache: int = Field(
-        100_000, ge=0, description="Decoded table rows kept in memory (~1 KB each; 0: none). Rows "
-        "of endpoints seen recently are not read and decoded from RocksDB again.")
+        100_000, ge=0, description="Decoded table rows kept in memory (~650 B each with one contact; 0: none). Rows "
+        "of endpoints seen recently are not read and decoded from RocksDB again; size it to the "
+        "endpoints this worker owns when memory allows (docs/stream.md).")
     bulk_restore: bool = Field(
         True, description="Cold restart (RocksDB store): read the table's changelog in big batches "
         "instead of Faust's record-by-record replay.")

@@ -89,7 +89,7 @@ class LocationsTable(faust.Table):
     changelog partition, and the persisted changelog offset is written once per batch and
     partition instead of once per record.
 
-    Decoded rows are kept in a bounded cache (``row_cache`` rows, ~1 KB each): decoding a row
+    Decoded rows are kept in a bounded cache (``row_cache`` rows, ~650 B each with one contact): decoding a row
     from RocksDB (msgpack + dataclasses) was the largest cost per event after the rules. Rows
     are immutable, this table is their only writer, and the cache is emptied whenever the
     assignment changes (another worker may have written the partition meanwhile) or the

@@ -19,7 +19,6 @@ import ipaddress
 import json
 import logging
 import random
-import socket
 import statistics
 import tempfile
 import time
@@ -28,6 +27,8 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+
+from astreg.broker import free_port
 
 __all__ = ["measure_node_lookups", "measure_row_index", "run", "main"]
 
@@ -172,12 +173,6 @@ def _same_origin(a: str, b: str) -> bool:
     return (pa.port, pa.hostname in ("127.0.0.1", "localhost")) == (pb.port, pb.hostname in ("127.0.0.1", "localhost"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def _feed(kafka: Any, topics: Any, endpoints: list[str]) -> None:
     from aiokafka import AIOKafkaProducer
 
@@ -236,7 +231,7 @@ def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_
             topics = TopicSettings(partitions=4).with_suffix(f"webbench{int(time.time())}")
             asyncio.run(ensure_topics(kafka, topics))
             with ProcessGroup(Path(tmp) / "logs") as procs:
-                ports = [_free_port() for _ in range(workers)]
+                ports = [free_port() for _ in range(workers)]
                 for n, port in enumerate(ports):
                     procs.start(f"w{n}", astreg_argv(
                         "worker", "--bootstrap", kafka.bootstrap, "--embedded" if kafka.embedded else "--no-embedded",
