@@ -117,6 +117,9 @@ class KafkaSettings(_Base):
         per hop with Faust's 1500 ms, 4 ms with 20 ms); Kafka's defaults otherwise."""
         if not self.embedded:
             return {}
+        from .broker import leave_groups_at_generation_zero
+
+        leave_groups_at_generation_zero()  # every group consumer on Tansu comes through here
         return {
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
@@ -142,6 +145,9 @@ class KafkaSettings(_Base):
         elif self.security_protocol == "SSL":
             kw["broker_credentials"] = SSLCredentials(self.ssl_context())
         if self.embedded:
+            from .broker import leave_groups_at_generation_zero
+
+            leave_groups_at_generation_zero()  # Faust's consumer is an aiokafka one too
             kw.update(
                 broker_rebalance_timeout=3,
                 broker_session_timeout=6,

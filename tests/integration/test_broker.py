@@ -99,3 +99,29 @@ def test_topics_create_cli_reports_a_mismatch(kafka: KafkaSettings, unique: str)
     second = subprocess.run(astreg_argv(*base, "--partitions", "4"), capture_output=True, text=True, timeout=60)
     assert second.returncode != 0
     assert f"topic r.{unique} has 2 partitions, astreg expects 4" in second.stderr
+
+
+async def test_a_stopped_group_consumer_leaves_its_group(kafka: KafkaSettings, topics: TopicSettings, unique: str) -> None:
+    """On close a consumer leaves its group, also in the group's first generation, which Tansu
+    numbers 0 (aiokafka only leaves at generation > 0): otherwise the next member's join waits
+    for the stale one's session timeout (astreg.broker.leave_groups_at_generation_zero)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    group = f"g-{unique}"
+    first = AIOKafkaConsumer(topics.topic_locations, **kafka.aiokafka_kwargs(), **kafka.group_kwargs(),
+                             group_id=group, enable_auto_commit=False)
+    await first.start()
+    try:
+        while not first.assignment():
+            await first.getmany(timeout_ms=200)
+    finally:
+        await first.stop()
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group])
+    finally:
+        await admin.close()
+    (state,) = described[0].groups
+    assert state[0] == 0 and state[1] == group  # error_code, group
+    assert state[5] == [], f"members left behind: {state[5]}"
