@@ -15,20 +15,28 @@ class AstDB:
 
     def __init__(self, path: str = ":memory:"):
         self.path = path
+        # A fault to inject: the database refuses writes (disk full, read-only file). Asterisk's
+        # ast_db_put/ast_db_del then fail and the AMI actions answer Error.
+        self.read_only = False
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS astdb (key VARCHAR(256), value VARCHAR(256), PRIMARY KEY(key))")
 
     def close(self) -> None:
         self._db.close()
 
-    def put(self, family: str, key: str, value: str) -> None:
+    def put(self, family: str, key: str, value: str) -> bool:
+        if self.read_only:
+            return False
         self._db.execute("INSERT OR REPLACE INTO astdb (key, value) VALUES (?, ?)", (f"/{family}/{key}", value))
+        return True
 
     def get(self, family: str, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM astdb WHERE key = ?", (f"/{family}/{key}",)).fetchone()
         return None if row is None else str(row[0])
 
     def delete(self, family: str, key: str) -> bool:
+        if self.read_only:
+            return False
         return self._db.execute("DELETE FROM astdb WHERE key = ?", (f"/{family}/{key}",)).rowcount > 0
 
     @staticmethod
@@ -50,6 +58,8 @@ class AstDB:
         return [(str(k), str(v)) for k, v in rows]
 
     def delete_tree(self, family: str, key: str = "") -> int:
+        if self.read_only:
+            return 0
         prefix = self._prefix(family, key)
         cur = self._db.execute(
             "DELETE FROM astdb WHERE key = ? OR substr(key, 1, ?) = ?", (prefix, len(prefix) + 1, prefix + "/")

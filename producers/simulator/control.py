@@ -5,7 +5,7 @@
     POST /scenario {"name": "move", "params": {"count": 5}}
     POST /action   {"op": "register", "params": {"phone": 3, "node": "node2"}}
          ops: register refresh unregister expire move qualify device_state call hold unhold
-              hangup crash recover restart inject_fault
+              hangup crash recover restart inject_fault astdb_read_only
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ControlServer", "ACTIONS"]
 
 ACTIONS = ("register", "refresh", "unregister", "expire", "move", "qualify", "device_state", "call", "hold",
-           "unhold", "hangup", "crash", "recover", "restart", "shutdown", "boot", "inject_fault")
+           "unhold", "hangup", "crash", "recover", "restart", "shutdown", "boot", "inject_fault",
+           "astdb_read_only")
 
 
 class ControlServer:

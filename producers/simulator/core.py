@@ -378,6 +378,11 @@ class Simulator:
 
         return await run_scenario(self, name, **params)
 
+    async def astdb_read_only(self, node: str, read_only: bool = True) -> None:
+        """The node's AstDB refuses writes (disk full): DBPut answers ``Failed to update entry``,
+        DBDel ``Database entry could not be deleted``, as Asterisk's do when ast_db fails."""
+        self.node(node).astdb.read_only = read_only
+
     async def inject_fault(self, node: str, kind: str) -> None:
         from .scenarios import inject_fault
 

@@ -719,9 +719,10 @@ async def _db_put(node: AmiNode, s: AmiSession, a: Action) -> None:
         s.respond(a, "Error", [("Message", "No family specified")])
     elif not a.get("Key"):
         s.respond(a, "Error", [("Message", "No key specified")])
-    else:
-        node.astdb.put(a.get("Family"), a.get("Key"), a.get("Val"))
+    elif node.astdb.put(a.get("Family"), a.get("Key"), a.get("Val")):
         s.respond(a, "Success", [("Message", "Updated database successfully")])
+    else:  # manager.c action_dbput when ast_db_put fails
+        s.respond(a, "Error", [("Message", "Failed to update entry")])
 
 
 async def _db_get(node: AmiNode, s: AmiSession, a: Action) -> None:

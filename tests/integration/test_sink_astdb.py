@@ -148,3 +148,40 @@ async def test_astdb_sends_only_changed_keys_and_nothing_on_a_restart(kafka, top
             assert await trees(sim) == [want, want]
     finally:
         await sim.stop()
+
+
+async def test_astdb_refused_write_is_dead_lettered_and_sent_again_later(kafka, topics, unique) -> None:
+    """A node whose AstDB refuses writes (disk full): the row is dead-lettered (the other node
+    keeps it), and the key is not taken as written: once the node accepts writes again, the
+    same values are sent to it, not skipped as already there."""
+    from tests.support.locations import read_all
+
+    items: list[Any] = [(f"PJSIP/{3000 + i}", location(f"PJSIP/{3000 + i}", "node1")) for i in range(5)]
+    await produce(kafka, topics.topic_locations, items)
+    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
+    await sim.start()
+    try:
+        ports = sim.ports
+        settings = AstDbSettings(ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
+                                 ami_secret="astreg", timeout=3)
+        sink = AstDbSink(settings)
+        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+            want = expected(items)
+            await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            await sim.astdb_read_only("node2")
+            moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2))]
+            await produce(kafka, topics.topic_locations, moved)
+            letters = await eventually(lambda: read_all(kafka, topics.topic_deadletter),
+                                       lambda recs: any(k == b"PJSIP/3001" for k, _, _ in recs))
+            assert any(k == b"PJSIP/3001" for k, _, _ in letters)
+            assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"
+            assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused
+
+            await sim.astdb_read_only("node2", False)
+            again = [("PJSIP/3001", location("PJSIP/3001", "node2", version=3))]  # the same keys and values
+            await produce(kafka, topics.topic_locations, again)
+            want = expected(items + again)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert got == [want, want]
+    finally:
+        await sim.stop()
