@@ -112,7 +112,8 @@ def test_schema_registry_url_is_wired_to_the_registry_profile(compose: dict[str,
         assert svc["environment"]["ASTREG_SCHEMA_REGISTRY_URL"] is None, name
 
 
-@pytest.mark.parametrize("service", ["topics", "worker-1", "worker-2", "sink-sql", "sink-redis", "producer"])
+@pytest.mark.parametrize("service", ["topics", "worker-1", "worker-2", "sink-sql", "sink-redis", "producer",
+                                     "sink-astdb"])
 def test_env_and_flags_are_documented_options(compose: dict[str, Any], service: str) -> None:
     svc = compose["services"][service]
     command = command_of_argv(svc["command"])
@@ -151,7 +152,8 @@ def test_dockerfile_installs_every_package_of_the_project() -> None:
         assert (COMPOSE.parent / svc["build"]["context"]).resolve() == ROOT
 
 
-@pytest.mark.parametrize("service", ["topics", "worker-1", "worker-2", "sink-sql", "sink-redis", "producer"])
+@pytest.mark.parametrize("service", ["topics", "worker-1", "worker-2", "sink-sql", "sink-redis", "producer",
+                                     "sink-astdb"])
 def test_env_values_parse_with_the_real_command(
     compose: dict[str, Any], service: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
