@@ -13,7 +13,8 @@ __all__ = ["tune_gc", "GC_THRESHOLDS"]
 # event (streams.bench, 200,000 churn events, 2026-11-27). With these thresholds: 12
 # collections, 0.14 s. astreg's own objects hold no reference cycles (frozen dataclasses of
 # strings, ints and tuples), so the cyclic collector only has the libraries' occasional
-# cycles to find; 50,000 is still a small bound on what can wait for it.
+# cycles to find; 50,000 is still a small bound on what can wait for it. The producer gains
+# 6-10 % AMI events per CPU-second with the same settings (producers.bench, A/B).
 GC_THRESHOLDS = (50_000, 20, 20)
 
 
