@@ -112,11 +112,8 @@ def contact_json(c: Contact) -> dict[str, Any]:
     }
 
 
-def location_json(loc: EndpointLocation, *, stale: bool = False) -> dict[str, Any]:
-    """The full row of ``GET /api/v1/endpoints/{endpoint}``.
-
-    ``stale`` marks an answer read from a standby copy during a rebalance (it may lag).
-    """
+def _primary_json(loc: EndpointLocation) -> dict[str, Any]:
+    """What the full row and a list line share: the endpoint and its primary contact."""
     return {
         "endpoint": loc.endpoint,
         "technology": loc.technology,
@@ -130,6 +127,16 @@ def location_json(loc: EndpointLocation, *, stale: bool = False) -> dict[str, An
         "transport": loc.transport,
         "user_agent": loc.user_agent,
         "rtt_us": loc.rtt_us,
+    }
+
+
+def location_json(loc: EndpointLocation, *, stale: bool = False) -> dict[str, Any]:
+    """The full row of ``GET /api/v1/endpoints/{endpoint}``.
+
+    ``stale`` marks an answer read from a standby copy during a rebalance (it may lag).
+    """
+    return {
+        **_primary_json(loc),
         "expires_at_ms": loc.expires_at_ms,
         "nodes": list(loc.nodes),
         "contacts": [contact_json(c) for c in loc.contacts],
@@ -143,18 +150,7 @@ def location_json(loc: EndpointLocation, *, stale: bool = False) -> dict[str, An
 def summary_json(loc: EndpointLocation) -> dict[str, Any]:
     """One line of the endpoint list (the primary contact only, plus the contact count)."""
     return {
-        "endpoint": loc.endpoint,
-        "technology": loc.technology,
-        "resource": loc.resource,
-        "primary_node": loc.primary_node,
-        "status": str(loc.status),
-        "device_state": str(loc.device_state),
-        "contact_uri": loc.contact_uri,
-        "ip": loc.ip,
-        "port": loc.port,
-        "transport": loc.transport,
-        "user_agent": loc.user_agent,
-        "rtt_us": loc.rtt_us,
+        **_primary_json(loc),
         "nodes": list(loc.nodes),
         "contacts": len(loc.contacts),
         "updated_at_ms": loc.updated_at_ms,
