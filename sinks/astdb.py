@@ -10,7 +10,8 @@ replays it from the start, which a compacted topic makes cheap) so that on start
 AMI reconnect (a restarted node may have lost its AstDB), it reconciles the node with
 ``DBGetTree``: keys no longer wanted are deleted, missing or different ones written again.
 Actions are pipelined: up to ``--window`` in flight per node, matched by ActionID, written a
-window at a time.
+window at a time. A key too long for Asterisk (family + key > 253 bytes) is a dead letter; any
+other refused DBPut means the node takes no writes now: retried, never dropped.
 
 Encoding (AMI is a line protocol; a CR/LF in a value would inject headers): the resource in a
 key is percent-encoded exactly like Asterisk's ``${URIENCODE()}`` (letters, digits and
@@ -241,6 +242,9 @@ def _parse(raw: bytes) -> dict[str, str]:
     return msg
 
 
+# ast_db_put refuses a key when strlen(family) + strlen(key) + 2 > MAX_DB_FIELD (256) - 1.
+MAX_FULL_KEY = 255
+
 # What a node holds under a key whose DBPut it refused: not known, so the next wanted value is
 # sent again and a removal is not skipped. Never equal to a value_text (NUL is percent-encoded).
 _UNKNOWN = "\x00unknown"
@@ -293,8 +297,16 @@ class AstDbSink:
 
     async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
         changes: dict[str, Change] = {ep: (all_keys(ep.partition("/")[2] or ep), {}) for ep in deletes}
+        room = MAX_FULL_KEY - len(self.family.encode()) - 2  # "/family/key"
         for ep, loc in upserts.items():
-            changes[ep] = (all_keys(loc.resource), entries(loc))
+            want = entries(loc)
+            too_long = [k for k in want if len(k.encode()) > room]
+            if too_long:  # Asterisk would refuse it on every node, every time: a dead letter
+                kind = too_long[0].partition("/")[0]
+                raise PermanentWriteError(
+                    f"AstDB key {kind}/<resource> of {ep[:64]!r} is {len(too_long[0].encode())} bytes; with family "
+                    f"{self.family!r} Asterisk stores keys of at most {room} (MAX_DB_FIELD 256)")
+            changes[ep] = (all_keys(loc.resource), want)
         await self._on_all(lambda n: self._apply(n, changes))
         mirror = self.mirror  # only once every node took the batch (the runner retries it otherwise)
         for ep, (_, want) in changes.items():
@@ -413,5 +425,8 @@ class AstDbSink:
         for k in dels:  # Success, or Error for a key already gone: gone either way
             held.pop(k, None)
         if refused:
-            # DBDel of a missing key answers Error and is fine; a refused DBPut is not.
-            raise PermanentWriteError(f"AMI {node.client.name} refused DBPut: {refused[0]}")
+            # DBDel of a missing key answers Error and is fine; a refused DBPut is not. With keys
+            # checked against Asterisk's length limit before sending (write_batch), what is left
+            # is the node's database refusing writes (disk full, read-only file): the node is
+            # unavailable, the batch is retried (offsets held) and nothing is dropped.
+            raise SinkUnavailable(f"AMI {node.client.name} refused DBPut ({refused[0]}): its AstDB takes no writes", 1.0)

@@ -719,6 +719,8 @@ async def _db_put(node: AmiNode, s: AmiSession, a: Action) -> None:
         s.respond(a, "Error", [("Message", "No family specified")])
     elif not a.get("Key"):
         s.respond(a, "Error", [("Message", "No key specified")])
+    elif len(a.get("Family").encode()) + len(a.get("Key").encode()) + 2 > 255:  # ast_db_put: MAX_DB_FIELD 256
+        s.respond(a, "Error", [("Message", "Failed to update entry")])
     elif node.astdb.put(a.get("Family"), a.get("Key"), a.get("Val")):
         s.respond(a, "Success", [("Message", "Updated database successfully")])
     else:  # manager.c action_dbput when ast_db_put fails

@@ -150,10 +150,11 @@ async def test_astdb_sends_only_changed_keys_and_nothing_on_a_restart(kafka, top
         await sim.stop()
 
 
-async def test_astdb_refused_write_is_dead_lettered_and_sent_again_later(kafka, topics, unique) -> None:
-    """A node whose AstDB refuses writes (disk full): the row is dead-lettered (the other node
-    keeps it), and the key is not taken as written: once the node accepts writes again, the
-    same values are sent to it, not skipped as already there."""
+async def test_astdb_node_refusing_writes_is_retried_and_a_too_long_key_is_a_dead_letter(kafka, topics, unique) -> None:
+    """A node whose AstDB refuses writes (disk full) is unavailable, not a reason to drop rows:
+    the batch is retried until the node takes it, and the refused keys are not taken as
+    written. A key longer than Asterisk stores (family + key ≤ 253 bytes) is refused by every
+    node every time: that row alone goes to the dead-letter topic, the others land."""
     from tests.support.locations import read_all
 
     items: list[Any] = [(f"PJSIP/{3000 + i}", location(f"PJSIP/{3000 + i}", "node1")) for i in range(5)]
@@ -168,19 +169,26 @@ async def test_astdb_refused_write_is_dead_lettered_and_sent_again_later(kafka, 
         async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
             want = expected(items)
             await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            before = UNAVAILABLE.labels("astdb")._value.get()
             await sim.astdb_read_only("node2")
             moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2))]
             await produce(kafka, topics.topic_locations, moved)
-            letters = await eventually(lambda: read_all(kafka, topics.topic_deadletter),
-                                       lambda recs: any(k == b"PJSIP/3001" for k, _, _ in recs))
-            assert any(k == b"PJSIP/3001" for k, _, _ in letters)
-            assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"
-            assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused
-
+            await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before + 1)
+            assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"  # node1 took it
+            assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused, retried
             await sim.astdb_read_only("node2", False)
-            again = [("PJSIP/3001", location("PJSIP/3001", "node2", version=3))]  # the same keys and values
-            await produce(kafka, topics.topic_locations, again)
-            want = expected(items + again)
+            want = expected(items + moved)
+            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+            assert got == [want, want]  # nothing produced since: the retry delivered it
+
+            huge = "PJSIP/" + "x" * 240  # "contact/" + 240 bytes + "astreg" + 2 > 255
+            more = [(huge, location(huge, "node1")), ("PJSIP/3009", location("PJSIP/3009", "node2"))]
+            await produce(kafka, topics.topic_locations, more)
+            letters = await eventually(lambda: read_all(kafka, topics.topic_deadletter),
+                                       lambda recs: any(k == huge.encode() for k, _, _ in recs))
+            (headers,) = [dict(h) for k, _, h in letters if k == huge.encode()]
+            assert b"MAX_DB_FIELD" in headers["astreg.reason"], headers
+            want = expected(items + moved + more[1:])
             got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
             assert got == [want, want]
     finally:
