@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import unquote
 
@@ -34,6 +36,19 @@ async def trees(sim: Simulator) -> list[dict[str, str]]:
 
 async def _value(v: float) -> float:
     return v
+
+
+@contextlib.asynccontextmanager
+async def two_nodes() -> AsyncIterator[tuple[Simulator, AstDbSettings]]:
+    """Two simulated nodes with an empty AstDB, and sink settings for both."""
+    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
+    await sim.start()
+    try:
+        ports = sim.ports
+        yield sim, AstDbSettings(ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
+                                 ami_secret="astreg", timeout=3)
+    finally:
+        await sim.stop()
 
 
 async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kafka, topics, unique) -> None:
@@ -111,21 +126,24 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
         await sim.stop()
 
 
+@contextlib.asynccontextmanager
+async def synced_sink(kafka: Any, topics: Any, group: str, sim: Simulator, settings: AstDbSettings,
+                      items: list[Any]) -> AsyncIterator[AstDbSink]:
+    """A running AstDB sink, once both nodes hold ``items``."""
+    sink = AstDbSink(settings)
+    async with running(sink, kafka, topics, group=group, backoff_max=0.5):
+        want = expected(items)
+        await eventually(lambda: trees(sim), lambda t: t == [want, want])
+        yield sink
+
+
 async def test_astdb_sends_only_changed_keys_and_nothing_on_a_restart(kafka, topics, unique) -> None:
     """A move changes ``node/`` alone: one DBPut per node, not four. A sink restarted against
     nodes that already hold the topic reads them (DBGetTree) and writes nothing."""
     items: list[Any] = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}", "node1")) for i in range(30)]
     await produce(kafka, topics.topic_locations, items)
-    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
-    await sim.start()
-    try:
-        ports = sim.ports
-        settings = AstDbSettings(ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
-                                 ami_secret="astreg", timeout=3)
-        sink = AstDbSink(settings)
-        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
-            want = expected(items)
-            await eventually(lambda: trees(sim), lambda t: t == [want, want])
+    async with two_nodes() as (sim, settings):
+        async with synced_sink(kafka, topics, f"g-{unique}", sim, settings, items) as sink:
             assert sink.actions_sent == 2 * 4 * 30  # the first reconcile: every key, both nodes
             sent = sink.actions_sent
             moves = [(f"PJSIP/{2000 + i}", location(f"PJSIP/{2000 + i}", "node2", version=2)) for i in range(10)]
@@ -146,8 +164,6 @@ async def test_astdb_sends_only_changed_keys_and_nothing_on_a_restart(kafka, top
             await eventually(lambda: _value(again.reconciles), lambda n: n >= 2)
             assert again.ready and again.actions_sent == 0
             assert await trees(sim) == [want, want]
-    finally:
-        await sim.stop()
 
 
 async def test_astdb_node_refusing_writes_is_retried_and_a_too_long_key_is_a_dead_letter(kafka, topics, unique) -> None:
@@ -159,37 +175,26 @@ async def test_astdb_node_refusing_writes_is_retried_and_a_too_long_key_is_a_dea
 
     items: list[Any] = [(f"PJSIP/{3000 + i}", location(f"PJSIP/{3000 + i}", "node1")) for i in range(5)]
     await produce(kafka, topics.topic_locations, items)
-    sim = Simulator(SimConfig(nodes=2, phones=0, host="127.0.0.1", ami_port=0, initial="none"))
-    await sim.start()
-    try:
-        ports = sim.ports
-        settings = AstDbSettings(ami=f"127.0.0.1:{ports['node1']},127.0.0.1:{ports['node2']}", ami_user="astreg",
-                                 ami_secret="astreg", timeout=3)
-        sink = AstDbSink(settings)
-        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
-            want = expected(items)
-            await eventually(lambda: trees(sim), lambda t: t == [want, want])
-            before = UNAVAILABLE.labels("astdb")._value.get()
-            await sim.astdb_read_only("node2")
-            moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2))]
-            await produce(kafka, topics.topic_locations, moved)
-            await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before + 1)
-            assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"  # node1 took it
-            assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused, retried
-            await sim.astdb_read_only("node2", False)
-            want = expected(items + moved)
-            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
-            assert got == [want, want]  # nothing produced since: the retry delivered it
+    async with two_nodes() as (sim, settings), synced_sink(kafka, topics, f"g-{unique}", sim, settings, items):
+        before = UNAVAILABLE.labels("astdb")._value.get()
+        await sim.astdb_read_only("node2")
+        moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2))]
+        await produce(kafka, topics.topic_locations, moved)
+        await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before + 1)
+        assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"  # node1 took it
+        assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused, retried
+        await sim.astdb_read_only("node2", False)
+        want = expected(items + moved)
+        got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+        assert got == [want, want]  # nothing produced since: the retry delivered it
 
-            huge = "PJSIP/" + "x" * 240  # "contact/" + 240 bytes + "astreg" + 2 > 255
-            more = [(huge, location(huge, "node1")), ("PJSIP/3009", location("PJSIP/3009", "node2"))]
-            await produce(kafka, topics.topic_locations, more)
-            letters = await eventually(lambda: read_all(kafka, topics.topic_deadletter),
-                                       lambda recs: any(k == huge.encode() for k, _, _ in recs))
-            (headers,) = [dict(h) for k, _, h in letters if k == huge.encode()]
-            assert b"MAX_DB_FIELD" in headers["astreg.reason"], headers
-            want = expected(items + moved + more[1:])
-            got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
-            assert got == [want, want]
-    finally:
-        await sim.stop()
+        huge = "PJSIP/" + "x" * 240  # "contact/" + 240 bytes + "astreg" + 2 > 255
+        more = [(huge, location(huge, "node1")), ("PJSIP/3009", location("PJSIP/3009", "node2"))]
+        await produce(kafka, topics.topic_locations, more)
+        letters = await eventually(lambda: read_all(kafka, topics.topic_deadletter),
+                                   lambda recs: any(k == huge.encode() for k, _, _ in recs))
+        (headers,) = [dict(h) for k, _, h in letters if k == huge.encode()]
+        assert b"MAX_DB_FIELD" in headers["astreg.reason"], headers
+        want = expected(items + moved + more[1:])
+        got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
+        assert got == [want, want]
