@@ -691,93 +691,131 @@ def _no_reader(data: bytes, start: int) -> Any:  # marker: no flat reader for th
 _NO_READER = _no_reader
 
 
+class _Unsupported(Exception):
+    """A schema or model shape the generated reader does not cover: fastavro reads it."""
+
+
 def _generate_flat_reader(schema: dict[str, Any], model: type) -> Callable[[bytes, int], Any] | None:
     """``read(data, start) -> model`` for the record at ``data[start:]``; raises IndexError
-    (truncated), UnicodeDecodeError or _BadBody (anything else wrong, incl. trailing bytes)."""
-    if not dataclasses.is_dataclass(model):
+    (truncated), UnicodeDecodeError or _BadBody (anything else wrong, incl. trailing bytes).
+
+    Covers what the contract uses: null, boolean, int, long, string, enum, [null, X] unions of
+    those, arrays of those or of records, and nested records, each record built inline into its
+    frozen slotted dataclass (schemas.fastdc). Anything else: None (fastavro reads it)."""
+    env: dict[str, Any] = {"Bad": _BadBody}
+    lines: list[str] = []
+    try:
+        top = _gen_record_reader(schema, model, env, lines, [0])
+    except _Unsupported:
         return None
+    lines += ["def read(buf, pos):", "    size = len(buf)", f"    obj, pos = {top}(buf, pos, size)",
+              "    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')", "    return obj"]
+    exec(compile("\n".join(lines), f"<avro reader {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
+    return env["read"]  # type: ignore[no-any-return]
+
+
+def _read_long_lines(var: str, ind: str) -> list[str]:
+    return [f"{ind}b = buf[pos]; pos += 1", f"{ind}if b < 128: {var} = (b >> 1) ^ -(b & 1)", f"{ind}else:",
+            f"{ind}    n = b & 127; s = 7",
+            f"{ind}    while b > 127:",
+            f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << s; s += 7",
+            f"{ind}        if s > 70: raise Bad('varint too long')",
+            f"{ind}    {var} = (n >> 1) ^ -(n & 1)"]
+
+
+def _gen_record_reader(schema: dict[str, Any], model: type, env: dict[str, Any], lines: list[str],
+                       counter: list[int]) -> str:
+    """Add ``def R<k>(buf, pos, size) -> (obj, pos)`` for one record to ``lines``; its name."""
+    if not dataclasses.is_dataclass(model) or not schema.get("fields"):
+        raise _Unsupported(getattr(model, "__name__", str(model)))
+    k = counter[0]
+    counter[0] += 1
+    name = f"R{k}"
     hints = typing.get_type_hints(model)
     fields = {f.name for f in dataclasses.fields(model)}
-    env: dict[str, Any] = {"cls": model, "Bad": _BadBody}
-    lines = ["def read(buf, pos):"]
-    args: list[str] = []
+    body: list[str] = []
+    values: dict[str, str] = {}
 
-    def read_long(var: str, ind: str) -> list[str]:
-        return [f"{ind}b = buf[pos]; pos += 1", f"{ind}if b < 128: {var} = (b >> 1) ^ -(b & 1)", f"{ind}else:",
-                f"{ind}    n = b & 127; s = 7",
-                f"{ind}    while b > 127:",
-                f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << s; s += 7",
-                f"{ind}        if s > 70: raise Bad('varint too long')",
-                f"{ind}    {var} = (n >> 1) ^ -(n & 1)"]
-
-    def scalar(t: Any, var: str, ind: str, fname: str) -> list[str] | None:
+    def scalar(t: Any, var: str, ind: str, ftype: Any) -> list[str]:
         if isinstance(t, dict) and t.get("type") == "enum":
-            ftype = hints.get(fname)
             inner = [a for a in typing.get_args(ftype) if a is not type(None)] if ftype is not None else []
             ecls = inner[0] if len(inner) == 1 else ftype
             members: tuple[Any, ...]
             if isinstance(ecls, type) and issubclass(ecls, enum.Enum):
                 try:
                     members = tuple(ecls(sym) for sym in t["symbols"])
-                except ValueError:
-                    return None
+                except ValueError as exc:
+                    raise _Unsupported(str(exc)) from exc
             else:
                 members = tuple(t["symbols"])
-            env[f"E_{fname}"] = members
-            return [*read_long("i", ind), f"{ind}if i < 0: raise Bad('negative enum index')",
-                    f"{ind}{var} = E_{fname}[i]"]
+            ename = f"E{k}_{len(env)}"
+            env[ename] = members
+            return [*_read_long_lines("i", ind), f"{ind}if i < 0: raise Bad('negative enum index')",
+                    f"{ind}{var} = {ename}[i]"]
+        if isinstance(t, dict) and t.get("type") == "record":
+            rmodel = ftype
+            rname = _gen_record_reader(t, rmodel, env, lines, counter)
+            return [f"{ind}{var}, pos = {rname}(buf, pos, size)"]
         if isinstance(t, dict):
             t = t.get("type")
             if isinstance(t, dict | list):
-                return None
+                raise _Unsupported(str(t))
         if t in ("long", "int"):
-            return read_long(var, ind)
+            return _read_long_lines(var, ind)
         if t == "string":
-            return [*read_long("ln", ind), f"{ind}if ln < 0: raise Bad('negative string length')",
+            return [*_read_long_lines("ln", ind), f"{ind}if ln < 0: raise Bad('negative string length')",
                     f"{ind}end = pos + ln", f"{ind}if end > size: raise IndexError('string past the end')",
                     f"{ind}{var} = buf[pos:end].decode(); pos = end"]
         if t == "boolean":
             return [f"{ind}b = buf[pos]; pos += 1", f"{ind}if b > 1: raise Bad('bad boolean')", f"{ind}{var} = b == 1"]
-        return None
+        raise _Unsupported(str(t))
 
-    lines.append("    size = len(buf)")
     for f in schema["fields"]:
-        name, t = f["name"], f["type"]
-        if not name.isidentifier():
-            return None
-        var = f"f_{name}"
+        fname, t = f["name"], f["type"]
+        if not fname.isidentifier():
+            raise _Unsupported(fname)
+        var = f"f_{fname}"
+        ftype = hints.get(fname)
         if isinstance(t, list):
             if len(t) != 2 or "null" not in t:
-                return None
+                raise _Unsupported(str(t))
             ni = t.index("null")
-            body = scalar(t[1 - ni], var, "        ", name)
-            if body is None:
-                return None
-            lines += ["    b = buf[pos]; pos += 1", f"    if b == {ni * 2}: {var} = None",
-                      f"    elif b == {(1 - ni) * 2}:", *body, "    else: raise Bad('bad union branch')"]
+            inner = [a for a in typing.get_args(ftype) if a is not type(None)] if ftype is not None else []
+            branch = scalar(t[1 - ni], var, "        ", inner[0] if len(inner) == 1 else ftype)
+            body += ["    b = buf[pos]; pos += 1", f"    if b == {ni * 2}: {var} = None",
+                     f"    elif b == {(1 - ni) * 2}:", *branch, "    else: raise Bad('bad union branch')"]
+        elif isinstance(t, dict) and t.get("type") == "array":
+            origin = typing.get_origin(ftype)
+            args = typing.get_args(ftype)
+            if origin not in (tuple, list) or not args:
+                raise _Unsupported(f"{fname}: {ftype}")
+            item = scalar(t["items"], "it", "            ", args[0])
+            # Every supported item takes at least one byte: a count beyond the bytes left is a lie.
+            body += [f"    {var} = []", "    while True:", *_read_long_lines("cnt", "        "),
+                     "        if cnt == 0: break",
+                     "        if cnt < 0:", "            cnt = -cnt", *_read_long_lines("bsz", "            "),
+                     "        if cnt > size - pos: raise Bad('array longer than the record')",
+                     "        for _ in range(cnt):", *item, f"            {var}.append(it)"]
+            if origin is tuple:
+                body.append(f"    {var} = tuple({var})")
         else:
-            body = scalar(t, var, "    ", name)
-            if body is None:
-                return None
-            lines += body
-        if name in fields:
-            args.append(f"{name}={var}")
+            body += scalar(t, var, "    ", ftype)
+        if fname in fields:
+            values[fname] = var
     if {f.name for f in dataclasses.fields(model) if f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING} - {a.split("=")[0] for a in args}:
-        return None  # a required model field the schema lacks: let the generic path complain
-    lines.append("    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')")
+            and f.default_factory is dataclasses.MISSING} - set(values):
+        raise _Unsupported("a required model field the schema lacks")  # the generic path complains
     try:
         # A frozen dataclass's __init__ sets each field through object.__setattr__ (~6 µs for
         # RegistrationEvent); schemas.fastdc builds the same object from its slots, inline.
-        dc_env, dc_lines = inline_maker(model, dict(a.split("=", 1) for a in args), var="obj")
+        dc_env, dc_lines = inline_maker(model, values, var="obj", prefix=f"_dc{k}_")
         env.update(dc_env)
-        lines += dc_lines
-        lines.append("    return obj")
+        body += dc_lines
     except TypeError:  # not slotted, or has __post_init__: its own constructor
-        env["make"] = model
-        lines.append("    return make(" + ", ".join(args) + ")")
-    exec(compile("\n".join(lines), f"<avro reader {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
-    return env["read"]  # type: ignore[no-any-return]
+        env[f"M{k}"] = model
+        body.append(f"    obj = M{k}(" + ", ".join(f"{n}={v}" for n, v in values.items()) + ")")
+    lines += [f"def {name}(buf, pos, size):", *body, "    return obj, pos", ""]
+    return name
 
 
 def _compile_writer(model: type, schema: dict[str, Any]) -> Callable[[Any, bytearray], None]:

@@ -79,25 +79,27 @@ def replacer(cls: type[T]) -> Callable[..., T]:
     return env["replace"]  # type: ignore[no-any-return]
 
 
-def inline_maker(cls: type, values: dict[str, str], var: str = "o", indent: str = "    ") -> tuple[dict[str, Any], list[str]]:
+def inline_maker(cls: type, values: dict[str, str], var: str = "o", indent: str = "    ",
+                 prefix: str = "_dc_") -> tuple[dict[str, Any], list[str]]:
     """Source lines building ``cls`` into ``var`` inside generated code (no call at all).
 
     ``values`` maps field names to expressions; the other fields get their defaults (a field
     without one is refused, as ``cls()`` would). Returns the names the lines need (to merge
-    into the generated function's globals; all prefixed ``_dc_``) and the lines. A call with
+    into the generated function's globals; all start with ``prefix``: give each class its own
+    when several are built in one namespace) and the lines. A call with
     some thirty keywords costs more than the slots it fills: the Avro reader of
     RegistrationEvent builds the object inline instead."""
     fields = _check(cls)
-    env = {f"_dc_{k}": v for k, v in _env(cls, fields).items()}
-    lines = [f"{indent}{var} = _dc_new(_dc_cls)"]
+    env = {f"{prefix}{k}": v for k, v in _env(cls, fields).items()}
+    lines = [f"{indent}{var} = {prefix}new({prefix}cls)"]
     for f in fields:
         if f.name in values:
             expr = values[f.name]
         elif f.default is not dataclasses.MISSING:
-            expr = f"_dc_D_{f.name}"
+            expr = f"{prefix}D_{f.name}"
         elif f.default_factory is not dataclasses.MISSING:
-            expr = f"_dc_F_{f.name}()"
+            expr = f"{prefix}F_{f.name}()"
         else:
             raise TypeError(f"{cls.__name__}: no value for {f.name}")
-        lines.append(f"{indent}_dc_S_{f.name}({var}, {expr})")
+        lines.append(f"{indent}{prefix}S_{f.name}({var}, {expr})")
     return env, lines

@@ -88,6 +88,64 @@ def test_flat_reader_rejects_what_fastavro_rejects(ev: RegistrationEvent, data: 
             assert got == want
 
 
+@FAST
+@given(endpoint_locations)
+def test_flat_reader_endpoint_location_arrays_and_nested_records(loc: EndpointLocation) -> None:
+    """EndpointLocation (an array of Contact records, an array of strings) through the generated
+    reader equals fastavro's, tuples and all."""
+    codec = Codec.for_model(EndpointLocation)
+    data = codec.encode(loc)
+    fast = codec.decode(data)
+    assert codec._flat_reader is not None and codec._flat_reader.__name__ == "read"  # the fast path ran
+    assert fast == _fastavro_decode(codec, data) == loc
+    assert type(fast.contacts) is tuple and type(fast.nodes) is tuple and hash(fast) == hash(loc)
+
+
+@FAST
+@given(endpoint_locations, st.data())
+def test_flat_reader_endpoint_location_rejects_what_fastavro_rejects(loc: EndpointLocation, data: st.DataObject) -> None:
+    codec = Codec.for_model(EndpointLocation)
+    good = codec.encode(loc)
+    cut = data.draw(st.integers(10, len(good) - 1))
+    flip = data.draw(st.integers(10, len(good) - 1))
+    byte = data.draw(st.integers(0, 255))
+    for bad in (good[:cut], good + b"\x00", good[:flip] + bytes([byte]) + good[flip + 1:]):
+        try:
+            want = _fastavro_decode(codec, bad)
+        except (UndecodableRecord, TypeError, ValueError):
+            want = None
+        try:
+            got = codec.decode(bad)
+        except UndecodableRecord:
+            got = None
+        if got is not None:
+            assert got == want
+
+
+def test_flat_reader_array_blocks_with_sizes_and_lying_counts() -> None:
+    """Avro lets a writer split an array into blocks, a negative count followed by the block's
+    byte size; a count larger than the bytes left is refused at once (no huge loop)."""
+    import io
+
+    import fastavro
+
+    codec = Codec.for_model(EndpointLocation)
+    loc = EndpointLocation(endpoint="PJSIP/1", technology="PJSIP", resource="1", updated_at_ms=1,
+                           nodes=("n1", "n2", "n3"))
+    good = codec.encode(loc)
+    plain = io.BytesIO()
+    fastavro.schemaless_writer(plain, codec.schema, codec.decode_dict(good))
+    body = plain.getvalue()
+    nodes = b"\x06\x04n1\x04n2\x04n3\x00"  # count 3, three strings, end
+    assert body.count(nodes) == 1
+    blocked = bytes([5, 18]) + b"\x04n1\x04n2\x04n3\x00"  # zigzag: count -3, then a block of 9 bytes
+    header = good[: len(good) - len(body)]
+    assert codec.decode(header + body.replace(nodes, blocked)) == loc
+    lying = bytes([0x80, 0x80, 0x80, 0x08]) + b"\x04n1\x00"  # zigzag count 2^23, 4 bytes left
+    with pytest.raises(UndecodableRecord, match="array longer than the record"):
+        codec.decode(header + body.replace(nodes, lying))
+
+
 def test_flat_reader_error_messages() -> None:
     codec = Codec.for_model(RegistrationEvent)
     good = codec.encode(RegistrationEvent(endpoint="PJSIP/1", node="n", producer_epoch=1, seq=1, event_time_ms=1))
