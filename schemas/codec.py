@@ -705,11 +705,9 @@ def _generate_flat_reader(schema: dict[str, Any], model: type) -> Callable[[byte
     env: dict[str, Any] = {"Bad": _BadBody}
     lines: list[str] = []
     try:
-        top = _gen_record_reader(schema, model, env, lines, [0])
+        _gen_record_reader(schema, model, env, lines, [0], top=True)
     except _Unsupported:
         return None
-    lines += ["def read(buf, pos):", "    size = len(buf)", f"    obj, pos = {top}(buf, pos, size)",
-              "    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')", "    return obj"]
     exec(compile("\n".join(lines), f"<avro reader {schema.get('name')}>", "exec"), env)  # noqa: S102 - generated from our own .avsc
     return env["read"]  # type: ignore[no-any-return]
 
@@ -724,8 +722,11 @@ def _read_long_lines(var: str, ind: str) -> list[str]:
 
 
 def _gen_record_reader(schema: dict[str, Any], model: type, env: dict[str, Any], lines: list[str],
-                       counter: list[int]) -> str:
-    """Add ``def R<k>(buf, pos, size) -> (obj, pos)`` for one record to ``lines``; its name."""
+                       counter: list[int], top: bool = False) -> str:
+    """Add ``def R<k>(buf, pos, size) -> (obj, pos)`` for one record to ``lines``; its name.
+
+    ``top``: the record is the whole body, ``def read(buf, pos) -> obj`` (no call on the hot
+    path for a flat record), which refuses trailing bytes."""
     if not dataclasses.is_dataclass(model) or not schema.get("fields"):
         raise _Unsupported(getattr(model, "__name__", str(model)))
     k = counter[0]
@@ -814,6 +815,10 @@ def _gen_record_reader(schema: dict[str, Any], model: type, env: dict[str, Any],
     except TypeError:  # not slotted, or has __post_init__: its own constructor
         env[f"M{k}"] = model
         body.append(f"    obj = M{k}(" + ", ".join(f"{n}={v}" for n, v in values.items()) + ")")
+    if top:
+        lines += ["def read(buf, pos):", "    size = len(buf)", *body,
+                  "    if pos != size: raise Bad(f'{size - pos} trailing bytes after the record')", "    return obj"]
+        return "read"
     lines += [f"def {name}(buf, pos, size):", *body, "    return obj, pos", ""]
     return name
 

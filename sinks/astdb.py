@@ -407,9 +407,8 @@ class AstDbSink:
         """DBPut/DBDel, pipelined; ``node.held`` follows every answer, a refusal included."""
         if not puts and not dels:
             return
-        if node.held is None:
-            node.held = {}
         held, family = node.held, self.family
+        assert held is not None, "read by _reconcile before any write"
         requests: list[tuple[str, Iterable[tuple[str, str]]]] = [
             ("DBPut", (("Family", family), ("Key", k), ("Val", v))) for k, v in puts.items()]
         requests += [("DBDel", (("Family", family), ("Key", k))) for k in dels]

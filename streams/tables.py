@@ -73,6 +73,8 @@ class RowCache(OrderedDict[str, "Row | None"]):
         self.limit = limit
 
     def remember(self, key: str, row: Row | None) -> None:
+        if self.limit <= 0:
+            return
         if key in self:  # the order is the order of last write (or read from the store)
             self.move_to_end(key)
         elif len(self) >= self.limit:

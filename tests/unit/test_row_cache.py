@@ -36,3 +36,9 @@ def test_matches_a_reference_lru(limit: int, keys: list[str]) -> None:
         model.append(key)
         assert list(cache) == model
     assert all(cache[k] == max(i for i, x in enumerate(keys) if x == k) for k in model)
+
+
+def test_a_zero_limit_keeps_nothing() -> None:
+    cache = RowCache(0)
+    cache.remember("a", None)
+    assert len(cache) == 0
