@@ -421,8 +421,19 @@ class AstDbSink:
             else:
                 held[k] = _UNKNOWN
                 refused.append(answer[0].get("Message", "?"))
-        for k in dels:  # Success, or Error for a key already gone: gone either way
-            held.pop(k, None)
+        undeleted = 0
+        for k, answer in zip(dels, answers[len(puts):], strict=True):
+            if answer[0].get("Response") == "Success":
+                held.pop(k, None)
+            else:
+                # Only keys the node was known to hold are deleted, so an Error is its database
+                # refusing writes, or a key someone else removed meanwhile: keep it unknown and
+                # reconcile first on the retry (DBGetTree tells which).
+                held[k] = _UNKNOWN
+                node.dirty = True
+                undeleted += 1
+        if undeleted and not refused:
+            raise SinkUnavailable(f"AMI {node.client.name} refused {undeleted} DBDel: its AstDB takes no writes", 1.0)
         if refused:
             # DBDel of a missing key answers Error and is fine; a refused DBPut is not. With keys
             # checked against Asterisk's length limit before sending (write_batch), what is left

@@ -178,11 +178,13 @@ async def test_astdb_node_refusing_writes_is_retried_and_a_too_long_key_is_a_dea
     async with two_nodes() as (sim, settings), synced_sink(kafka, topics, f"g-{unique}", sim, settings, items):
         before = UNAVAILABLE.labels("astdb")._value.get()
         await sim.astdb_read_only("node2")
-        moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2))]
+        moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2)), ("PJSIP/3002", None)]
         await produce(kafka, topics.topic_locations, moved)
         await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before + 1)
         assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"  # node1 took it
         assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused, retried
+        assert "/astreg/node/3002" not in await tree(sim, "node1")
+        assert "/astreg/node/3002" in await tree(sim, "node2")  # the delete too
         await sim.astdb_read_only("node2", False)
         want = expected(items + moved)
         got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
