@@ -203,7 +203,7 @@ class SinkRunner:
             logger.info("sink %s: the store does not hold what an earlier run wrote: rebuilding it", self.sink.kind)
             self._rebuild_next = True
         self._producer = AIOKafkaProducer(
-            **self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotence, acks="all"
+            **self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotent, acks="all"
         )
         self._consumer = AIOKafkaConsumer(
             **self.kafka.aiokafka_kwargs(),
@@ -266,6 +266,10 @@ class SinkRunner:
         ends: dict[TopicPartition, int] = {}
         for tp, records in fetched.items():
             alive = self._rebuilding.get(tp)
+            if alive is None and tp.partition in self._rebuilt_partitions:
+                # Rebuilt to its end but not reconciled yet (other partitions still reading):
+                # what arrives now is alive too, or the reconcile would delete it.
+                alive = self._rebuilt
             for rec in records:
                 ends[tp] = rec.offset + 1
                 key, value = await self._decode(rec)
