@@ -4,7 +4,10 @@ Sections (each also runnable alone with ``--only``): simulator generation rate, 
 throughput + RSS, stream throughput (astreg worker vs a naive Faust app vs raw aiokafka
 consume+decode, same broker, same run), sink upserts/s, query latency under 50 clients,
 end-to-end AMI event → SQL row latency at a steady rate, storm convergence (every store: SQLite
-and each live node's AstDB), worker recovery. One embedded broker serves the whole run. Prints
+and each live node's AstDB), worker recovery. One broker serves the whole run: Apache Kafka
+(``--kafka apache``, the reference, started from Maven Central's jars by :mod:`astreg.kafka`), the
+embedded one (``--kafka embedded``), or both one after the other (``--kafka both``: every
+section on each, then a table of the figures side by side with their ratio). Prints
 a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps the
 whole run under two minutes on a 2-core machine (~100 s; its sizes are printed, QUICK_SIZES),
 with e2e and storm on one shared pipeline. Figures go to docs/benchmarks.md.
@@ -73,21 +76,38 @@ NO_BROKER = {"simulator", "alerting"}
 PAIRED = {"e2e": "storm", "storm": "e2e"}  # --quick runs these two on one pipeline
 
 
+# Broker tuning of the benchmark harness (as the tests'): no initial rebalance delay, small
+# internal topics. Never a product default.
+BENCH_BROKER_CONFIG = {
+    "group.initial.rebalance.delay.ms": "0",
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.num.partitions": "4",
+}
+
+
 async def run_sections(names: list[str], quick: bool, work: Path, console: Console,
-                       progress_path: Path | None = None, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    """Run each section on one broker (``kafka``, else an embedded one started here for the
-    whole run); with ``progress_path`` the figures so far are rewritten after every section, so
-    a long run that is stopped keeps what it measured."""
-    broker = None
+                       progress_path: Path | None = None, kafka: KafkaSettings | None = None,
+                       broker_kind: str = "embedded") -> dict[str, Any]:
+    """Run each section on one broker (``kafka``, else one started here for the whole run:
+    ``broker_kind`` "apache" or "embedded"); with ``progress_path`` the figures so far are
+    rewritten after every section, so a long run that is stopped keeps what it measured."""
+    stop: Callable[[], Any] | None = None
     if kafka is None and any(n not in NO_BROKER for n in names):
         work.mkdir(parents=True, exist_ok=True)
-        broker = await asyncio.to_thread(EmbeddedBroker(log_file=work / "broker.log").start)
-        kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+        if broker_kind == "apache":
+            from .kafka import ApacheKafka
+
+            cluster = ApacheKafka(brokers=1, data_dir=work / "kafka", config=BENCH_BROKER_CONFIG)
+            await asyncio.to_thread(cluster.start)
+            kafka, stop = cluster.client_settings(embedded=False), cluster.stop
+        else:
+            broker = await asyncio.to_thread(EmbeddedBroker(log_file=work / "broker.log").start)
+            kafka, stop = KafkaSettings(bootstrap=broker.bootstrap, embedded=True), broker.stop
     try:
         return await _run_sections(names, quick, work, console, progress_path, kafka)
     finally:
-        if broker is not None:
-            await asyncio.to_thread(broker.stop)
+        if stop is not None:
+            await asyncio.to_thread(stop)
 
 
 async def _run_sections(names: list[str], quick: bool, work: Path, console: Console,
@@ -145,8 +165,8 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render(results: dict[str, Any], console: Console) -> None:
-    table = Table(title="astreg bench", show_lines=False)
+def render(results: dict[str, Any], console: Console, title: str = "astreg bench") -> None:
+    table = Table(title=title, show_lines=False)
     table.add_column("section")
     table.add_column("figure")
     table.add_column("value", justify="right")
@@ -198,30 +218,64 @@ def plot(results: dict[str, Any], path: Path) -> None:
               show_envvar=True, help="Write all figures as JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(path_type=Path), default=None, envvar="ASTREG_BENCH_PLOT",
               show_envvar=True, help="Plot latency and throughput over time to this PNG.")
-def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None) -> None:
-    """Measure astreg against its baselines on this machine (embedded broker)."""
+@click.option("--kafka", "kind", type=click.Choice(["apache", "embedded", "both"]), default="apache",
+              envvar="ASTREG_BENCH_KAFKA", show_envvar=True,
+              help="Broker of the run: Apache Kafka (the reference), the embedded one, or both side by side.  "
+              "[default: apache]")
+def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None, kind: str) -> None:
+    """Measure astreg against its baselines on this machine."""
     console = Console()
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SECTIONS]
     if unknown:
         raise click.UsageError(f"unknown sections: {', '.join(unknown)}")
     console.print(f"sizes ({'--quick' if quick else 'full'}): {QUICK_SIZES if quick else FULL_SIZES}")
+    kinds = ["apache", "embedded"] if kind == "both" else [kind]
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
-        results = asyncio.run(run_sections(names, quick, Path(tmp), console, json_path))
-    meta = {"quick": quick, "sizes": QUICK_SIZES if quick else FULL_SIZES, "total_s": round(time.monotonic() - t0, 1), "python": platform.python_version(),
+    runs: dict[str, dict[str, Any]] = {}
+    for k in kinds:
+        console.print(f"[bold]broker: {k}[/]")
+        progress = json_path.with_suffix(f".{k}.partial.json") if json_path and len(kinds) > 1 else json_path
+        with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
+            runs[k] = asyncio.run(run_sections(names, quick, Path(tmp), console, progress, broker_kind=k))
+        if progress is not None and progress != json_path:
+            progress.unlink(missing_ok=True)
+    meta = {"quick": quick, "sizes": QUICK_SIZES if quick else FULL_SIZES, "total_s": round(time.monotonic() - t0, 1),
+            "python": platform.python_version(), "brokers": kinds,
             "machine": f"{platform.machine()} {platform.node()}", "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    render(results, console)
+    for k, results in runs.items():
+        render(results, console, title=f"astreg bench — {k}")
+    if len(runs) == 2:
+        render_side_by_side(runs["apache"], runs["embedded"], console)
     console.print(f"total {meta['total_s']} s")
     if json_path:
-        json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
+        json_path.write_text(json.dumps({"meta": meta, "results": runs[kinds[0]], "runs": runs}, indent=2, default=str))
     if plot_path:
-        plot(results, plot_path)
-    failed = failures(results)
+        plot(runs[kinds[0]], plot_path)
+    failed = [f"{k}: {line}" if len(runs) > 1 else line for k, results in runs.items() for line in failures(results)]
     for line in failed:
         console.print(f"[red]failed[/]: {line}")
     if failed:
         raise SystemExit(1)
+
+
+def render_side_by_side(apache: dict[str, Any], embedded: dict[str, Any], console: Console) -> None:
+    """Every numeric figure measured on both brokers, with the ratio Apache Kafka / embedded."""
+    table = Table(title="Apache Kafka vs embedded (same run)", show_lines=False)
+    for col, justify in (("section", "left"), ("figure", "left"), ("apache", "right"), ("embedded", "right"),
+                         ("apache/embedded", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    for section, figures in apache.items():
+        other = embedded.get(section, {})
+        label = section
+        for key, value in figures.items():
+            twin = other.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not isinstance(twin, int | float):
+                continue
+            ratio = f"{value / twin:.2f}" if twin else "-"
+            table.add_row(label, key, _fmt(value), _fmt(twin), ratio)
+            label = ""
+    console.print(table)
 
 
 def failures(results: dict[str, Any]) -> list[str]:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .kafka.probe import EMBEDDED_CLUSTER_IDS
 
 __all__ = ["EmbeddedBroker", "free_port", "broker_binary", "wait_port", "leave_groups_at_generation_zero"]
 
@@ -79,7 +80,8 @@ class EmbeddedBroker:
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--cluster-id", EMBEDDED_CLUSTER_IDS[1]],  # how components recognise it
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 
 import click
 
@@ -25,6 +26,7 @@ __all__ = ["main", "configure_logging"]
 # name -> "module:attribute" of a click command; imported on first use.
 SUBCOMMANDS: dict[str, str] = {
     "broker": "astreg.cli:broker",
+    "kafka": "astreg.cli:kafka",
     "topics": "astreg.cli:topics",
     "simulate": "producers.simulator.cli:simulate",
     "producer": "producers.cli:producer",
@@ -106,6 +108,88 @@ def broker(port: int | None, create_topics: bool, **kw: object) -> None:
         b.stop()
 
 
+@click.command()
+@click.option("--brokers", type=click.Choice(["1", "3"]), default="1", envvar="ASTREG_KAFKA_BROKERS",
+              show_envvar=True, help="Brokers in the cluster (each also a KRaft controller).  [default: 1]")
+@click.option("--port", type=int, default=None, envvar="ASTREG_KAFKA_PORT", show_envvar=True,
+              help="Client port of the first broker (the next ones: +1, +2); free ports when not given.")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, envvar="ASTREG_KAFKA_DATA_DIR",
+              show_envvar=True, help="Keep the cluster here across restarts; a temporary one when not given.")
+@click.option("--protocol", type=click.Choice(["PLAINTEXT", "SASL_SSL", "SASL_PLAINTEXT", "SSL"]),
+              default="PLAINTEXT", envvar="ASTREG_KAFKA_PROTOCOL", show_envvar=True,
+              help="Security of the client listener (SASL = SCRAM-SHA-512/256; SSL: a CA made in the "
+              "data dir).  [default: PLAINTEXT]")
+@click.option("--sasl-user", default="astreg", envvar="ASTREG_KAFKA_SASL_USER", show_envvar=True,
+              help="SCRAM user created with the cluster (SASL protocols).  [default: astreg]")
+@click.option("--sasl-password-file", type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              default=None, envvar="ASTREG_KAFKA_SASL_PASSWORD_FILE", show_envvar=True,
+              help="File holding that user's password (or set ASTREG_KAFKA_SASL_PASSWORD).")
+@click.option("--config", "extra", multiple=True, metavar="KEY=VALUE",
+              help="Extra broker property (repeatable), e.g. group.initial.rebalance.delay.ms=0.")
+@click.option("--heap", default="512m", envvar="ASTREG_KAFKA_HEAP", show_envvar=True,
+              help="JVM heap of each broker.  [default: 512m]")
+@click.option("--fetch-only", is_flag=True, help="Fetch the broker's jars into the cache and exit.")
+@click.option("--create-topics/--no-create-topics", default=False, envvar="ASTREG_KAFKA_CREATE_TOPICS",
+              show_envvar=True, help="Create the contract's topics once the cluster is up.")
+@settings_options(TopicSettings)
+def kafka(brokers: str, port: int | None, data_dir: Path | None, protocol: str, sasl_user: str,
+          sasl_password_file: Path | None, extra: tuple[str, ...], heap: str, fetch_only: bool,
+          create_topics: bool, **kw: object) -> None:
+    """Run Apache Kafka (KRaft) on loopback from Maven Central's jars until SIGINT/SIGTERM."""
+    import os
+
+    from .errors import ConfigError
+    from .kafka import ApacheKafka, KafkaRuntime, ScramUser
+
+    try:
+        if fetch_only:
+            runtime = KafkaRuntime()
+            runtime.java()
+            click.echo(f"kafka={runtime.version} lib={runtime.ensure()}")
+            return
+        config = {}
+        for item in extra:
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"--config {item!r} is not KEY=VALUE")
+            config[key.strip()] = value
+        users = []
+        if protocol.startswith("SASL"):
+            password = (sasl_password_file.read_text().strip() if sasl_password_file
+                        else os.environ.get("ASTREG_KAFKA_SASL_PASSWORD", ""))
+            if not password:
+                raise ConfigError(f"--protocol {protocol} needs --sasl-password-file or ASTREG_KAFKA_SASL_PASSWORD")
+            users = [ScramUser(sasl_user, password)]
+        (tset,) = build(kw, TopicSettings)
+        cluster = ApacheKafka(brokers=int(brokers), port=port, data_dir=data_dir, protocol=protocol,
+                              users=users, config=config, heap=heap)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        cluster.start()
+        if create_topics:
+            from .topics import ensure_topics
+
+            asyncio.run(ensure_topics(cluster.client_settings(embedded=False), tset))
+        click.echo(f"bootstrap={cluster.bootstrap}")
+        click.echo(f"security_protocol={protocol}")
+        if cluster.ca_file is not None:
+            click.echo(f"ssl_cafile={cluster.ca_file}")
+        click.echo(f"data_dir={cluster.data_dir}")
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            dead = [i for i in range(1, int(brokers) + 1) if i not in cluster.alive()]
+            if dead:
+                raise ConfigError(f"Kafka broker {dead[0]} exited:\n{cluster.log_tail(dead[0])}")
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        cluster.stop()
+
+
 @click.group()
 def topics() -> None:
     """Manage the contract's topics."""
@@ -119,6 +203,9 @@ def topics_create(**kw: object) -> None:
     from .topics import ensure_topics
 
     kafka, tset = build(kw, KafkaSettings, TopicSettings)
+    from .preflight import preflight
+
+    preflight(kafka)
     try:
         checks = asyncio.run(ensure_topics(kafka, tset))
     except ConfigError as exc:

@@ -123,8 +123,7 @@ def pipeline(
     topics = TopicSettings(partitions=partitions)
     if suffix:
         topics = topics.with_suffix(suffix)
-    env = {"ASTREG_BOOTSTRAP": kafka.bootstrap, "ASTREG_EMBEDDED": "1" if kafka.embedded else "0",
-           "ASTREG_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", **(extra_env or {})}
     procs = ProcessGroup(log_dir=work / "logs", env=env)
     pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite")
     try:

@@ -93,7 +93,9 @@ def build(kwargs: dict[str, Any], *models: type[S]) -> tuple[Any, ...]:
     for model in models:
         values = {k: kwargs[k] for k in model.model_fields if kwargs.get(k) is not None}
         try:
-            out.append(model(**values))
+            obj = model(**values)
+            resolve = getattr(obj, "resolved", None)  # KafkaSettings: recognise the embedded broker
+            out.append(resolve() if callable(resolve) else obj)
         except ValidationError as exc:
             raise click.UsageError(_friendly(exc)) from exc
         except ConfigError as exc:

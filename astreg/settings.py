@@ -57,13 +57,19 @@ class KafkaSettings(_Base):
     ssl_keyfile: Path | None = Field(None, description="Client private key for mutual TLS.")
     ssl_key_password: SecretStr | None = Field(None, description="Password of the client key.")
     client_id: str = Field("astreg", description="Kafka client id prefix.")
-    idempotence: bool = Field(
-        False,
-        description="Idempotent producers (turn on for Apache Kafka; the embedded broker cannot).",
+    idempotence: bool | None = Field(
+        None,
+        description="Idempotent producers with acks=all [default: on; off on the embedded broker, which cannot].",
     )
-    embedded: bool = Field(
-        False,
-        description="Tune for the embedded Tansu broker (short group timeouts, no idempotence).",
+    embedded: bool | None = Field(
+        None,
+        description="The broker is the embedded Tansu one: short group timeouts, no idempotence "
+        "[default: recognised from the broker's cluster id].",
+    )
+    session_timeout: float = Field(
+        10.0, ge=3, le=300,
+        description="Seconds a consumer group member (worker, sink) may stay silent before its partitions "
+        "move to the others: how long a killed worker's endpoints go unanswered (Kafka's default: 45).",
     )
     schema_registry_url: str | None = Field(
         None, description="Confluent Schema Registry URL; unset = Avro single-object encoding."
@@ -76,6 +82,43 @@ class KafkaSettings(_Base):
         if self.embedded and self.idempotence:
             raise ConfigError("the embedded broker cannot do idempotent producers")
         return self
+
+    @property
+    def idempotent(self) -> bool:
+        """Whether producers are idempotent: asked for, or by default unless on the embedded broker."""
+        return bool(self.idempotence) if self.idempotence is not None else not self.embedded
+
+    def resolved(self, wait: float = 5.0) -> KafkaSettings:
+        """These settings with ``embedded`` decided: when unset, ask the broker its cluster id.
+
+        The embedded broker (see :mod:`astreg.broker`) is recognised by its cluster id, so no
+        command needs a tuning flag for it. A broker that does not answer within ``wait`` seconds,
+        or a TLS/SASL listener (never the embedded broker), counts as Apache Kafka."""
+        if self.embedded is not None:
+            return self
+        embedded = False
+        if self.security_protocol == "PLAINTEXT":
+            embedded = _probe_embedded(self.servers, wait)
+        return self.model_copy(update={"embedded": embedded})
+
+    def env(self) -> dict[str, str]:
+        """``ASTREG_*`` variables that give a child ``astreg`` process this connection (secrets
+        travel in the environment, never on a command line)."""
+        env = {"ASTREG_BOOTSTRAP": self.bootstrap, "ASTREG_SECURITY_PROTOCOL": self.security_protocol,
+               "ASTREG_SASL_MECHANISM": self.sasl_mechanism}
+        if self.embedded is not None:
+            env["ASTREG_EMBEDDED"] = "1" if self.embedded else "0"
+        if self.idempotence is not None:
+            env["ASTREG_IDEMPOTENCE"] = "1" if self.idempotence else "0"
+        if self.sasl_username:
+            env["ASTREG_SASL_USERNAME"] = self.sasl_username
+        if self.sasl_password is not None:
+            env["ASTREG_SASL_PASSWORD"] = self.sasl_password.get_secret_value()
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(self, name)
+            if value is not None:
+                env[f"ASTREG_{name.upper()}"] = str(value)
+        return env
 
     @property
     def servers(self) -> list[str]:
@@ -116,7 +159,10 @@ class KafkaSettings(_Base):
         new records, so every hop would wait up to ``fetch_max_wait_ms``: measured p50 372 ms
         per hop with Faust's 1500 ms, 4 ms with 20 ms); Kafka's defaults otherwise."""
         if not self.embedded:
-            return {}
+            return {
+                "session_timeout_ms": int(self.session_timeout * 1000),
+                "heartbeat_interval_ms": int(self._heartbeat_interval() * 1000),
+            }
         from .broker import leave_groups_at_generation_zero
 
         leave_groups_at_generation_zero()  # every group consumer on Tansu comes through here
@@ -126,6 +172,10 @@ class KafkaSettings(_Base):
             "rebalance_timeout_ms": 3000,
             "fetch_max_wait_ms": EMBEDDED_FETCH_MAX_WAIT_MS,
         }
+
+    def _heartbeat_interval(self) -> float:
+        """A third of the session timeout (Kafka's rule of thumb), at most 3 s."""
+        return min(3.0, self.session_timeout / 3)
 
     def faust_kwargs(self) -> dict[str, Any]:
         """Broker settings for ``faust.App(...)``."""
@@ -144,6 +194,9 @@ class KafkaSettings(_Base):
             )
         elif self.security_protocol == "SSL":
             kw["broker_credentials"] = SSLCredentials(self.ssl_context())
+        if not self.embedded:
+            kw.update(broker_session_timeout=self.session_timeout,
+                      broker_heartbeat_interval=self._heartbeat_interval())
         if self.embedded:
             from .broker import leave_groups_at_generation_zero
 
@@ -161,6 +214,24 @@ class KafkaSettings(_Base):
         return f"KafkaSettings(bootstrap={self.bootstrap!r}, security_protocol={self.security_protocol!r})"
 
 
+def _probe_embedded(servers: list[str], wait: float) -> bool:
+    import time
+
+    from .kafka.probe import cluster_info
+
+    deadline = time.monotonic() + wait
+    while True:
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            try:
+                return cluster_info(host.strip("[]") or "127.0.0.1", [int(port)], timeout=1.0).embedded
+            except (OSError, ValueError):
+                continue
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.2)
+
+
 class TopicSettings(_Base):
     """Topic names (the public contract) and layout."""
 
@@ -171,7 +242,24 @@ class TopicSettings(_Base):
     topic_quality: str = Field(TOPIC_DEFAULTS["quality"], description="Call quality samples topic.")
     topic_alerts: str = Field(TOPIC_DEFAULTS["alerts"], description="Alerts topic (compacted).")
     partitions: int = Field(12, ge=1, description="Partitions of the endpoint-keyed topics.")
-    replication_factor: int = Field(1, ge=1, description="Replication factor of created topics.")
+    replication_factor: int | None = Field(
+        None, ge=1, description="Replication factor of created topics [default: min(3, brokers)]."
+    )
+    min_insync_replicas: int | None = Field(
+        None, ge=1, description="min.insync.replicas of created topics [default: 2 at RF 3, else 1]."
+    )
+    compact_segment_ms: int = Field(
+        3600 * 1000, ge=1000, description="segment.ms of the compacted topics (bounds how long old values stay)."
+    )
+    compact_dirty_ratio: float = Field(
+        0.1, gt=0, le=0.9, description="min.cleanable.dirty.ratio of the compacted topics."
+    )
+    compact_delete_retention_ms: int = Field(
+        24 * 3600 * 1000, ge=0, description="delete.retention.ms of the compacted topics (tombstone lifetime)."
+    )
+    compact_max_lag_ms: int = Field(
+        6 * 3600 * 1000, ge=1000, description="max.compaction.lag.ms of the compacted topics."
+    )
     registrations_retention_ms: int = Field(
         7 * 24 * 3600 * 1000, description="Retention of the registrations history (ms)."
     )

@@ -35,12 +35,34 @@ class TopicSpec:
     # partition count silently breaks the layout, so it is an error. For the other topics a
     # different count only changes parallelism: a warning.
     copartitioned: bool = False
+    extra: tuple[tuple[str, str], ...] = ()
 
     def configs(self) -> dict[str, str]:
         cfg = {"cleanup.policy": self.cleanup_policy}
         if self.retention_ms is not None:
             cfg["retention.ms"] = str(self.retention_ms)
+        cfg.update(self.extra)
         return cfg
+
+
+def compaction_configs(t: TopicSettings) -> tuple[tuple[str, str], ...]:
+    """The compaction settings of every compacted topic, set deliberately (docs/topics.md):
+
+    * ``segment.ms``: the active segment is never cleaned, so rolling it bounds how long a
+      superseded value or a tombstone can stay (Kafka's default, 7 days, would make a rebuilding
+      sink replay a week of moves);
+    * ``min.cleanable.dirty.ratio``: clean once this share of the log is superseded (Kafka: 0.5),
+      keeping the topic close to one record per live endpoint so a rebuild reads little;
+    * ``delete.retention.ms``: how long a tombstone stays readable after cleaning, the time a
+      lagging consumer (a stopped sink) has to see a removal before it must rebuild;
+    * ``max.compaction.lag.ms``: the longest a record stays uncompacted, whatever the ratio.
+    """
+    return (
+        ("segment.ms", str(t.compact_segment_ms)),
+        ("min.cleanable.dirty.ratio", str(t.compact_dirty_ratio)),
+        ("delete.retention.ms", str(t.compact_delete_retention_ms)),
+        ("max.compaction.lag.ms", str(max(t.compact_segment_ms, t.compact_max_lag_ms))),
+    )
 
 
 @dataclass(frozen=True)
@@ -53,17 +75,32 @@ class TopicCheck:
 
 def topic_specs(t: TopicSettings) -> list[TopicSpec]:
     """Every topic of SPEC.md with its layout."""
+    compact = compaction_configs(t)
     return [
         TopicSpec(t.topic_registrations, t.partitions, "delete", t.registrations_retention_ms, copartitioned=True),
         # Few nodes, read whole by every worker (a global table): one partition keeps it simple.
-        TopicSpec(t.topic_nodes, 1, "compact"),
-        TopicSpec(t.topic_locations, t.partitions, "compact", copartitioned=True),
+        TopicSpec(t.topic_nodes, 1, "compact", extra=compact),
+        TopicSpec(t.topic_locations, t.partitions, "compact", copartitioned=True, extra=compact),
         TopicSpec(t.topic_deadletter, t.partitions, "delete", t.registrations_retention_ms),
         # Quality samples are history like registrations; alerts are keyed by alert id and the
         # latest record per id is the alert's state, so compaction keeps exactly what matters.
         TopicSpec(t.topic_quality, t.partitions, "delete", t.registrations_retention_ms),
-        TopicSpec(t.topic_alerts, t.partitions, "compact"),
+        TopicSpec(t.topic_alerts, t.partitions, "compact", extra=compact),
     ]
+
+
+def replication(t: TopicSettings, brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas): RF min(3, brokers), min ISR 2 at RF >= 3.
+
+    With RF 3 and min ISR 2 an acks=all write survives the loss of any one broker and is refused
+    (never silently kept on one copy) when two are down."""
+    rf = t.replication_factor or min(3, brokers)
+    if rf > brokers:
+        raise ConfigError(f"replication factor {rf} needs {rf} brokers; the cluster has {brokers}")
+    isr = t.min_insync_replicas or (2 if rf >= 3 else 1)
+    if isr > rf:
+        raise ConfigError(f"min.insync.replicas {isr} is more than the replication factor {rf}")
+    return rf, isr
 
 
 async def ensure_topics(
@@ -79,9 +116,11 @@ async def ensure_topics(
     )
     await asyncio.wait_for(admin.start(), timeout)
     try:
+        brokers = len(admin._client.cluster.brokers()) or 1  # what the bootstrap Metadata listed
+        rf, isr = replication(topics, brokers)
         existing = set(await admin.list_topics())
         new = [
-            NewTopic(s.name, s.partitions, topics.replication_factor, topic_configs=s.configs())
+            NewTopic(s.name, s.partitions, rf, topic_configs={**s.configs(), "min.insync.replicas": str(isr)})
             for s in specs
             if s.name not in existing
         ]

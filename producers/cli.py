@@ -15,6 +15,7 @@ import signal
 import click
 
 from astreg.options import build, settings_options
+from astreg.preflight import preflight
 from astreg.runtime import tune_gc
 from astreg.settings import KafkaSettings, TopicSettings
 
@@ -30,6 +31,7 @@ logger = logging.getLogger(__name__)
 def producer(**kw: object) -> None:
     """Stream one Asterisk node's registrations from the AMI to Kafka."""
     settings, kafka, topics = build(kw, ProducerSettings, KafkaSettings, TopicSettings)
+    preflight(kafka, [topics.topic_registrations, topics.topic_nodes, topics.topic_deadletter])
     tune_gc()  # 67.5-67.8k -> 71.6-74.9k AMI events per CPU-s (producers.bench, A/B, 2026-11-27)
     asyncio.run(_main(settings, kafka, topics))
 

@@ -86,7 +86,7 @@ class Publisher:
             linger_ms=linger_ms,
             max_batch_size=256 * 1024,
             compression_type=None if compression == "none" else compression,
-            enable_idempotence=kafka.idempotence,
+            enable_idempotence=kafka.idempotent,
             request_timeout_ms=request_timeout_ms,
             retry_backoff_ms=200,
             **kafka.aiokafka_kwargs(),

@@ -171,7 +171,7 @@ async def _fill(kafka: Any, kind: str, rows: int) -> Any:
     topics = TopicSettings(partitions=4).with_suffix(f"{kind}{uuid.uuid4().hex[:8]}")
     await ensure_topics(kafka, topics)
     codec = location_codec()
-    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence,
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotent,
                                 linger_ms=20, max_batch_size=256 * 1024)
     await producer.start()
     try:

@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from astreg.options import build, settings_options
+from astreg.preflight import preflight
 from astreg.settings import KafkaSettings, TopicSettings
 
 from .settings import AstDbSettings, RedisSettings, RunnerSettings, SqlSettings
@@ -29,6 +30,7 @@ def _run(store: Any, kw: dict[str, Any]) -> None:
     from .base import SinkRunner  # aiokafka only when a sink runs, not for --help
 
     kafka, topics, runner_settings = build(kw, KafkaSettings, TopicSettings, RunnerSettings)
+    preflight(kafka, [topics.topic_locations, topics.topic_deadletter])
 
     async def main() -> None:
         runner = SinkRunner(store, kafka, topics, runner_settings)

@@ -448,7 +448,7 @@ class Alerter:
         producer = AIOKafkaProducer(
             **self.kafka.aiokafka_kwargs(),
             client_id=f"{self.kafka.client_id}-alerter",
-            enable_idempotence=self.kafka.idempotence,
+            enable_idempotence=self.kafka.idempotent,
             acks="all",
         )
         consumer = AIOKafkaConsumer(

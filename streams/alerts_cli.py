@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from astreg.options import build, settings_options
+from astreg.preflight import preflight
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import to_dict
 
@@ -40,6 +41,7 @@ def alerts() -> None:
 def run(**kw: Any) -> None:
     """Run the alerter until SIGINT/SIGTERM."""
     kafka, topics, thresholds, settings = build(kw, KafkaSettings, TopicSettings, AlertSettings, AlerterSettings)
+    preflight(kafka, [topics.topic_quality, topics.topic_alerts])
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from astreg.options import build, settings_options
+from astreg.preflight import preflight
 from astreg.runtime import tune_gc
 from astreg.settings import KafkaSettings, TopicSettings
 
@@ -46,6 +47,7 @@ def clear_faust_env() -> list[str]:
 def worker(**kw: object) -> None:
     """Run a stream worker: registrations + nodes → locations table → locations topic."""
     kafka, topics, settings, web = build(kw, KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
+    preflight(kafka)  # the worker creates missing topics itself (ensure_topics below)
     removed = clear_faust_env()
     if removed:
         logger.warning("ignoring Faust environment variables %s (use ASTREG_* options)", removed)

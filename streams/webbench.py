@@ -181,7 +181,7 @@ async def _feed(kafka: Any, topics: Any, endpoints: list[str]) -> None:
 
     codec = registration_codec()
     epoch = int(time.time() * 1000)
-    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence, linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotent, linger_ms=5)
     await producer.start()
     try:
         for i, endpoint in enumerate(endpoints):

@@ -1,8 +1,10 @@
-"""Test harness: real Kafka (embedded Tansu by default), real PostgreSQL/MariaDB/Redis.
+"""Test harness: real Apache Kafka (KRaft, from Maven Central), real PostgreSQL/MariaDB/Redis.
 
-* ``kafka``: KafkaSettings for the session's broker. ``KAFKA_BOOTSTRAP_SERVERS`` set → that
-  external broker; ``--kafka=testcontainers`` → a real Apache Kafka in Docker (skips cleanly when
-  no Docker engine answers); default → one embedded broker per test session, random port.
+* ``kafka``: KafkaSettings for the session's broker. Default (``--kafka=apache``): one Apache
+  Kafka broker started once per test session by :class:`astreg.kafka.ApacheKafka`, random ports,
+  with the test tuning below. ``--kafka=embedded``: the embedded Tansu broker (the demo's
+  default). ``KAFKA_BOOTSTRAP_SERVERS`` set (or ``--kafka=external``) → that external broker.
+* ``apache_cluster``: the session's ApacheKafka object itself (SASL/TLS tests start their own).
 * ``topics``: the contract's topics under unique names for this test, created explicitly.
 * ``procs``: a ProcessGroup; every process a test starts is stopped (TERM, grace, KILL) even
   when the test fails.
@@ -23,6 +25,7 @@ import hypothesis  # noqa: F401  (see below)
 import pytest
 
 from astreg.broker import EmbeddedBroker
+from astreg.kafka import ApacheKafka
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
@@ -37,9 +40,54 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--kafka",
         default="auto",
-        choices=["auto", "embedded", "external", "testcontainers"],
-        help="Which Kafka the tests use (auto: KAFKA_BOOTSTRAP_SERVERS if set, else embedded).",
+        choices=["auto", "apache", "embedded", "external"],
+        help="Which Kafka the tests use (auto: KAFKA_BOOTSTRAP_SERVERS if set, else apache).",
     )
+
+
+# Broker tuning of the test harness only (never product defaults): no initial rebalance delay,
+# small internal topics (quick to create on 2 cores), a cleaner that looks often (compaction
+# tests use small segments per topic).
+TEST_BROKER_CONFIG = {
+    "group.initial.rebalance.delay.ms": "0",
+    "offsets.topic.num.partitions": "4",
+    "transaction.state.log.num.partitions": "4",
+    "log.cleaner.backoff.ms": "500",
+    "log.retention.check.interval.ms": "1000",
+    "log.segment.delete.delay.ms": "1000",
+    "log.initial.task.delay.ms": "0",
+    "num.network.threads": "2",
+    "num.io.threads": "4",
+    "log.flush.interval.ms": "9223372036854775807",
+}
+
+
+def kafka_mode(config: pytest.Config) -> str:
+    mode = str(config.getoption("--kafka"))
+    if mode == "auto":
+        return "external" if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else "apache"
+    return mode
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the embedded broker, leave out the tests of Apache Kafka itself (compaction, SASL/TLS,
+    `astreg kafka`): deselected and counted, not skipped as if they had run."""
+    if kafka_mode(config) != "embedded":
+        return
+    apache = [item for item in items if item.get_closest_marker("apache")]
+    if apache:
+        config.hook.pytest_deselected(items=apache)
+        items[:] = [item for item in items if not item.get_closest_marker("apache")]
+
+
+@pytest.fixture(scope="session")
+def apache_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApacheKafka]:
+    cluster = ApacheKafka(brokers=1, data_dir=tmp_path_factory.mktemp("kafka"), config=TEST_BROKER_CONFIG)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 def unique_name(prefix: str = "t") -> str:
@@ -54,15 +102,16 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaSettings]:
-    mode = request.config.getoption("--kafka")
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if mode == "external" or (mode == "auto" and external):
+    mode = kafka_mode(request.config)
+    if mode == "external":
+        external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         if not external:
-            pytest.skip("--kafka=external needs KAFKA_BOOTSTRAP_SERVERS")
-        yield KafkaSettings(bootstrap=external, embedded=False)
+            pytest.fail("--kafka=external needs KAFKA_BOOTSTRAP_SERVERS")
+        yield KafkaSettings(bootstrap=external).resolved()
         return
-    if mode == "testcontainers":
-        yield from _testcontainers_kafka()
+    if mode == "apache":
+        cluster: ApacheKafka = request.getfixturevalue("apache_cluster")
+        yield cluster.client_settings(embedded=False)
         return
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     broker = EmbeddedBroker(log_file=log).start()
@@ -70,19 +119,6 @@ def kafka(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         yield KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
     finally:
         broker.stop()
-
-
-def _testcontainers_kafka() -> Iterator[KafkaSettings]:
-    try:
-        import docker
-
-        docker.from_env().ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means: no engine here
-        pytest.skip(f"--kafka=testcontainers needs a Docker engine, none answers here ({type(exc).__name__})")
-    from testcontainers.kafka import KafkaContainer
-
-    with KafkaContainer("apache/kafka:3.8.0").with_kraft() as kc:
-        yield KafkaSettings(bootstrap=kc.get_bootstrap_server(), embedded=False, idempotence=True)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ def location(endpoint: str, node: str | None, status: LocationStatus) -> Endpoin
 
 
 async def produce(kafka: KafkaSettings, topic: str, records: list[tuple[str, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(enable_idempotence=kafka.idempotence, **kafka.aiokafka_kwargs())
+    producer = AIOKafkaProducer(enable_idempotence=kafka.idempotent, **kafka.aiokafka_kwargs())
     await producer.start()
     try:
         for key, value in records:

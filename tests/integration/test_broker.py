@@ -34,7 +34,7 @@ def _bootstrap_line(child, timeout: float = 20.0) -> str:  # type: ignore[no-unt
 
 async def _round_trip(kafka: KafkaSettings, topics: TopicSettings, unique: str) -> RegistrationEvent:
     codec = Codec.for_model(RegistrationEvent)
-    producer = AIOKafkaProducer(enable_idempotence=kafka.idempotence, **kafka.aiokafka_kwargs())
+    producer = AIOKafkaProducer(enable_idempotence=kafka.idempotent, **kafka.aiokafka_kwargs())
     await producer.start()
     try:
         await producer.send_and_wait(

@@ -82,7 +82,7 @@ class Feeder:
         self._codecs = {m: Codec.for_model(m) for m in (RegistrationEvent, NodeStatus, QualitySample)}
 
     async def __aenter__(self) -> Feeder:
-        self._producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotence,
+        self._producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotent,
                                           linger_ms=0)
         await self._producer.start()
         return self

@@ -77,7 +77,7 @@ async def produce(kafka: KafkaSettings, topics: TopicSettings,
                   records: Sequence[RegistrationEvent | NodeStatus | tuple[str, bytes | None, bytes]]) -> None:
     """Send events (keyed by endpoint), node statuses (keyed by node) or raw (topic, key, value)."""
     reg, nod = registration_codec(), node_codec()
-    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence)
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotent)
     await producer.start()
     try:
         for r in records:

@@ -83,7 +83,7 @@ async def produce(
 ) -> None:
     """Produce (key, location | raw bytes | tombstone) in order, keyed like the stream does."""
     codec = location_codec()
-    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotence, linger_ms=5)
+    producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotent, linger_ms=5)
     await producer.start()
     try:
         futures = []

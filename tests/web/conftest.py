@@ -87,7 +87,7 @@ class Feeder:
         from aiokafka import AIOKafkaProducer
 
         reg, nod = registration_codec(), node_codec()
-        producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotence,
+        producer = AIOKafkaProducer(**self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotent,
                                     linger_ms=5)
         await producer.start()
         try:
@@ -121,14 +121,14 @@ class Cluster:
     token: str | None = None
     expected: dict[str, dict[str, object]] = field(default_factory=dict)
 
-    def start_worker(self, name: str, data_dir: Path, token: str | None = None) -> Worker:
+    def start_worker(self, name: str, data_dir: Path, token: str | None = None, store: str = "memory") -> Worker:
         port = free_port()
         argv = astreg_argv(
             "worker", "--bootstrap", self.kafka.bootstrap, "--embedded" if self.kafka.embedded else "--no-embedded",
             "--partitions", str(self.topics.partitions),
             "--topic-registrations", self.topics.topic_registrations, "--topic-nodes", self.topics.topic_nodes,
             "--topic-locations", self.topics.topic_locations, "--topic-deadletter", self.topics.topic_deadletter,
-            "--web-port", str(port), "--data-dir", str(data_dir), "--worker-id", name, "--store", "memory",
+            "--web-port", str(port), "--data-dir", str(data_dir), "--worker-id", name, "--store", store,
             "--node-timeout", "600", "--app-id", f"astreg-web-{self.topics.topic_registrations}",
         )
         worker = Worker(self.procs.start(name, argv, env={"ASTREG_API_TOKEN": token or ""}), port)
@@ -139,8 +139,10 @@ class Cluster:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
 
-async def wait_ready(session: aiohttp.ClientSession, workers: list[Worker], timeout: float = 60) -> None:
-    """Until every worker says /readyz 200 and they agree on the group (each owns partitions)."""
+async def wait_ready(session: aiohttp.ClientSession, workers: list[Worker], partitions: int,
+                     timeout: float = 60) -> None:
+    """Until every worker says /readyz 200 and together they own each of the ``partitions``
+    exactly once (a dead member's partitions count only once they are reassigned)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     last: list[object] = []
@@ -156,7 +158,7 @@ async def wait_ready(session: aiohttp.ClientSession, workers: list[Worker], time
                 last.append(repr(exc))
         if all(isinstance(x, tuple) and x[0] == 200 for x in last):
             parts = [p for x in last for p in x[1]["partitions"]]  # type: ignore[index]
-            if sorted(parts) == list(range(len(parts))) and len(parts) >= 1:
+            if sorted(parts) == list(range(partitions)):
                 return
         await asyncio.sleep(0.5)
     raise AssertionError(f"workers not ready in {timeout}s: {last}")
@@ -217,7 +219,7 @@ def web_cluster(kafka: KafkaSettings, tmp_path_factory: pytest.TempPathFactory) 
         async def prepare() -> None:
             await cluster.feeder.send(records)
             async with aiohttp.ClientSession() as session:
-                await wait_ready(session, cluster.workers)
+                await wait_ready(session, cluster.workers, topics.partitions)
                 await wait_total(session, cluster, len(cluster.expected))
 
         try:

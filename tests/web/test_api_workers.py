@@ -200,7 +200,7 @@ async def test_bearer_token(kafka: KafkaSettings, topics: TopicSettings, procs: 
     w = cluster.start_worker("wt", tmp_path / "wt", token=token)
     feeder = cluster.feeder
     await feeder.send([feeder.heartbeat("node0"), feeder.contact("PJSIP/1001", "node0", ip="10.0.0.1")])
-    await wait_ready(http, [w])
+    await wait_ready(http, [w], topics.partitions)
     await wait_total(http, cluster, 1)
 
     good = {"Authorization": f"Bearer {token}"}

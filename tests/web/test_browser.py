@@ -103,7 +103,7 @@ async def test_page_with_token(kafka, topics, procs, tmp_path, http, page) -> No
     w = cluster.start_worker("wp", tmp_path / "wp", token=token)
     feeder = cluster.feeder
     await feeder.send([feeder.heartbeat("node0"), feeder.contact("PJSIP/5001", "node0", ip="10.5.0.1")])
-    await wait_ready(http, [w])
+    await wait_ready(http, [w], topics.partitions)
     await wait_total(http, cluster, 1)
 
     await page.goto(f"{w.url}/")

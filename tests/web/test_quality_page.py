@@ -41,7 +41,7 @@ async def test_quality_figures_in_the_api_row_and_on_the_page(
         await feed.send(feed.node("node1"), feed.contact("node1", "PJSIP/1006", ContactStatus.REACHABLE, Source.LIVE))
         await feed.send(*(feed.rtcp("node1", "PJSIP/1006", jitter_ms=j, loss=0.02) for j in (6.0, 8.0, 10.0)))
         async with aiohttp.ClientSession() as http:
-            await wait_ready(http, [worker])
+            await wait_ready(http, [worker], topics.partitions)
 
             async def row() -> dict | None:  # type: ignore[type-arg]
                 async with http.get(f"{worker.url}/api/v1/endpoints/PJSIP%2F1006") as r:
