@@ -370,7 +370,7 @@ class ApacheKafka:
                 seen = cluster_info(self.host, [n.internal_port for n in self.nodes if n.node_id in want]).brokers
             except OSError as exc:
                 last = str(exc)
-                seen = set()
+                seen = frozenset()
             if want <= seen:
                 return
             time.sleep(0.2)
