@@ -393,12 +393,24 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
             shutil.rmtree(work, ignore_errors=True)
 
 
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """Partitions of ``topic``. An unsubscribed client's metadata lists no topic on Apache Kafka
+    (the embedded broker lists them all): ask for it explicitly."""
+    parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+    if not parts:
+        raise RuntimeError(f"topic {topic} has no partitions in the cluster metadata")
+    return sorted(parts)
+
+
 async def _end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
     """Current end offset per partition of ``topic`` (right on the embedded broker too)."""
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
@@ -446,8 +458,7 @@ async def _wait_probe(kafka: KafkaSettings, topic: str, keys: set[str], *, tombs
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        parts = sorted(consumer.partitions_for_topic(topic) or [])
-        tps = [TopicPartition(topic, p) for p in parts]
+        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         for tp in tps:

@@ -13,7 +13,7 @@ from astreg.proc import astreg_argv
 from tests.integration.test_sink_sql import expected_rows, table_rows
 from tests.support.sink_records import eventually, location, produce
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.demo_path]
 
 
 def free_port() -> int:

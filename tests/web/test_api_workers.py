@@ -21,7 +21,7 @@ from streams.views import CSP
 
 from .conftest import NODES, SCRIPT_UA, Cluster, Feeder, wait_ready, wait_total
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.demo_path]
 
 
 async def get(http: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None,
