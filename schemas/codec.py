@@ -718,6 +718,7 @@ def _read_long_lines(var: str, ind: str) -> list[str]:
             f"{ind}    while b > 127:",
             f"{ind}        b = buf[pos]; pos += 1; n |= (b & 127) << s; s += 7",
             f"{ind}        if s > 70: raise Bad('varint too long')",
+            f"{ind}    n &= 0xFFFFFFFFFFFFFFFF",  # a 10-byte varint wraps to 64 bits, as fastavro and Java read it
             f"{ind}    {var} = (n >> 1) ^ -(n & 1)"]
 
 

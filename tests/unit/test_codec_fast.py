@@ -197,3 +197,22 @@ def test_fastdc_inline_maker_fills_defaults_and_refuses_missing_fields() -> None
     assert env["build"]() == EndpointLocation(endpoint="PJSIP/8", technology="PJSIP", resource="8", updated_at_ms=1)
     with pytest.raises(TypeError, match="no value for endpoint"):
         inline_maker(Row, {})
+
+
+def test_ten_byte_varints_wrap_to_64_bits_like_fastavro() -> None:
+    """A long written with more than 64 bits (10 varint bytes) reads as fastavro reads it: the
+    value wrapped to 64 bits, never a bigger Python int (found by the mangled-bytes test)."""
+    codec = Codec.for_model(EndpointLocation)
+    loc = EndpointLocation(endpoint="PJSIP/1", technology="PJSIP", resource="1", updated_at_ms=1)
+    good = codec.encode(loc)
+    one = b"\x02"  # zigzag 1: updated_at_ms
+    at = good.rindex(one, 0, len(good) - 1)
+    for varint in (b"\x80" * 9 + b"\x01", b"\xff" * 9 + b"\x01", b"\x8a" + b"\x80" * 8 + b"\x02"):
+        bad = good[:at] + varint + good[at + 1:]
+        try:
+            want = _fastavro_decode(codec, bad)
+        except Exception:  # noqa: BLE001 - fastavro refused: the fast reader must refuse too
+            with pytest.raises(UndecodableRecord):
+                codec.decode(bad)
+            continue
+        assert codec.decode(bad) == want
