@@ -1,4 +1,4 @@
-"""Frozen dataclass mirrors of ``quality_sample.avsc`` and ``alert.avsc`` (issue 9).
+"""Frozen dataclass mirrors of ``quality_sample.avsc`` and ``alert.avsc``.
 
 Kept beside :mod:`schemas.models` in the same style: the ``.avsc`` files are the truth and
 ``tests/unit/test_quality_schemas.py`` asserts the field lists are equal. Times are UTC epoch

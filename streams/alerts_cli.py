@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 @click.group()
 def alerts() -> None:
-    """Call quality and cluster alerts (issue 9)."""
+    """Call quality and cluster alerts."""
 
 
 @alerts.command("run")

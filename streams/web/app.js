@@ -161,7 +161,7 @@ async function refreshDetail() {
   );
 }
 
-// ---------------------------------------------------------------- call quality (issue 9)
+// ---------------------------------------------------------------- call quality
 
 function fmtNum(v, digits, unit) {
   return v === null || v === undefined ? "–" : v.toFixed(digits) + unit;
