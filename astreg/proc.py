@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 def astreg_argv(*args: str) -> list[str]:
     """argv running ``astreg ARGS`` with this interpreter (no reliance on PATH)."""
-    return [sys.executable, "-m", "astreg.cli", *args]
+    return [sys.executable, "-m", "astreg.tools.cli", *args]
 
 
 @dataclass

@@ -10,11 +10,11 @@ __all__ = ["tune_gc", "GC_THRESHOLDS"]
 # a full one whenever the survivors reach a quarter of the long-lived objects. A worker keeps
 # ~100,000 decoded rows (about a million objects) and replaces thousands per second, so it ran
 # ~2,300 collections for 200,000 events and spent 1.46 s in them: ~7 of its ~38 CPU-µs per
-# event (streams.bench, 200,000 churn events, 2026-11-27). With these thresholds: 12
+# event (astreg.tools.bench.stream, 200,000 churn events, 2026-11-27). With these thresholds: 12
 # collections, 0.14 s. astreg's own objects hold no reference cycles (frozen dataclasses of
 # strings, ints and tuples), so the cyclic collector only has the libraries' occasional
 # cycles to find; 50,000 is still a small bound on what can wait for it. The producer gains
-# 6-10 % AMI events per CPU-second with the same settings (producers.bench, A/B).
+# 6-10 % AMI events per CPU-second with the same settings (astreg.tools.bench.producer, A/B).
 GC_THRESHOLDS = (50_000, 20, 20)
 
 

@@ -229,7 +229,7 @@ def attach(stream: StreamApp) -> None:
 
     stream.apply_batch = apply_batch
     if settings.ingest == "bulk":
-        from .bulk import install  # the agent stays declared: subscription + co-partitioning
+        from astreg.patches.bulk import install  # the agent stays declared: subscription + co-partitioning
 
         install(stream, apply_batch)
     stream.agent = track_registrations

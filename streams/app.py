@@ -54,7 +54,9 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
     )
     stream = StreamApp(app, declare_locations(app, topics.partitions, worker.row_cache), NodeBook(),
                        declare_topics(app, topics), kafka, worker)
-    from . import agents, restore, timers  # attach the agent and timers to this app
+    from astreg.patches import recovery as restore
+
+    from . import agents, timers  # attach the agent and timers to this app
 
     agents.attach(stream)
     timers.attach(stream)

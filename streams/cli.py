@@ -3,14 +3,13 @@
     astreg worker --bootstrap 127.0.0.1:9092 --web-port 6066 --data-dir /var/lib/astreg
 
 Creates the topics it needs (with the table changelog, same partition count), builds the app
-(``streams.app.create_app``), attaches the web views when ``streams.views`` provides
+(``streams.app.create_app``), attaches the web views when ``streams.web.views`` provides
 ``register(stream)``, and runs Faust's worker until SIGTERM.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 from typing import Any
@@ -23,7 +22,7 @@ from astreg.runtime import tune_gc
 from astreg.settings import KafkaSettings, TopicSettings
 
 from .settings import WorkerSettings
-from .web_settings import WebSettings
+from .web.settings import WebSettings
 
 __all__ = ["worker", "clear_faust_env", "quiet_worker"]
 
@@ -58,17 +57,14 @@ def worker(**kw: object) -> None:
 
     asyncio.run(ensure_topics(kafka, topics, extra=changelog_specs(app_id_for(topics, settings), topics)))
     if kafka.embedded:
-        from . import embedded
+        from astreg.patches import embedded
 
         embedded.install(kafka)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     stream = create_app(kafka, topics, settings)
-    try:
-        views = importlib.import_module("streams.views")
-    except ImportError:
-        views = None
-    if views is not None and hasattr(views, "register"):
-        views.register(stream, web)
+    from .web import views
+
+    views.register(stream, web)
     logger.info("worker %s starting (app %s, store %s, web port %d)", settings.worker_id, stream.app.conf.id,
                 settings.store, settings.web_port)
     from faust.worker import Worker

@@ -15,9 +15,9 @@ from collections.abc import Iterable
 import click
 import pytest
 
-from astreg.cli import SUBCOMMANDS
 from astreg.options import option_name
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.tools.cli import SUBCOMMANDS
 
 __all__ = [
     "COMMANDS",

@@ -32,9 +32,9 @@ import pytest
 import redis
 
 from astreg.broker import EmbeddedBroker, free_port
-from astreg.e2e import primaries
 from astreg.proc import Child, ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.tools.e2e import primaries
 from astreg.topics import ensure_topics
 from tests.conftest import ARTIFACTS, PG_ADMIN, REDIS_URL, unique_name
 from tests.support.truth import diff

@@ -15,7 +15,7 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.models import ContactStatus, EventKind, LinkState, NodeEventKind, Source
 from schemas.quality import AlertKind, AlertState
-from streams.alerter import active_alerts, read_alerts
+from streams.alerts.runner import active_alerts, read_alerts
 from tests.support.alerts import Feeder, Receiver, alerter_env, by_id, free_port, wait_until
 
 # Short windows so a whole raise/resolve cycle takes seconds.

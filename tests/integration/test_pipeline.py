@@ -13,8 +13,8 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from astreg.e2e import astdb_nodes, astdb_want, pipeline, primaries, sql_nodes
 from astreg.settings import KafkaSettings
+from astreg.tools.e2e import astdb_nodes, astdb_want, pipeline, primaries, sql_nodes
 from producers.simulator import SimConfig, Simulator
 
 pytestmark = [pytest.mark.integration, pytest.mark.demo_path, pytest.mark.timeout(180)]

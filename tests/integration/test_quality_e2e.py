@@ -16,7 +16,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from producers.node import NodeProducer, ProducerSettings
 from producers.simulator import SimConfig, Simulator
 from schemas.quality import AlertKind, AlertState
-from streams.alerter import active_alerts, read_alerts
+from streams.alerts.runner import active_alerts, read_alerts
 from tests.support.alerts import alerter_env, by_id, wait_until
 
 THRESHOLDS = dict(alert_node_stale_s=2.5, alert_node_down_s=4, alert_storm_registrations=3, alert_storm_window_s=3,

@@ -234,7 +234,7 @@ async def test_rate_caps_events_per_second_in_scenarios() -> None:
 
 async def test_astreg_simulate_command_prints_ports_and_stops_on_sigterm() -> None:
     env = dict(os.environ, ASTREG_NODES="2", ASTREG_PHONES="4", ASTREG_AMI_PORT="0")
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "astreg.cli", "simulate", "--scenario", "churn",
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "astreg.tools.cli", "simulate", "--scenario", "churn",
                                                 "--rate", "20", env=env, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
     try:

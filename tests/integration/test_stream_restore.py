@@ -1,6 +1,6 @@
 """Cold restart of a worker that lost its data dir: the table is rebuilt from the changelog.
 
-The bulk restore (streams/restore.py) must leave RocksDB exactly as Faust's record-by-record
+The bulk restore (astreg/patches/recovery.py) must leave RocksDB exactly as Faust's record-by-record
 replay does: the last value of every key of the changelog, per partition, and serve the same
 answers afterwards.
 """
@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from astreg.patches.recovery import MIN_LAG
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
-from streams.restore import MIN_LAG
 from streams.topics import changelog_name, changelog_specs
 from tests.support.locations import free_port, produce, read_locations, wait_for
 

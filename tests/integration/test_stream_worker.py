@@ -41,7 +41,7 @@ def ev(endpoint: str, node: str, seq: int, status: ContactStatus, uri: str | Non
 @pytest.mark.parametrize("ingest", ["bulk", "agent"])
 async def test_register_move_unregister(kafka: KafkaSettings, topics: TopicSettings, procs: ProcessGroup,
                                         tmp_path: Path, ingest: str) -> None:
-    """Both ingest paths (streams/bulk.py and the Faust agent) give the same rows."""
+    """Both ingest paths (astreg/patches/bulk.py and the Faust agent) give the same rows."""
     start_worker(procs, kafka, topics, "w1", tmp_path / "w1", "--ingest", ingest)
     uri_a, uri_b = "sip:1001@10.0.0.1:5060", "sip:1001@10.0.0.2:5060"
     await produce(kafka, topics, [

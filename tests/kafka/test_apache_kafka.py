@@ -25,10 +25,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from astreg.e2e import pipeline, primaries, sql_nodes
 from astreg.kafka import ApacheKafka, ScramUser
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.tools.e2e import pipeline, primaries, sql_nodes
 from producers.simulator import SimConfig, Simulator
 from tests.conftest import TEST_BROKER_CONFIG
 
@@ -147,7 +147,7 @@ def _only(tmp_path: Path, *tools: str) -> dict[str, str]:
 def test_kafka_command_without_java_or_maven_says_what_is_missing(
     tmp_path: Path, tools: tuple[str, ...], message: str
 ) -> None:
-    res = subprocess.run([sys.executable, "-m", "astreg.cli", "kafka"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "astreg.tools.cli", "kafka"], capture_output=True, text=True,
                          env=_only(tmp_path, *tools), timeout=60)
     assert res.returncode == 1
     assert message in res.stderr and "Traceback" not in res.stderr, res.stderr

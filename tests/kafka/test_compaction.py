@@ -15,9 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from astreg.e2e import sql_nodes
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.tools.e2e import sql_nodes
 from astreg.topics import ensure_topics
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
 from tests.support.locations import free_port, produce, read_all, read_locations, start_worker, wait_for

@@ -1,12 +1,12 @@
 """What the whole pipeline must converge to, computed from the simulator's truth.
 
-The expected primaries come from :func:`astreg.e2e.primaries` (SPEC item 3 applied to the
+The expected primaries come from :func:`astreg.tools.e2e.primaries` (SPEC item 3 applied to the
 simulator's own state, not the stream's code); ``diff`` explains a mismatch in words.
 """
 
 from __future__ import annotations
 
-from astreg.e2e import primaries
+from astreg.tools.e2e import primaries
 
 __all__ = ["primaries", "diff"]
 

@@ -25,8 +25,8 @@ from schemas.quality import (
     QualitySample,
     ReportDirection,
 )
-from streams.alerting import AlertEngine, AlertSettings, alert_id, replay
-from streams.quality_stats import QualityWindow, p95
+from streams.alerts.engine import AlertEngine, AlertSettings, alert_id, replay
+from streams.alerts.windows import QualityWindow, p95
 
 T0 = 1_800_000_000_000
 S = 1000

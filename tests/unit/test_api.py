@@ -1,4 +1,4 @@
-"""streams/api.py: row JSON, endpoint resolution, filters, sorting, cursor paging, merging."""
+"""streams/web/api.py: row JSON, endpoint resolution, filters, sorting, cursor paging, merging."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from schemas.models import Contact, ContactStatus, DeviceState, EndpointLocation, LocationStatus
-from streams import api
-from streams.api import BadQuery, LocalPage
+from streams.web import api
+from streams.web.api import BadQuery, LocalPage
 
 
 def loc(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from astreg.bench import failures
+from astreg.tools.bench.cli import failures
 
 
 def test_a_run_with_good_figures_passes() -> None:

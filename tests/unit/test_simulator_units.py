@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from astreg.tools.bench.simulator import bench_events
 from producers.simulator.astdb import AstDB
-from producers.simulator.bench import bench_events
 from producers.simulator.config import SimConfig
 from producers.simulator.state import ALL_CLASSES, CALL, SECURITY, SYSTEM, Contact, class_mask
 from producers.simulator.wire import ActionParser, encode

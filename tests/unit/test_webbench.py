@@ -1,10 +1,10 @@
-"""streams/webbench.py: the load generator refuses anything but loopback, percentiles are right."""
+"""astreg/tools/bench/web.py: the load generator refuses anything but loopback, percentiles are right."""
 
 from __future__ import annotations
 
 import pytest
 
-from streams import webbench
+from astreg.tools.bench import web as webbench
 
 
 @pytest.mark.parametrize("url", ["http://10.0.0.5:6066", "http://example.org:6066", "http://0.0.0.0:1"])

@@ -17,7 +17,7 @@ import pytest
 
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
-from streams.views import CSP
+from streams.web.views import CSP
 
 from .conftest import NODES, SCRIPT_UA, Cluster, Feeder, wait_ready, wait_total
 

@@ -2,7 +2,7 @@
 
 Pure and clock-free: :class:`QualityWindow` is fed ``(time_ms, QualitySample)`` pairs and asked
 for a :class:`QualitySummary` at a given ``now_ms``; samples older than the window are dropped
-on the way. The alerter (``streams/alerting.py``) keeps one window per endpoint and node to
+on the way. The alerter (``streams/alerts/engine.py``) keeps one window per endpoint and node to
 decide HIGH_JITTER / HIGH_LOSS, and the same summary shape is what the API and the page show
 (see docs/quality.md).
 """

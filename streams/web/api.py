@@ -1,6 +1,6 @@
 """The pure half of the query API: table rows → JSON, endpoint-id resolution, list queries.
 
-Nothing here does I/O or knows Faust: :mod:`streams.views` reads the table, calls these
+Nothing here does I/O or knows Faust: :mod:`streams.web.views` reads the table, calls these
 functions and writes the HTTP answer, so every rule of the API (what a row looks like, when a
 bare ``1001`` means ``PJSIP/1001``, how the list is filtered, sorted and paged with an opaque
 cursor, how the pages of several workers merge into one) is unit-tested on plain values::
@@ -35,8 +35,7 @@ from schemas.models import (
     LocationStatus,
     split_endpoint,
 )
-
-from .web_settings import DEFAULT_TECHNOLOGIES
+from streams.web.settings import DEFAULT_TECHNOLOGIES
 
 __all__ = [
     "BadQuery",

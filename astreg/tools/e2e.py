@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .broker import EmbeddedBroker, free_port, wait_port
-from .proc import ProcessGroup, astreg_argv
-from .settings import KafkaSettings, TopicSettings
-from .topics import ensure_topics
+from astreg.broker import EmbeddedBroker, free_port, wait_port
+from astreg.proc import ProcessGroup, astreg_argv
+from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import ensure_topics
 
 __all__ = ["Pipeline", "pipeline", "sql_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores"]
 

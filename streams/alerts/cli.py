@@ -1,7 +1,7 @@
 """``astreg alerts``: run the alerter, or show the alerts active right now.
 
 ``astreg alerts run`` consumes the nodes, registrations and quality topics, raises and resolves
-alerts (``streams/alerting.py``) and publishes them on ``asterisk.alerts.v1`` (and to
+alerts (``streams/alerts/engine.py``) and publishes them on ``asterisk.alerts.v1`` (and to
 ``--alert-webhook`` in Alertmanager's format). ``astreg alerts show`` is a plain aiokafka reader
 of the compacted alerts topic that prints the active alerts and exits once it has caught up: the
 example for other teams' consumers (``--json`` for one JSON object per line).
@@ -22,9 +22,8 @@ from astreg.options import build, settings_options
 from astreg.preflight import preflight
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import to_dict
-
-from .alerter import Alerter, AlerterSettings, active_alerts, read_alerts
-from .alerting import AlertSettings
+from streams.alerts.engine import AlertSettings
+from streams.alerts.runner import Alerter, AlerterSettings, active_alerts, read_alerts
 
 __all__ = ["alerts"]
 

@@ -4,7 +4,7 @@
 store's ceiling); ``pipeline_rate(kind)`` produces the records to a locations topic first and
 times the runner from its first write to the last (consume + decode + coalesce + write +
 commit). Each uses a scratch database / key prefix / simulated node and removes it afterwards.
-Run: ``python -m sinks.bench [--rows 50000] [--kind postgresql --kind redis ...]``; the
+Run: ``python -m astreg.tools.bench.sinks [--rows 50000] [--kind postgresql --kind redis ...]``; the
 functions return dicts of figures for ``astreg bench``.
 """
 
@@ -57,8 +57,8 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
     """A set-up sink of ``kind`` on a scratch store, torn down afterwards."""
     name = f"astreg_bench_{uuid.uuid4().hex[:8]}"
     if kind in ("postgresql", "mysql", "sqlite"):
-        from .settings import SqlSettings
-        from .sql import SqlSink
+        from sinks.settings import SqlSettings
+        from sinks.sql import SqlSink
 
         async with _scratch_sql(kind, name) as url:
             sink: Any = SqlSink(SqlSettings(url=url, write_timeout=120))
@@ -68,8 +68,8 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
             finally:
                 await sink.close()
     elif kind == "redis":
-        from .redis import RedisSink
-        from .settings import RedisSettings
+        from sinks.redis import RedisSink
+        from sinks.settings import RedisSettings
 
         sink = RedisSink(RedisSettings(url=REDIS, key_prefix=f"{name}:", timeout=60))
         await sink.setup()
@@ -87,9 +87,8 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
     elif kind == "astdb":
         from astreg.broker import free_port, wait_port
         from astreg.proc import ProcessGroup, astreg_argv
-
-        from .astdb import AstDbSink
-        from .settings import AstDbSettings
+        from sinks.astdb import AstDbSink
+        from sinks.settings import AstDbSettings
 
         # The simulated node runs in its own process, as an Asterisk would: this process's CPU
         # (client_cpu_us_per_row) is then the sink's alone, and the two do not share a loop.
@@ -215,9 +214,8 @@ async def pipeline_rates(kinds: tuple[str, ...], rows: dict[str, int], kafka: An
     embedded one is started here."""
     from astreg.broker import EmbeddedBroker
     from astreg.settings import KafkaSettings
-
-    from .base import SinkRunner
-    from .settings import RunnerSettings
+    from sinks.base import SinkRunner
+    from sinks.settings import RunnerSettings
 
     broker = None
     if kafka is None:

@@ -1,6 +1,6 @@
 """The alerting engine: registrations, node status and quality samples in, Alert transitions out.
 
-Pure and clock-free: the runner (``streams/alerter.py``) feeds :class:`AlertEngine` with the
+Pure and clock-free: the runner (``streams/alerts/runner.py``) feeds :class:`AlertEngine` with the
 records it consumes (``on_registration``, ``on_node``, ``on_quality``) and calls ``tick(now_ms)``
 every second; each call returns the :class:`~schemas.quality.Alert` records to publish. An
 alert is identified by ``KIND/node[/endpoint]``; it is RAISED once when its condition starts and
@@ -42,8 +42,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.models import ContactStatus, EventKind, NodeEventKind, NodeStatus, RegistrationEvent, Source
 from schemas.quality import Alert, AlertKind, AlertSeverity, AlertState, QualityKind, QualitySample
-
-from .quality_stats import QualitySummary, QualityWindow
+from streams.alerts.windows import QualitySummary, QualityWindow
 
 __all__ = ["AlertSettings", "AlertEngine", "alert_id"]
 

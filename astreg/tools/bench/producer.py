@@ -1,7 +1,7 @@
 """Producer throughput benchmark: AMI events/s parsed, mapped, encoded and sent by one
 ``astreg producer`` process, and its RSS, against the simulator and the embedded broker.
 
-    python -m producers.bench [--events 200000] [--phones 2000]
+    python -m astreg.tools.bench.producer [--events 200000] [--phones 2000]
 
 The producer runs as its own process (the real CLI), so its RSS and CPU are its own; the
 simulator runs in this process and floods one node with device-state changes plus a share of

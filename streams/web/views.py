@@ -13,7 +13,7 @@ app before it starts; ``astreg worker --web-port P`` then answers on port P:
 Never a wrong answer during a rebalance: a partition is read only when this worker owns it
 and its recovery finished; otherwise the row comes from a standby copy marked ``stale`` (JSON
 only, never the plain-text node) or the answer is 503 with ``Retry-After``. The rules of the
-answers themselves (JSON shape, filters, paging) live in the pure :mod:`streams.api`.
+answers themselves (JSON shape, filters, paging) live in the pure :mod:`streams.web.api`.
 """
 
 from __future__ import annotations
@@ -41,15 +41,14 @@ from prometheus_client.registry import CollectorRegistry
 from yarl import URL
 
 from schemas.models import EndpointLocation
-
-from . import api
-from .web_settings import WebSettings
+from streams.web import api
+from streams.web.settings import WebSettings
 
 __all__ = ["WebSettings", "WebService", "install", "register", "CSP"]
 
 logger = logging.getLogger(__name__)
 
-WEB_DIR = Path(__file__).resolve().parent / "web"
+WEB_DIR = Path(__file__).resolve().parent / "static"
 
 #: The page loads only its own script and style and talks only to its own origin.
 CSP = (
@@ -439,7 +438,7 @@ class EndpointView(_Base):
 
 
 async def quality_of(service: WebService, endpoint: str) -> dict[str, Any] | None:
-    """The endpoint's call quality from the alerter (streams/alerter.py), None when it has none.
+    """The endpoint's call quality from the alerter (streams/alerts/runner.py), None when it has none.
 
     Quality is advisory, never routing: an alerter that is down or slow costs the row its
     figures, not its answer (docs/quality.md explains why the alerter owns these figures).
@@ -601,7 +600,7 @@ def install(
 ) -> WebService:
     """Add the page and API to ``app`` (call before the app starts)."""
     if location_of is None or node_view is None:
-        from . import tables  # the stream app's converters, unless a caller brings its own
+        from streams import tables  # the stream app's converters, unless a caller brings its own
 
         location_of = location_of or tables.location_of
         node_view = node_view or tables.node_view
@@ -631,7 +630,7 @@ def _install_faust_metrics(app: faust.App) -> None:
     if isinstance(app.monitor, PrometheusMonitor):
         return
     try:
-        from .metrics import lean_prometheus_monitor  # same metrics, labelled children cached
+        from streams.metrics import lean_prometheus_monitor  # same metrics, labelled children cached
 
         app.monitor = lean_prometheus_monitor(FaustMetrics.create(REGISTRY, "astreg_faust"))
     except ValueError as exc:  # already registered in this process (tests build several apps)
@@ -640,7 +639,7 @@ def _install_faust_metrics(app: faust.App) -> None:
 
 def register(stream: Any, settings: WebSettings | None = None) -> WebService:
     """Attach the page and API to a :class:`streams.app.StreamApp` (``astreg worker`` calls this)."""
-    from . import tables
+    from streams import tables
 
     worker = stream.settings
     return install(

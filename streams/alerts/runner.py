@@ -1,10 +1,10 @@
 """The alerter process: Kafka in, the alerting engine, Avro alerts (and an optional webhook) out.
 
-``astreg alerts run`` (``streams/alerts_cli.py``) builds an :class:`Alerter` from settings. It
+``astreg alerts run`` (``streams/alerts/cli.py``) builds an :class:`Alerter` from settings. It
 reads ``asterisk.nodes.v1`` from the beginning (compacted: the nodes' last word) and
 ``asterisk.registrations.v1`` / ``asterisk.quality.v1`` from ``lookback`` ago (the longest
 window; records older than every window cannot change an alert), feeds
-:class:`~streams.alerting.AlertEngine`, ticks it every ``tick`` seconds and publishes each
+:class:`~streams.alerts.engine.AlertEngine`, ticks it every ``tick`` seconds and publishes each
 transition as an Avro ``Alert`` keyed by alert id on the compacted ``asterisk.alerts.v1``. The
 active alerts are read back from that topic at start, so a restarted alerter neither repeats a
 RAISED nor forgets to RESOLVE. It keeps no consumer group: run one alerter per cluster.
@@ -42,8 +42,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import Codec
 from schemas.models import NodeStatus, RegistrationEvent
 from schemas.quality import Alert, AlertState, QualitySample
-
-from .alerting import AlertEngine, AlertSettings
+from streams.alerts.engine import AlertEngine, AlertSettings
 
 __all__ = [
     "AlerterSettings",

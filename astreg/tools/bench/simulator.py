@@ -1,6 +1,6 @@
 """Benchmarks of the AMI simulator: events/s delivered to one raw reader per node, RSS per phone.
 
-    python -m producers.simulator.bench [--phones 1000000] [--seconds 5]
+    python -m astreg.tools.bench.simulator [--phones 1000000] [--seconds 5]
 
 Functions return dicts of figures (wired into ``astreg bench``); numbers go to docs/simulator.md.
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import psutil
 
-from .config import SimConfig
-from .core import Simulator
+from producers.simulator.config import SimConfig
+from producers.simulator.core import Simulator
 
 __all__ = ["bench_events", "bench_memory"]
 

@@ -9,7 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .e2e import (
+from astreg.settings import KafkaSettings
+from astreg.tools.e2e import (
     astdb_nodes,
     astdb_want,
     measure_latency,
@@ -19,7 +20,6 @@ from .e2e import (
     wait_converged,
     wait_stores,
 )
-from .settings import KafkaSettings
 
 logger = logging.getLogger(__name__)
 

@@ -11,13 +11,13 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from .settings import KafkaSettings
+from astreg.settings import KafkaSettings
 
 __all__ = ["simulator", "producer", "stream", "recovery", "sinks", "web", "alerting"]
 
 
 async def simulator(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from producers.simulator.bench import bench_events, bench_memory
+    from astreg.tools.bench.simulator import bench_events, bench_memory
 
     events = await asyncio.to_thread(bench_events, 3, 10_000, 2.0 if quick else 10.0)
     memory = await asyncio.to_thread(bench_memory, 100_000 if quick else 1_000_000, 3)
@@ -27,7 +27,7 @@ async def simulator(quick: bool, work: Path, kafka: KafkaSettings | None = None)
 
 
 async def producer(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from producers.bench import bench_producer
+    from astreg.tools.bench.producer import bench_producer
 
     figures = await bench_producer(events=20_000 if quick else 200_000, phones=2000, kafka=kafka)
     figures["ratio_vs_target"] = round(figures["ami_events_per_s"] / 20_000, 2)
@@ -35,13 +35,13 @@ async def producer(quick: bool, work: Path, kafka: KafkaSettings | None = None) 
 
 
 async def stream(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from streams.bench import run
+    from astreg.tools.bench.stream import run
 
     return await run(quick=quick, work=work, kafka=kafka)  # type: ignore[no-any-return]
 
 
 async def recovery(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from streams.bench import RECOVERY_FULL_ROWS, bench_recovery, run_recovery
+    from astreg.tools.bench.stream import RECOVERY_FULL_ROWS, bench_recovery, run_recovery
 
     if kafka is None:
         return await run_recovery(quick=quick, work=work)  # type: ignore[no-any-return]
@@ -51,7 +51,7 @@ async def recovery(quick: bool, work: Path, kafka: KafkaSettings | None = None) 
 
 
 async def sinks(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from sinks.bench import run_all
+    from astreg.tools.bench.sinks import run_all
 
     nested = await run_all(rows=4_000 if quick else 50_000, kafka=kafka)
     flat: dict[str, Any] = {}
@@ -67,7 +67,7 @@ async def sinks(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> 
 
 
 async def web(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from streams.webbench import run
+    from astreg.tools.bench.web import run
 
     return await asyncio.to_thread(
         run, endpoints=2000 if quick else 10_000, clients=50, requests=2000 if quick else 20_000,
@@ -75,7 +75,7 @@ async def web(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> di
 
 
 async def alerting(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    from streams.alertbench import bench_alerting, bench_rtcp_mapping
+    from astreg.tools.bench.alerts import bench_alerting, bench_rtcp_mapping
 
     n = 10_000 if quick else 100_000
     engine = await asyncio.to_thread(bench_alerting, n, 10_000)

@@ -2,7 +2,7 @@
 
 Run standalone (starts its own embedded broker unless ``--bootstrap`` is given)::
 
-    python -m streams.bench --events 100000 --endpoints 20000 --recovery-endpoints 100000
+    python -m astreg.tools.bench.stream --events 100000 --endpoints 20000 --recovery-endpoints 100000
 
 Throughput method: the input is produced *before* a worker starts; the rate is the number of
 input events divided by the span between the first and the last output record's timestamp
@@ -72,7 +72,7 @@ def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEve
 
 def _sentinels(partitions: int, seq0: int, prefix: str = "PJSIP/zz-sentinel") -> dict[str, RegistrationEvent]:
     """One endpoint per partition, registered last: its output means the partition is done."""
-    from .timers import partition_of
+    from streams.timers import partition_of
 
     found: dict[int, str] = {}
     i = 0
@@ -106,8 +106,8 @@ async def _produce_bulk(kafka: KafkaSettings, topic: str, events: list[Registrat
     """Like :func:`_produce` (same codec, key, default partition), in ~1 MB record batches per
     partition (the worker's own ``send_batches``): ~10x less producer CPU per record, for
     filling big tables."""
-    from .produce import send_batches
-    from .timers import partition_of
+    from streams.produce import send_batches
+    from streams.timers import partition_of
 
     codec = registration_codec()
     records = [(partition_of(e.endpoint, partitions), e.endpoint.encode(), codec.encode(e)) for e in events]
@@ -277,7 +277,7 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
             if variant == "astreg":
                 argv = _worker_argv(kafka, topics, work / variant, "rocksdb", free_port(), app_id)
             else:
-                argv = [sys.executable, "-m", "streams.bench", "naive-worker", "--bootstrap", kafka.bootstrap,
+                argv = [sys.executable, "-m", "astreg.tools.bench.stream", "naive-worker", "--bootstrap", kafka.bootstrap,
                         "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
                         "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
                         "--web-port", str(free_port())] + (["--embedded"] if kafka.embedded else [])
@@ -345,7 +345,7 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
             out["fill_s"] = round(time.monotonic() - t0, 1)
         import psutil
 
-        from .timers import partition_of
+        from streams.timers import partition_of
 
         used: set[str] = set()
 
@@ -415,7 +415,7 @@ async def _end_offsets(kafka: KafkaSettings, topic: str) -> dict[int, int]:
     finally:
         await consumer.stop()
     if kafka.embedded:
-        from .embedded import true_end_offsets
+        from astreg.patches.embedded import true_end_offsets
 
         ends = await true_end_offsets(kafka, ends)
     return {tp.partition: off for tp, off in ends.items()}
@@ -488,13 +488,13 @@ def naive_worker(args: argparse.Namespace) -> None:
     """One table write and one output record per event, `async for` one event at a time."""
     import faust
 
-    from .rules import Row, apply, location_of
-    from .tables import declare_locations
+    from streams.rules import Row, apply, location_of
+    from streams.tables import declare_locations
 
     kafka = KafkaSettings(bootstrap=args.bootstrap, embedded=args.embedded)
     topics = TopicSettings(partitions=args.partitions).with_suffix(args.topics_suffix)
     if kafka.embedded:
-        from . import embedded
+        from astreg.patches import embedded
 
         embedded.install(kafka)
     app = faust.App(args.app_id, **kafka.faust_kwargs(), store="rocksdb://", datadir=args.data_dir,
@@ -515,7 +515,7 @@ def naive_worker(args: argparse.Namespace) -> None:
 
     from faust.worker import Worker
 
-    from .cli import quiet_worker
+    from streams.cli import quiet_worker
 
     # Same logging as astreg's worker (no spinner forcing DEBUG records): only the processing differs.
     quiet_worker(Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)).execute_from_commandline()
@@ -578,12 +578,12 @@ async def run_recovery(quick: bool, work: Path) -> dict[str, Any]:
         out = await bench_recovery(kafka, rows, work=work)
     if not quick and rows != 1_000_000:
         out["note"] = (f"{rows:,} rows, not 1,000,000 "
-                       "(python -m streams.bench --events 0 --recovery-endpoints 1000000 does it)")
+                       "(python -m astreg.tools.bench.stream --events 0 --recovery-endpoints 1000000 does it)")
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m streams.bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m astreg.tools.bench.stream", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd")
     naive = sub.add_parser("naive-worker")
     naive.add_argument("--bootstrap", required=True)

@@ -30,11 +30,11 @@ from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
-from .broker import EmbeddedBroker, free_port
-from .options import build, settings_options
-from .proc import Child, ProcessGroup, astreg_argv
-from .settings import KafkaSettings, TopicSettings, _Base
-from .topics import ensure_topics
+from astreg.broker import EmbeddedBroker, free_port
+from astreg.options import build, settings_options
+from astreg.proc import Child, ProcessGroup, astreg_argv
+from astreg.settings import KafkaSettings, TopicSettings, _Base
+from astreg.topics import ensure_topics
 
 __all__ = ["demo", "DemoSettings", "Stack", "start_stack"]
 

@@ -31,8 +31,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .broker import EmbeddedBroker
-from .settings import KafkaSettings
+from astreg.broker import EmbeddedBroker
+from astreg.settings import KafkaSettings
 
 __all__ = ["bench", "SECTIONS", "run_sections", "failures"]
 
@@ -42,15 +42,15 @@ logger = logging.getLogger(__name__)
 #   async def f(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict
 # ``kafka``: the run's one broker (every section that needs Kafka uses it, with its own topics).
 SECTIONS: dict[str, tuple[str, str]] = {
-    "simulator": ("astreg.bench_sections:simulator", "AMI events/s generated, bytes per phone"),
-    "producer": ("astreg.bench_sections:producer", "AMI events/s parsed+mapped+encoded+sent, RSS"),
-    "stream": ("astreg.bench_sections:stream", "events/s per worker vs naive Faust vs raw aiokafka"),
-    "sinks": ("astreg.bench_sections:sinks", "upserts/s per store"),
-    "web": ("astreg.bench_sections:web", "/node lookup latency, 50 concurrent clients"),
-    "e2e": ("astreg.bench_e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
-    "storm": ("astreg.bench_e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
-    "recovery": ("astreg.bench_sections:recovery", "restarted worker serving a large table"),
-    "alerting": ("astreg.bench_sections:alerting", "alert engine records/s, RTCP mapping/s"),
+    "simulator": ("astreg.tools.bench.sections:simulator", "AMI events/s generated, bytes per phone"),
+    "producer": ("astreg.tools.bench.sections:producer", "AMI events/s parsed+mapped+encoded+sent, RSS"),
+    "stream": ("astreg.tools.bench.sections:stream", "events/s per worker vs naive Faust vs raw aiokafka"),
+    "sinks": ("astreg.tools.bench.sections:sinks", "upserts/s per store"),
+    "web": ("astreg.tools.bench.sections:web", "/node lookup latency, 50 concurrent clients"),
+    "e2e": ("astreg.tools.bench.e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
+    "storm": ("astreg.tools.bench.e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
+    "recovery": ("astreg.tools.bench.sections:recovery", "restarted worker serving a large table"),
+    "alerting": ("astreg.tools.bench.sections:alerting", "alert engine records/s, RTCP mapping/s"),
 }
 
 
@@ -95,7 +95,7 @@ async def run_sections(names: list[str], quick: bool, work: Path, console: Conso
     if kafka is None and any(n not in NO_BROKER for n in names):
         work.mkdir(parents=True, exist_ok=True)
         if broker_kind == "apache":
-            from .kafka import ApacheKafka
+            from astreg.kafka import ApacheKafka
 
             cluster = ApacheKafka(brokers=1, data_dir=work / "kafka", config=BENCH_BROKER_CONFIG)
             await asyncio.to_thread(cluster.start)
@@ -127,7 +127,7 @@ async def _run_sections(names: list[str], quick: bool, work: Path, console: Cons
             other = PAIRED[name]
             console.print(f"[bold]▶ {name}[/]: {what} … (then {other} on the same pipeline)")
             try:
-                from .bench_e2e import run_latency_and_storm
+                from astreg.tools.bench.e2e import run_latency_and_storm
 
                 both = await run_latency_and_storm(quick=quick, work=work / f"{name}+{other}", kafka=kafka)
                 results[name], shared[other] = both[name], both[other]

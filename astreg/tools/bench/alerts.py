@@ -1,6 +1,6 @@
 """Benchmarks of the alerting core: records/s through the engine, decode included or not.
 
-Run standalone: ``python -m streams.alertbench`` (prints a JSON dict); the lead wires
+Run standalone: ``python -m astreg.tools.bench.alerts`` (prints a JSON dict); the lead wires
 :func:`bench_alerting` into ``astreg bench``. Figures are measured in-process on synthetic
 records (many endpoints on 3 nodes, RTCP every 5 s per active call, qualify changes, heartbeats).
 """
@@ -23,8 +23,7 @@ from schemas.models import (
     Source,
 )
 from schemas.quality import QualityKind, QualitySample, ReportDirection
-
-from .alerting import AlertEngine, AlertSettings
+from streams.alerts.engine import AlertEngine, AlertSettings
 
 __all__ = ["bench_alerting", "bench_rtcp_mapping"]
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 if TYPE_CHECKING:
-    from .app import StreamApp
+    from streams.app import StreamApp
 
 __all__ = ["install", "restore_partitions", "MIN_LAG"]
 

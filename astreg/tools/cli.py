@@ -17,24 +17,24 @@ from pathlib import Path
 
 import click
 
-from .broker import EmbeddedBroker
-from .options import build, settings_options
-from .settings import KafkaSettings, TopicSettings
+from astreg.broker import EmbeddedBroker
+from astreg.options import build, settings_options
+from astreg.settings import KafkaSettings, TopicSettings
 
 __all__ = ["main", "configure_logging"]
 
 # name -> "module:attribute" of a click command; imported on first use.
 SUBCOMMANDS: dict[str, str] = {
-    "broker": "astreg.cli:broker",
-    "kafka": "astreg.cli:kafka",
-    "topics": "astreg.cli:topics",
+    "broker": "astreg.tools.cli:broker",
+    "kafka": "astreg.tools.cli:kafka",
+    "topics": "astreg.tools.cli:topics",
     "simulate": "producers.simulator.cli:simulate",
     "producer": "producers.cli:producer",
     "worker": "streams.cli:worker",
     "sink": "sinks.cli:sink",
-    "demo": "astreg.demo:demo",
-    "bench": "astreg.bench:bench",
-    "alerts": "streams.alerts_cli:alerts",
+    "demo": "astreg.tools.demo:demo",
+    "bench": "astreg.tools.bench.cli:bench",
+    "alerts": "streams.alerts.cli:alerts",
 }
 
 
@@ -97,7 +97,7 @@ def broker(port: int | None, create_topics: bool, **kw: object) -> None:
     b = EmbeddedBroker(port=port).start()
     try:
         if create_topics:
-            from .topics import ensure_topics
+            from astreg.topics import ensure_topics
 
             kafka = KafkaSettings(bootstrap=b.bootstrap, embedded=True)
             asyncio.run(ensure_topics(kafka, tset))
@@ -138,8 +138,8 @@ def kafka(brokers: str, port: int | None, data_dir: Path | None, protocol: str, 
     """Run Apache Kafka (KRaft) on loopback from Maven Central's jars until SIGINT/SIGTERM."""
     import os
 
-    from .errors import ConfigError
-    from .kafka import ApacheKafka, KafkaRuntime, ScramUser
+    from astreg.errors import ConfigError
+    from astreg.kafka import ApacheKafka, KafkaRuntime, ScramUser
 
     try:
         if fetch_only:
@@ -171,7 +171,7 @@ def kafka(brokers: str, port: int | None, data_dir: Path | None, protocol: str, 
     try:
         cluster.start()
         if create_topics:
-            from .topics import ensure_topics
+            from astreg.topics import ensure_topics
 
             asyncio.run(ensure_topics(cluster.client_settings(embedded=False), tset))
         click.echo(f"bootstrap={cluster.bootstrap}")
@@ -199,11 +199,11 @@ def topics() -> None:
 @settings_options(KafkaSettings, TopicSettings)
 def topics_create(**kw: object) -> None:
     """Create every topic (idempotent); fail on a mismatched existing layout."""
-    from .errors import ConfigError
-    from .topics import ensure_topics
+    from astreg.errors import ConfigError
+    from astreg.topics import ensure_topics
 
     kafka, tset = build(kw, KafkaSettings, TopicSettings)
-    from .preflight import preflight
+    from astreg.preflight import preflight
 
     preflight(kafka)
     try:

@@ -1,6 +1,6 @@
 """Options of the query page and JSON API (``astreg worker --api-token ...``).
 
-Kept apart from :mod:`streams.views` so ``astreg worker --help`` lists them without importing
+Kept apart from :mod:`streams.web.views` so ``astreg worker --help`` lists them without importing
 Faust. Every field is also an ``ASTREG_*`` environment variable (``ASTREG_API_TOKEN``).
 """
 

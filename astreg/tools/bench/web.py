@@ -6,7 +6,7 @@ whole thing (embedded broker, topics, two ``astreg worker`` processes, N registr
 measures, so half the lookups are answered by the worker asked and half are forwarded to the
 owner. Standalone::
 
-    python -m streams.webbench --endpoints 10000 --clients 50 --requests 20000
+    python -m astreg.tools.bench.web --endpoints 10000 --clients 50 --requests 20000
 
 Both return a dict of figures (the lead wires :func:`run` into ``astreg bench``).
 """
@@ -133,8 +133,7 @@ def measure_row_index(rows: int = 50_000) -> dict[str, Any]:
     """CPU cost of one worker's list questions over ``rows`` rows (no HTTP): index build per
     snapshot (first question of a sort order / search) and the following cached questions."""
     from schemas.models import Contact, ContactStatus, EndpointLocation, LocationStatus
-
-    from . import api
+    from streams.web import api
 
     def row(i: int) -> EndpointLocation:
         ip = f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"

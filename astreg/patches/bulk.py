@@ -29,7 +29,7 @@ from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
 if TYPE_CHECKING:
-    from .app import StreamApp
+    from streams.app import StreamApp
 
 __all__ = ["BulkEvent", "install", "drain"]
 
