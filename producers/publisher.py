@@ -25,8 +25,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 
+from astreg.partition import partition_for
 from astreg.settings import KafkaSettings
 
 from .metrics import ProducerMetrics
@@ -35,7 +35,6 @@ __all__ = ["Publisher", "Record"]
 
 logger = logging.getLogger(__name__)
 
-_PARTITIONER = DefaultPartitioner()
 BATCH = 2000  # records handed to aiokafka before awaiting their acks
 BACKOFF_MIN = 0.2
 BACKOFF_MAX = 5.0
@@ -256,7 +255,7 @@ class Publisher:
             parts = self._partitions.get(rec.topic)
             if parts is None:
                 parts = self._partitions[rec.topic] = sorted(await producer.partitions_for(rec.topic))
-            part = _PARTITIONER(rec.key, parts, parts)
+            part = parts[partition_for(rec.key, len(parts))]
             tp = (rec.topic, part)
             batch = batches.get(tp)
             if batch is None:

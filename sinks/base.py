@@ -28,11 +28,11 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.partitioner import murmur2
 from prometheus_client import Counter, Gauge, Histogram
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import PermanentWriteError, SinkUnavailable, UndecodableRecord
+from astreg.partition import partition_for
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import Codec, location_codec
 from schemas.models import EndpointLocation
@@ -45,7 +45,6 @@ __all__ = [
     "RunnerSettings",
     "Batch",
     "coalesce",
-    "partition_of",
     "stale_keys",
 ]
 
@@ -112,9 +111,7 @@ def coalesce(items: Iterable[tuple[str, EndpointLocation | None]]) -> Batch:
     return batch
 
 
-def partition_of(key: str, partitions: int) -> int:
-    """The partition Kafka's default partitioner (murmur2, like Java) puts ``key`` in."""
-    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
 
 
 def stale_keys(stored: Iterable[str], alive: set[str], owned: Callable[[str], bool]) -> list[str]:
@@ -433,7 +430,7 @@ class SinkRunner:
         removed: list[int] = []
 
         async def reconcile() -> None:
-            removed.append(await self.sink.reconcile(alive, lambda k: partition_of(k, count) in parts))
+            removed.append(await self.sink.reconcile(alive, lambda k: partition_for(k, count) in parts))
 
         await self._retrying(reconcile, "reconcile")
         RECONCILED.labels(self.sink.kind).inc(removed[-1])

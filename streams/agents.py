@@ -19,10 +19,11 @@ from typing import TYPE_CHECKING, Any, cast
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
+from astreg.partition import partition_for
 from schemas.codec import location_codec, registration_codec
 from schemas.models import RegistrationEvent
 
-from .produce import default_partition, send_batches
+from .produce import send_batches
 from .rules import Row, decide, durable_rest, location_of
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Outputs:
         if count != self._source_count:  # not co-partitioned: every key through murmur2
             records = [(k, v, None) for k, v, _ in records]
         await send_batches(producer, topic, (
-            (default_partition(k, count) if p is None else p, k, v) for k, v, p in records))
+            (partition_for(k, count) if p is None else p, k, v) for k, v, p in records))
 
     def encode_location(self, row: Row | None) -> bytes | None:
         loc = location_of(row)

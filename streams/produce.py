@@ -12,14 +12,7 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka.partitioner import murmur2
-
-__all__ = ["send_batches", "default_partition"]
-
-
-def default_partition(key: bytes, partitions: int) -> int:
-    """Kafka's default partition of a key (murmur2), what ``producer.send`` would choose."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+__all__ = ["send_batches"]
 
 
 async def send_batches(

@@ -18,24 +18,22 @@ from typing import TYPE_CHECKING, Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from astreg.errors import UndecodableRecord
+from astreg.partition import partition_for
 from schemas.codec import node_codec
 from schemas.models import EventKind, RegistrationEvent, Source
 
-from .produce import default_partition
 from .rules import Row
 from .tables import NodeState
 
 if TYPE_CHECKING:
     from .app import StreamApp
 
-__all__ = ["synthetic_for", "next_deadline", "partition_of", "attach"]
+__all__ = ["synthetic_for", "next_deadline", "attach"]
 
 logger = logging.getLogger(__name__)
 
 
-def partition_of(key: str, partitions: int) -> int:
-    """Kafka's default partition of a key (murmur2, like the Java client and aiokafka)."""
-    return default_partition(key.encode(), partitions)
+
 
 
 def _event(row: Row, node: str, kind: EventKind, basis: tuple[int, int], now_ms: int, cause: str,
@@ -190,7 +188,7 @@ def attach(stream: StreamApp) -> None:
         db_for = getattr(store, "_db_for_partition", None)
         if db_for is None:  # memory store (tests)
             for key, row in list(stream.locations.items()):
-                if partition_of(key, names.partitions) in owned:
+                if partition_for(key, names.partitions) in owned:
                     yield key, row
             return
         needles = [n.encode() for n in interesting]

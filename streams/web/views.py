@@ -33,13 +33,13 @@ from urllib.parse import quote
 
 import aiohttp
 import faust
-from aiokafka.partitioner import murmur2
 from faust.types import TP
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
 from prometheus_client.registry import CollectorRegistry
 from yarl import URL
 
+from astreg.partition import partition_for
 from schemas.models import EndpointLocation
 from streams.web import api
 from streams.web.settings import WebSettings
@@ -176,7 +176,7 @@ class WebService:
         part = self._partition_of.get(key)
         if part is None:
             count = int(self.locations.partitions or self.app.conf.topic_partitions)
-            part = self._partition_of[key] = (murmur2(key.encode()) & 0x7FFFFFFF) % count
+            part = self._partition_of[key] = partition_for(key, count)
         return part
 
     def owner_of(self, part: int) -> str | None:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from astreg.partition import partition_for as default_partition
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec, node_codec, registration_codec
 from schemas.models import EndpointLocation, NodeStatus, RegistrationEvent
-from streams.produce import default_partition
 
 __all__ = ["read_locations", "read_all", "produce", "wait_for", "start_worker", "free_port"]
 

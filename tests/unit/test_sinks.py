@@ -9,9 +9,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
+from astreg.partition import partition_for as partition_of
 from schemas.models import DeviceState
 from sinks.astdb import AmiClient, all_keys, entries, key_part, value_text
-from sinks.base import coalesce, partition_of, stale_keys
+from sinks.base import coalesce, stale_keys
 from sinks.redis import hash_of
 from sinks.sql import TABLE, row_of
 from tests.support.sink_records import location

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from astreg.partition import partition_for as partition_of
 from schemas.models import (
     ContactStatus,
     EventKind,
@@ -13,7 +14,7 @@ from schemas.models import (
 )
 from streams.rules import Row, apply, location_of
 from streams.tables import NodeBook, node_view
-from streams.timers import next_deadline, partition_of, synthetic_for
+from streams.timers import next_deadline, synthetic_for
 
 E = "PJSIP/1001"
 T0 = 1_000_000

@@ -72,7 +72,7 @@ def workload(n: int, endpoints: int, mix: str = "churn") -> list[RegistrationEve
 
 def _sentinels(partitions: int, seq0: int, prefix: str = "PJSIP/zz-sentinel") -> dict[str, RegistrationEvent]:
     """One endpoint per partition, registered last: its output means the partition is done."""
-    from streams.timers import partition_of
+    from astreg.partition import partition_for as partition_of
 
     found: dict[int, str] = {}
     i = 0
@@ -106,8 +106,8 @@ async def _produce_bulk(kafka: KafkaSettings, topic: str, events: list[Registrat
     """Like :func:`_produce` (same codec, key, default partition), in ~1 MB record batches per
     partition (the worker's own ``send_batches``): ~10x less producer CPU per record, for
     filling big tables."""
+    from astreg.partition import partition_for as partition_of
     from streams.produce import send_batches
-    from streams.timers import partition_of
 
     codec = registration_codec()
     records = [(partition_of(e.endpoint, partitions), e.endpoint.encode(), codec.encode(e)) for e in events]
@@ -345,7 +345,7 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
             out["fill_s"] = round(time.monotonic() - t0, 1)
         import psutil
 
-        from streams.timers import partition_of
+        from astreg.partition import partition_for as partition_of
 
         used: set[str] = set()
 
