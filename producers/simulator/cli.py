@@ -21,6 +21,7 @@ from astreg.options import build, settings_options
 from .config import SimConfig
 from .control import ControlServer
 from .core import Simulator
+from .scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ async def _loop_scenarios(sim: Simulator, names: list[str], stop: asyncio.Event)
     looped = [n for n in names if n not in once]
     for name in once:
         try:
-            await sim.run_scenario(name)
+            await run_scenario(sim, name)
         except Exception:
             logger.exception("scenario %s failed", name)
     if not looped:
@@ -68,7 +69,7 @@ async def _loop_scenarios(sim: Simulator, names: list[str], stop: asyncio.Event)
     while not stop.is_set():
         for name in looped:
             try:
-                await sim.run_scenario(name)
+                await run_scenario(sim, name)
             except Exception:
                 logger.exception("scenario %s failed", name)
                 await asyncio.sleep(1.0)

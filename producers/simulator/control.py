@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import inspect
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
-if TYPE_CHECKING:
-    from .core import Simulator
+from .core import Simulator, SimulatorError
+from .scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -72,18 +72,14 @@ class ControlServer:
         return body
 
     async def _scenario(self, request: web.Request) -> web.Response:
-        from .core import SimulatorError
-
         body = await self._body(request)
         try:
-            result = await self.sim.run_scenario(str(body.get("name", "")), **dict(body.get("params") or {}))
+            result = await run_scenario(self.sim, str(body.get("name", "")), **dict(body.get("params") or {}))
         except SimulatorError as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response({"ok": True, "result": result, "seq": self.sim.seq})
 
     async def _action(self, request: web.Request) -> web.Response:
-        from .core import SimulatorError
-
         body = await self._body(request)
         op = str(body.get("op") or body.get("action") or "")
         params = dict(body.get("params") or {})

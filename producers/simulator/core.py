@@ -20,6 +20,7 @@ import time
 from typing import Any
 
 from .config import SimConfig
+from .faults import FAULTS, fault_bytes
 from .media import Leg, rtcp_events
 from .node import AmiNode
 from .state import DEVICE_STATES, STATUS_NAMES
@@ -74,7 +75,7 @@ class Simulator:
             try:
                 for phone in range(1, cfg.phones + 1):
                     node = self.nodes[f"node{(phone - 1) % cfg.nodes + 1}"]
-                    node.register(phone, expires=cfg.expires, qualify=self._qualified(phone), user_agent=None,
+                    node.register(phone, expires=cfg.expires, qualify=self.qualified(phone), user_agent=None,
                                   ip=None, port=None, transport="udp", quiet=True)
             finally:
                 if gc_was_enabled:
@@ -119,7 +120,8 @@ class Simulator:
     def node_names(self) -> list[str]:
         return list(self.nodes)
 
-    def _qualified(self, phone: int) -> bool:
+    def qualified(self, phone: int) -> bool:
+        """Whether ``phone``'s contact is qualified (every ``qualify_every``-th phone)."""
         k = self.config.qualify_every
         return k > 0 and phone % k == 1 % k
 
@@ -129,11 +131,12 @@ class Simulator:
         except KeyError:
             raise SimulatorError(f"unknown node {name!r} (have {', '.join(self.nodes)})") from None
 
-    def _phone(self, phone: int | str) -> int:
+    def phone_index(self, phone: int | str) -> int:
+        """Phone number 1..phones of ``phone`` (an index, an endpoint name or ``PJSIP/<name>``)."""
         if isinstance(phone, str):
             text = phone.removeprefix("PJSIP/")
             if self.config.endpoint_format == "{n}" and text.isdigit():
-                return self._phone(int(text) - 1000)
+                return self.phone_index(int(text) - 1000)
             for i in range(1, self.config.phones + 1):  # names are formatted: search is rare (HTTP only)
                 if self.endpoint(i) == text:
                     return i
@@ -151,7 +154,7 @@ class Simulator:
                 for phone in node.expired(now):
                     node.remove(phone, why="expire")
 
-    async def _pace(self, events: int) -> None:
+    async def pace(self, events: int) -> None:
         """Token bucket for ``rate``: scenario steps wait here so events/s stay under the cap."""
         if self.config.rate is None:
             await asyncio.sleep(0)
@@ -169,20 +172,20 @@ class Simulator:
                        user_agent: str | None = None, ip: str | None = None, port: int | None = None,
                        transport: str = "udp", rtt_us: int | None = None, keepalive: bool = True) -> None:
         """REGISTER ``phone`` on ``node``; the same address again is a refresh (no status event)."""
-        p = self._phone(phone)
-        q = self._qualified(p) if qualify is None else qualify
+        p = self.phone_index(phone)
+        q = self.qualified(p) if qualify is None else qualify
         self.node(node).register(p, expires=expires or self.config.expires, qualify=q, user_agent=user_agent, ip=ip,
                                  port=port, transport=transport, rtt_us=rtt_us, keepalive=keepalive)
 
     async def refresh(self, phone: int | str, node: str) -> None:
-        if not self.node(node).refresh(self._phone(phone)):
+        if not self.node(node).refresh(self.phone_index(phone)):
             raise SimulatorError(f"phone {phone} has no contact on {node}")
 
     async def unregister(self, phone: int | str, node: str) -> bool:
-        return self.node(node).remove(self._phone(phone), why="unregister")
+        return self.node(node).remove(self.phone_index(phone), why="unregister")
 
     async def expire(self, phone: int | str, node: str) -> bool:
-        return self.node(node).remove(self._phone(phone), why="expire")
+        return self.node(node).remove(self.phone_index(phone), why="expire")
 
     def location(self, phone: int) -> str | None:
         """Node of the phone's most recently registered contact."""
@@ -196,7 +199,7 @@ class Simulator:
     async def move(self, phone: int | str, to_node: str, **register_kw: Any) -> None:
         """The phone registers on ``to_node`` without unregistering; its old contacts stop being
         refreshed and are expired by their node's expiration check (as in Asterisk)."""
-        p = self._phone(phone)
+        p = self.phone_index(phone)
         target = self.node(to_node)
         now = time.time()
         for name, node in self.nodes.items():
@@ -207,17 +210,17 @@ class Simulator:
             # A move always makes a new contact (a new source port if it had one there), so it is
             # observable: re-using the old binding would be a silent refresh.
             register_kw["port"] = 5060 if old is None else (old.port % 65535) + 1
-        register_kw.setdefault("qualify", self._qualified(p))
+        register_kw.setdefault("qualify", self.qualified(p))
         await self.register(p, to_node, **register_kw)
 
     async def qualify(self, phone: int | str, node: str, reachable: bool, rtt_us: int | None = None) -> None:
-        if not self.node(node).qualify(self._phone(phone), reachable, rtt_us):
+        if not self.node(node).qualify(self.phone_index(phone), reachable, rtt_us):
             raise SimulatorError(f"phone {phone} has no contact on {node}")
 
     async def device_state(self, phone: int | str, node: str, state: str) -> None:
         if state not in DEVICE_STATES:
             raise SimulatorError(f"unknown device state {state!r}")
-        self.node(node).set_device_state(self._phone(phone), state)
+        self.node(node).set_device_state(self.phone_index(phone), state)
 
     async def call(self, caller: int | str, callee: int | str, *, answer: bool = True,
                    jitter_ms: float | None = None, loss: float | None = None) -> None:
@@ -226,7 +229,7 @@ class Simulator:
         An answered call reports RTCP every ``rtcp_interval`` on each of its channels (14)
         until ``hangup``; ``jitter_ms``/``loss`` override the configured figures of its phones.
         """
-        a, b = self._phone(caller), self._phone(callee)
+        a, b = self.phone_index(caller), self.phone_index(callee)
         na, nb = self._where(a), self._where(b)
         nb.set_device_state(b, "RINGING")
         na.set_device_state(a, "INUSE")
@@ -300,15 +303,15 @@ class Simulator:
 
     async def hold(self, caller: int | str, callee: int | str) -> None:
         """The *held* party goes ONHOLD (09), not the one who pressed hold."""
-        b = self._phone(callee)
+        b = self.phone_index(callee)
         self._where(b).set_device_state(b, "ONHOLD")
 
     async def unhold(self, caller: int | str, callee: int | str) -> None:
-        b = self._phone(callee)
+        b = self.phone_index(callee)
         self._where(b).set_device_state(b, "INUSE")
 
     async def hangup(self, caller: int | str, callee: int | str) -> None:
-        a, b = self._phone(caller), self._phone(callee)
+        a, b = self.phone_index(caller), self.phone_index(callee)
         na, nb = self._where(a), self._where(b)
         self._stop_media((a, b))
         na.set_device_state(a, "NOT_INUSE")
@@ -373,20 +376,16 @@ class Simulator:
         await n.listen()
         n.emit([n.fully_booted_broadcast()])
 
-    async def run_scenario(self, name: str, **params: Any) -> dict[str, Any]:
-        from .scenarios import run_scenario
-
-        return await run_scenario(self, name, **params)
-
     async def astdb_read_only(self, node: str, read_only: bool = True) -> None:
         """The node's AstDB refuses writes (disk full): DBPut answers ``Failed to update entry``,
         DBDel ``Database entry could not be deleted``, as Asterisk's do when ast_db fails."""
         self.node(node).astdb.read_only = read_only
 
     async def inject_fault(self, node: str, kind: str) -> None:
-        from .scenarios import inject_fault
-
-        await inject_fault(self, node, kind)
+        """Write one deliberately bad event to every client of ``node`` (it changes no state)."""
+        if kind not in FAULTS:
+            raise SimulatorError(f"unknown fault {kind!r} (have {', '.join(FAULTS)})")
+        self.node(node).inject_raw(fault_bytes(kind, node))
 
     # -- observation ------------------------------------------------------------------------
     def truth(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Scenario steps and fault injection for a running ``Simulator`` (deterministic per seed).
 
 ``run_scenario(sim, name, **params)`` runs one bounded step and returns a summary; the CLI
-repeats steps forever. ``--rate`` is honoured through ``Simulator._pace``.
+repeats steps forever. ``--rate`` is honoured through ``Simulator.pace``.
 
 steady   phones refresh at their expiry interval: no AMI event at all (03), and an unchanged
          qualify result emits nothing either (02, README obs. 7) — so steady is silent.
@@ -19,16 +19,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .core import Simulator
+from .core import Simulator, SimulatorError
 
-__all__ = ["run_scenario", "inject_fault", "SCENARIOS", "FAULTS"]
+__all__ = ["run_scenario", "SCENARIOS"]
 
 
 async def steady(sim: Simulator, count: int = 0) -> dict[str, Any]:
-    await sim._pace(0)
+    await sim.pace(0)
     return {"events": 0}
 
 
@@ -41,7 +40,7 @@ async def churn(sim: Simulator, count: int = 100) -> dict[str, Any]:
         phone = rng.randint(1, sim.config.phones)
         where = sim.location(phone)
         if where is None:
-            await sim.register(phone, rng.choice(names), qualify=sim._qualified(phone), port=rng.randint(5060, 5999))
+            await sim.register(phone, rng.choice(names), qualify=sim.qualified(phone), port=rng.randint(5060, 5999))
             ops["register"] += 1
         elif rng.random() < 0.8:
             await sim.unregister(phone, where)
@@ -49,7 +48,7 @@ async def churn(sim: Simulator, count: int = 100) -> dict[str, Any]:
         else:
             await sim.expire(phone, where)
             ops["expire"] += 1
-        await sim._pace(4)
+        await sim.pace(4)
     return ops
 
 
@@ -64,7 +63,7 @@ async def move(sim: Simulator, count: int = 10) -> dict[str, Any]:
         target = sim.rng.choice([n for n in names if n != where])
         await sim.move(phone, target, port=sim.rng.randint(5060, 5999))
         moved += 1
-        await sim._pace(4)
+        await sim.pace(4)
     return {"moved": moved}
 
 
@@ -80,7 +79,7 @@ async def calls(sim: Simulator, count: int = 5) -> dict[str, Any]:
         await sim.unhold(a, b)
         await sim.hangup(a, b)
         done += 1
-        await sim._pace(7)
+        await sim.pace(7)
     return {"calls": done}
 
 
@@ -95,7 +94,7 @@ async def storm(sim: Simulator, node: str = "node1", mode: str = "close") -> dic
             break
         await sim.move(phone, others[i % len(others)], port=5060 + (phone % 900))
         moved += 1
-        await sim._pace(4)
+        await sim.pace(4)
     return {"moved": moved}
 
 
@@ -111,9 +110,7 @@ async def restart(sim: Simulator, node: str = "node1") -> dict[str, Any]:
 
 async def flapping(sim: Simulator, phone: int | str = 1, changes: int = 6, window: float = 10.0) -> dict[str, Any]:
     """A qualified contact alternating Unreachable/Reachable ``changes`` times within ``window`` s."""
-    from .core import SimulatorError
-
-    p = sim._phone(phone)
+    p = sim.phone_index(phone)
     node = sim.location(p)
     if node is None:
         raise SimulatorError(f"phone {phone} is not registered anywhere")
@@ -142,8 +139,6 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {"steady": stea
 
 
 async def run_scenario(sim: Simulator, name: str, **params: Any) -> dict[str, Any]:
-    from .core import SimulatorError
-
     fn = SCENARIOS.get(name)
     if fn is None:
         raise SimulatorError(f"unknown scenario {name!r} (have {', '.join(SCENARIOS)})")
@@ -153,34 +148,3 @@ async def run_scenario(sim: Simulator, name: str, **params: Any) -> dict[str, An
         raise SimulatorError(f"bad parameters for scenario {name!r}: {exc}") from exc
     result: dict[str, Any] = await fn(sim, **params)
     return result
-
-
-def _fault_bytes(kind: str, node: str) -> bytes:
-    head = f"Event: ContactStatus\r\nPrivilege: system,all\r\nSystemName: {node}\r\n"
-    if kind == "oversized":
-        return (head + "URI: sip:" + "x" * 100_000 + "@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 1001\r\n"
-                "EndpointName: 1001\r\nRoundtripUsec: 1\r\n\r\n").encode()
-    if kind == "missing_headers":
-        return (head + "ContactStatus: Reachable\r\n\r\n").encode()
-    if kind == "broken_utf8":
-        return head.encode() + b"URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 10\xff\xfe01\r\n" \
-            b"EndpointName: 1001\xc3\r\nRoundtripUsec: 1\r\n\r\n"
-    if kind == "unknown_enum":
-        return (head + "URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Teleported\r\nAOR: 1001\r\n"
-                "EndpointName: 1001\r\nRoundtripUsec: 1\r\n\r\n").encode()
-    if kind == "utf8":
-        return (head + "URI: sip:1001@10.0.0.1:5060\r\nContactStatus: Reachable\r\nAOR: 1001\r\n"
-                "EndpointName: 1001\r\nRoundtripUsec: 1\r\nUserAgent: Téléphone ☎ 电话\r\n\r\n").encode()
-    raise KeyError(kind)
-
-
-FAULTS = ("oversized", "missing_headers", "broken_utf8", "unknown_enum", "utf8")
-
-
-async def inject_fault(sim: Simulator, node: str, kind: str) -> None:
-    """Write one deliberately bad event to every client of ``node`` (it changes no state)."""
-    from .core import SimulatorError
-
-    if kind not in FAULTS:
-        raise SimulatorError(f"unknown fault {kind!r} (have {', '.join(FAULTS)})")
-    sim.node(node).inject_raw(_fault_bytes(kind, node))

@@ -15,6 +15,7 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from producers.node import NodeProducer, ProducerSettings
 from producers.simulator import SimConfig, Simulator
+from producers.simulator.scenarios import run_scenario
 from schemas.quality import AlertKind, AlertState
 from streams.alerts.runner import active_alerts, read_alerts
 from tests.support.alerts import alerter_env, by_id, wait_until
@@ -54,11 +55,11 @@ async def test_simulated_cluster_raises_and_resolves_each_alert_once(
                 return all(i in have for i in ids)
 
             # A poor call between two phones of node1: jitter and loss on both phone legs.
-            await sim.run_scenario("bad_call", caller=1, callee=3, seconds=1.5, jitter_ms=60.0, loss=0.2)
+            await run_scenario(sim, "bad_call", caller=1, callee=3, seconds=1.5, jitter_ms=60.0, loss=0.2)
             await wait_until(lambda: raised("HIGH_JITTER/node1/PJSIP/1001", "HIGH_LOSS/node1/PJSIP/1003"), 20,
                              "jitter and loss alerts")
             # Phone 2 (node2) flaps: 6 Reachable/Unreachable changes in 1.2 s.
-            await sim.run_scenario("flapping", phone=2, changes=6, window=1.2)
+            await run_scenario(sim, "flapping", phone=2, changes=6, window=1.2)
             await wait_until(lambda: raised("ENDPOINT_FLAPPING/node2/PJSIP/1002"), 20, "flapping")
             # node2 loses 4 of its 6 phones.
             for phone in (4, 6, 8, 10):

@@ -14,6 +14,7 @@ from panoramisk import Manager
 
 from producers.simulator import SimConfig, Simulator, SimulatorError
 from producers.simulator.control import ControlServer
+from producers.simulator.scenarios import run_scenario
 from tests.support.amiclient import RawAmi
 from tests.support.transcripts import parse_messages
 
@@ -204,8 +205,8 @@ async def test_scenarios_are_deterministic_per_seed() -> None:
     async def run(seed: int) -> dict[str, object]:
         async with Simulator(cfg(seed=seed, phones=50, nodes=3)) as sim:
             for name in ("churn", "move", "calls", "steady"):
-                await sim.run_scenario(name)
-            await sim.run_scenario("storm", node="node3")
+                await run_scenario(sim, name)
+            await run_scenario(sim, "storm", node="node3")
             t = sim.truth()
             for n in t["nodes"].values():
                 for c in n["contacts"]:
@@ -225,7 +226,7 @@ async def test_rate_caps_events_per_second_in_scenarios() -> None:
     async with Simulator(cfg(initial="none", rate=200.0, phones=20, security_events=False)) as sim:
         loop = asyncio.get_running_loop()
         start = loop.time()
-        await sim.run_scenario("churn", count=60)
+        await run_scenario(sim, "churn", count=60)
         elapsed = loop.time() - start
         events = sum(s["events"] for s in sim.stats().values())
         # A lower bound only (a loaded machine can only make it slower): the bucket starts empty.

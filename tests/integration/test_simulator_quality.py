@@ -8,6 +8,7 @@ import pytest
 from producers.quality import rtcp_samples
 from producers.simulator import SimConfig, Simulator
 from producers.simulator.core import SimulatorError
+from producers.simulator.scenarios import run_scenario
 from schemas.quality import ReportDirection
 from tests.support.amiclient import RawAmi
 from tests.support.transcripts import parse_messages
@@ -28,7 +29,7 @@ async def test_bad_call_reports_its_jitter_and_loss_until_hangup() -> None:
         c = await _login(sim, "node1")
         try:
             # Phone 1 is on node1, phone 2 on node2: node1 has the phone leg and a trunk leg.
-            result = await sim.run_scenario("bad_call", caller=1, callee=2, seconds=0.45, jitter_ms=40.0, loss=0.25)
+            result = await run_scenario(sim, "bad_call", caller=1, callee=2, seconds=0.45, jitter_ms=40.0, loss=0.25)
             assert result["seconds"] == 0.45
             msgs = [dict(parse_messages(m)) for m in await c.read_all(quiet=0.4)]
         finally:
@@ -50,7 +51,7 @@ async def test_rtcp_interval_zero_means_no_reports() -> None:
     async with Simulator(SimConfig(**CFG, rtcp_interval=0)) as sim:  # type: ignore[arg-type]
         c = await _login(sim, "node1")
         try:
-            await sim.run_scenario("bad_call", caller=1, callee=3, seconds=0.2)
+            await run_scenario(sim, "bad_call", caller=1, callee=3, seconds=0.2)
             events = {dict(parse_messages(m)).get("Event") for m in await c.read_all(quiet=0.3)}
         finally:
             await c.close()
@@ -61,7 +62,7 @@ async def test_flapping_alternates_reachable_and_unreachable() -> None:
     async with Simulator(SimConfig(**CFG)) as sim:  # type: ignore[arg-type]
         c = await _login(sim, "node2")
         try:
-            await sim.run_scenario("flapping", phone=2, changes=5, window=0.25)
+            await run_scenario(sim, "flapping", phone=2, changes=5, window=0.25)
             msgs = [dict(parse_messages(m)) for m in await c.read_all(quiet=0.3)]
         finally:
             await c.close()
@@ -77,4 +78,4 @@ async def test_bad_parameters_are_refused() -> None:
         with pytest.raises(SimulatorError, match="bad call quality"):
             await sim.call(1, 2, loss=2.0)
         with pytest.raises(SimulatorError, match="changes"):
-            await sim.run_scenario("flapping", phone=1, changes=0)
+            await run_scenario(sim, "flapping", phone=1, changes=0)

@@ -20,6 +20,7 @@ from astreg.tools.e2e import (
     wait_converged,
     wait_stores,
 )
+from producers.simulator.scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ async def _storm_on(sim: Any, pipe: Any, quick: bool, phones: int,
     timeline = loaded.pop("timeline")
     moved = len(sim.truth()["nodes"][victim]["contacts"])
     t1 = time.monotonic()
-    await sim.run_scenario("storm", node=victim)
+    await run_scenario(sim, "storm", node=victim)
     t_last = time.monotonic()
     live = [n for n in pipe.astdb_sinks if n != victim]
     stores = _stores(sim, pipe, live)
