@@ -44,7 +44,7 @@ def _run(store: Any, kw: dict[str, Any]) -> None:
 
 @click.group()
 def sink() -> None:
-    """Keep a store (SQL, AstDB, Redis) equal to the asterisk.locations.v1 topic."""
+    """Keep a store (SQL, AstDB, Redis) equal to the locations topic."""
 
 
 @sink.command()

@@ -44,7 +44,10 @@ def clear_faust_env() -> list[str]:
 @click.command()
 @settings_options(KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
 def worker(**kw: object) -> None:
-    """Run a stream worker: registrations + nodes → locations table → locations topic."""
+    """Run a stream worker: registrations → locations table and topic.
+
+    Reads the registrations and nodes topics, keeps the locations table, publishes it to the
+    locations topic and serves the web page and API."""
     kafka, topics, settings, web = build(kw, KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
     preflight(kafka)  # the worker creates missing topics itself (ensure_topics below)
     removed = clear_faust_env()

@@ -23,18 +23,25 @@ from astreg.settings import KafkaSettings, TopicSettings
 
 __all__ = ["main", "configure_logging"]
 
-# name -> "module:attribute" of a click command; imported on first use.
-SUBCOMMANDS: dict[str, str] = {
-    "broker": "astreg.tools.cli:broker",
-    "kafka": "astreg.tools.cli:kafka",
-    "topics": "astreg.tools.cli:topics",
-    "simulate": "producers.simulator.cli:simulate",
-    "producer": "producers.cli:producer",
-    "worker": "streams.cli:worker",
-    "sink": "sinks.cli:sink",
-    "demo": "astreg.tools.demo:demo",
-    "bench": "astreg.tools.bench.cli:bench",
-    "alerts": "streams.alerts.cli:alerts",
+# name -> ("module:attribute" of a click command, one line of help). Commands are imported on
+# first use; ``astreg --help`` shows these lines without importing them (tests/unit/test_cli_help.py
+# checks that each line is its command's own short help).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "alerts": ("streams.alerts.cli:alerts", "Call quality and cluster alerts."),
+    "bench": ("astreg.tools.bench.cli:bench", "Measure astreg against its baselines on this machine."),
+    "broker": ("astreg.tools.cli:broker",
+               "Run the embedded Kafka-compatible broker (Tansu)."),
+    "demo": ("astreg.tools.demo:demo",
+             "Run the whole pipeline on this machine, embedded broker included."),
+    "kafka": ("astreg.tools.cli:kafka",
+              "Run Apache Kafka (KRaft) on loopback from Maven Central's jars."),
+    "producer": ("producers.cli:producer", "Stream one Asterisk node's registrations from the AMI to Kafka."),
+    "simulate": ("producers.simulator.cli:simulate",
+                 "Run simulated Asterisk 22 nodes speaking AMI."),
+    "sink": ("sinks.cli:sink", "Keep a store (SQL, AstDB, Redis) equal to the locations topic."),
+    "topics": ("astreg.tools.cli:topics", "Manage the contract's topics."),
+    "worker": ("streams.cli:worker",
+               "Run a stream worker: registrations → locations table and topic."),
 }
 
 
@@ -52,10 +59,10 @@ class LazyGroup(click.Group):
         return sorted(SUBCOMMANDS)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = SUBCOMMANDS.get(cmd_name)
-        if target is None:
+        entry = SUBCOMMANDS.get(cmd_name)
+        if entry is None:
             return None
-        module, _, attr = target.partition(":")
+        module, _, attr = entry[0].partition(":")
         try:
             return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
         except (ImportError, AttributeError) as exc:
@@ -66,7 +73,7 @@ class LazyGroup(click.Group):
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # Listing must not import every subsystem: show names only.
         with formatter.section("Commands"):
-            formatter.write_dl([(name, SUBCOMMANDS[name].split(":")[0]) for name in self.list_commands(ctx)])
+            formatter.write_dl([(name, SUBCOMMANDS[name][1]) for name in self.list_commands(ctx)])
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -92,7 +99,9 @@ def wait_for_signal() -> None:
               show_envvar=True, help="Create the contract's topics once the broker is up.")
 @settings_options(TopicSettings)
 def broker(port: int | None, create_topics: bool, **kw: object) -> None:
-    """Run the embedded Kafka-compatible broker (Tansu) until SIGINT/SIGTERM."""
+    """Run the embedded Kafka-compatible broker (Tansu).
+
+    Runs until SIGINT/SIGTERM."""
     (tset,) = build(kw, TopicSettings)
     b = EmbeddedBroker(port=port).start()
     try:
@@ -135,7 +144,9 @@ def broker(port: int | None, create_topics: bool, **kw: object) -> None:
 def kafka(brokers: str, port: int | None, data_dir: Path | None, protocol: str, sasl_user: str,
           sasl_password_file: Path | None, extra: tuple[str, ...], heap: str, fetch_only: bool,
           create_topics: bool, **kw: object) -> None:
-    """Run Apache Kafka (KRaft) on loopback from Maven Central's jars until SIGINT/SIGTERM."""
+    """Run Apache Kafka (KRaft) on loopback from Maven Central's jars.
+
+    Runs until SIGINT/SIGTERM."""
     import os
 
     from astreg.errors import ConfigError

@@ -237,7 +237,7 @@ def status_view(stack: Stack, client: httpx.Client, rate: _Rate) -> Table | Grou
 @click.command()
 @settings_options(DemoSettings)
 def demo(**kw: Any) -> None:
-    """Run the whole pipeline on this machine (embedded broker + simulator + workers + sinks)."""
+    """Run the whole pipeline on this machine, embedded broker included."""
     (cfg,) = build(kw, DemoSettings)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     console = Console()

@@ -80,7 +80,9 @@ async def _loop_scenarios(sim: Simulator, names: list[str], stop: asyncio.Event)
 @click.command("simulate")
 @settings_options(SimConfig)
 def simulate(**kw: object) -> None:
-    """Run simulated Asterisk 22 nodes speaking AMI (for tests, demos and load tests)."""
+    """Run simulated Asterisk 22 nodes speaking AMI.
+
+    For tests, demos and load tests."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     (config,) = build(kw, SimConfig)
     asyncio.run(run(config))
