@@ -42,6 +42,7 @@ class EventKind(_AvroEnum):
     EXPIRE = "EXPIRE"
     STALE = "STALE"
     RECONCILE = "RECONCILE"
+    REFRESH = "REFRESH"
 
 
 class Source(_AvroEnum):
@@ -139,6 +140,8 @@ class RegistrationEvent:
     reg_server: str | None = None
     cause: str | None = None
     snapshot_id: str | None = None
+    call_id: str | None = None
+    qualify_frequency_s: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
