@@ -7,6 +7,18 @@ returns a new row (or the same object when the event changes nothing) and never 
 ``location_of`` turns a row into the published :class:`EndpointLocation` (``None`` = tombstone).
 Synthetic events (``STALE``, ``EXPIRE``, ``RECONCILE``) are conditional on the ``(epoch, seq)``
 they name, so replaying them is harmless. See docs/stream.md for each decision.
+
+The primary contact (SPEC item 3) is the routable one with the latest *registration or refresh*
+in partition order: a contact's position (``reg_offset``) is the offset of the event that created
+it and moves to the offset of every ``REFRESH`` of it. Two exceptions, both decided here:
+
+- a contact its node qualifies, listed ``NonQualified``/``Unknown`` where it was qualified before
+  (the node restarted and reloaded it from its AstDB) waits for its first ``Reachable``: it ranks
+  below the routable contacts of other nodes (``awaiting_qualify``);
+- a contact learned late (first seen in a snapshot, or a snapshot showing its expiration moved
+  while its registration was not seen live: an AMI or Kafka outage) is placed among the other
+  contacts by the nodes' expiration times, compared only when they differ by more than the
+  maximum clock skew (``skew_ms``, default 2 s); within it, partition order decides.
 """
 
 from __future__ import annotations
@@ -34,13 +46,16 @@ from schemas.models import (
 
 __all__ = [
     "ContactState", "Row", "Outcome", "apply", "decide", "location_of", "visible_key", "durable_key", "durable_rest",
-    "empty_row",
+    "empty_row", "DEFAULT_SKEW_MS",
 ]
 
 Seq = tuple[int, int]  # (producer_epoch, seq)
 
+DEFAULT_SKEW_MS = 2_000  # node clocks further apart than this are compared (late registrations)
+
 # Statuses a contact can route on; UNREACHABLE (and stale) only when nothing else is left.
 _ROUTABLE = frozenset({ContactStatus.REACHABLE, ContactStatus.NON_QUALIFIED, ContactStatus.UNKNOWN})
+_UNQUALIFIED = frozenset({ContactStatus.NON_QUALIFIED, ContactStatus.UNKNOWN})
 _PEER_UP = frozenset({PeerStatus.REGISTERED})
 _PEER_GONE = frozenset({PeerStatus.UNREGISTERED, PeerStatus.REJECTED})
 _PEER_STATUS = {
@@ -53,7 +68,7 @@ _PEER_STATUS = {
 
 @dataclass(frozen=True, slots=True)
 class ContactState:
-    """One contact with its bookkeeping: creation offset (primary order) and last confirmation."""
+    """One contact with its bookkeeping: registration position (primary order), last confirmation."""
 
     node: str
     uri: str
@@ -71,14 +86,23 @@ class ContactState:
     expires_at_ms: int | None = None
     stale: bool = False
     snapshot_seen: Seq = (0, 0)  # last confirmation by a snapshot row: what reconciliation needs
+    qualify_s: int | None = None  # the node's QualifyFrequency for it (0: not qualified; None: unknown)
+    awaiting_qualify: bool = False  # qualified, reloaded unqualified, no Reachable since
+    late: bool = False  # its registration was learned from a snapshot, not seen live
 
     @property
     def ident(self) -> tuple[str, str]:
         return (self.node, self.uri)
 
     def rank(self) -> tuple[int, int, str, str]:
-        """Primary order: routable tier first, then most recently registered, then (node, uri)."""
-        tier = 0 if self.stale else (2 if self.status in _ROUTABLE else 1)
+        """Primary order: tier first (3 routable, 2 awaiting its first qualify after a reload,
+        1 unreachable, 0 stale), then the latest registration or refresh, then (node, uri)."""
+        if self.stale:
+            tier = 0
+        elif self.status not in _ROUTABLE:
+            tier = 1
+        else:
+            tier = 2 if self.awaiting_qualify else 3
         return (tier, self.reg_offset, self.node, self.uri)
 
 
@@ -157,8 +181,8 @@ class Row:
             return cls.from_json(data)
         fmt, endpoint, contacts, last, devices, version, updated, last_time, *rest = msgpack.unpackb(
             data, use_list=False)
-        if fmt != ROW_FORMAT:
-            raise ValueError(f"unknown row format {fmt!r}")
+        if fmt not in _READABLE_FORMATS:
+            raise ValueError(f"unknown row format {fmt!r} (this worker reads {sorted(_READABLE_FORMATS)})")
         return _new_row(
             endpoint=endpoint,
             contacts=tuple(_contact_from_list(x) for x in contacts),
@@ -192,16 +216,21 @@ _rep_row = replacer(Row)
 _new_contact = maker(ContactState)
 _rep_contact = replacer(ContactState)
 
-ROW_FORMAT = 1  # first element of the binary form; bump when the layout changes
+ROW_FORMAT = 2  # first element of the binary form; bump when the layout changes
+# Format 1 rows (16 contact fields, before qualify_s / awaiting_qualify / late) are still read:
+# a worker upgraded in place reads its old table and changelog. An older worker refuses format 2
+# rows with a clear error instead of misreading them.
+_READABLE_FORMATS = frozenset({1, 2})
 _PACK = msgpack.Packer(use_bin_type=True).pack
 
 _CFIELDS = (
     "node", "uri", "reg_offset", "registered_at_ms", "updated_at_ms", "confirmed", "status", "aor",
     "ip", "port", "transport", "user_agent", "rtt_us", "expires_at_ms", "stale", "snapshot_seen",
+    "qualify_s", "awaiting_qualify", "late",
 )
 
 
-_contact_values = operator.attrgetter(*_CFIELDS)  # one C call for all 16 fields
+_contact_values = operator.attrgetter(*_CFIELDS)  # one C call for all 19 fields
 _STATUS = {m.value: m for m in ContactStatus}  # an Enum call costs ~1 µs, a dict lookup ~50 ns
 
 
@@ -215,11 +244,12 @@ def _contact_to_list(c: ContactState) -> list[Any]:
 
 def _contact_from_list(x: list[Any] | tuple[Any, ...]) -> ContactState:
     (node, uri, reg_offset, registered, updated, confirmed, status, aor, ip, port, transport, ua, rtt, expires,
-     stale, snap) = x
+     stale, snap, *rest) = x
+    qualify_s, awaiting, late = rest if rest else (None, False, False)  # format 1: 16 fields
     st = _STATUS.get(status)
     return _new_contact(node, uri, reg_offset, registered, updated, tuple(confirmed),
                         ContactStatus(status) if st is None else st, aor, ip,
-                        port, transport, ua, rtt, expires, stale, tuple(snap))
+                        port, transport, ua, rtt, expires, stale, tuple(snap), qualify_s, awaiting, late)
 
 
 def empty_row(endpoint: str) -> Row:
@@ -238,24 +268,29 @@ class Outcome:
 _outcome = maker(Outcome)
 
 
-def apply(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None) -> Row:
+def apply(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None,
+          skew_ms: int = DEFAULT_SKEW_MS) -> Row:
     """The row after ``event`` (at partition ``offset``); the same object when nothing changed."""
-    return decide(row, event, offset, now_ms=now_ms).row
+    return decide(row, event, offset, now_ms=now_ms, skew_ms=skew_ms).row
 
 
-def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None) -> Outcome:
-    """Like :func:`apply`, also saying why an event was ignored (counted in metrics)."""
+def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None,
+           skew_ms: int = DEFAULT_SKEW_MS) -> Outcome:
+    """Like :func:`apply`, also saying why an event was ignored (counted in metrics).
+
+    ``skew_ms``: the largest difference between two nodes' clocks that is not trusted to order
+    registrations learned late (SPEC item 3)."""
     base = row if row is not None else empty_row(event.endpoint)
     now = event.event_time_ms if now_ms is None else now_ms
     if offset <= base.offset:
         return _outcome(base, False, "replay")
-    out = _decide(base, event, offset, now)
+    out = _decide(base, event, offset, now, skew_ms)
     if out.row is base or out.row.offset == offset:
         return out  # _decide stamps the offset on every row it builds
     return _outcome(_rep_row(out.row, offset=offset), out.applied, out.reason)
 
 
-def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outcome:
+def _decide(base: Row, event: RegistrationEvent, offset: int, now: int, skew_ms: int) -> Outcome:
     if event.source is Source.SYNTHETIC or event.kind in (EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE):
         return _synthetic(base, event, offset, now)
     stamp = (event.producer_epoch, event.seq)
@@ -270,12 +305,12 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
         else:
             reason = "old_epoch"
         return _outcome(base, False, reason)
-    contacts = _contacts_after(base, event, offset, stamp, now)
+    contacts = _contacts_after(base, event, offset, stamp, now, skew_ms)
     devices = base.devices
     if event.kind is EventKind.DEVICE and event.device_state is not None:
         devices = _set_pair(base.devices, event.node, event.device_state)
     if contacts is None and devices is base.devices:
-        reason = "unusable" if event.kind not in (EventKind.CONTACT, EventKind.PEER, EventKind.DEVICE) else "no_change"
+        reason = "unusable" if event.kind not in _OBSERVED else "no_change"
         new = _rep_row(base, last=_set_last(base.last, event.node, stamp), last_event_time_ms=event.event_time_ms,
                        offset=offset)
         return _outcome(new, False, reason)
@@ -290,16 +325,25 @@ def _decide(base: Row, event: RegistrationEvent, offset: int, now: int) -> Outco
     return _outcome(_stamp_version(base, new, now), True)
 
 
+_OBSERVED = frozenset({EventKind.CONTACT, EventKind.PEER, EventKind.DEVICE, EventKind.REFRESH})
+
+
 def _contacts_after(
-    row: Row, ev: RegistrationEvent, offset: int, stamp: Seq, now: int
+    row: Row, ev: RegistrationEvent, offset: int, stamp: Seq, now: int, skew_ms: int = DEFAULT_SKEW_MS
 ) -> tuple[ContactState, ...] | None:
     """The contacts after a live/snapshot event, or None when they do not change."""
-    if ev.kind is EventKind.CONTACT:
+    if ev.kind is EventKind.CONTACT or ev.kind is EventKind.REFRESH:
         if not ev.contact_uri:
             return None
         if ev.contact_status is ContactStatus.REMOVED:
             return _remove(row.contacts, lambda c: c.node == ev.node and c.uri == ev.contact_uri)
-        return _upsert(row.contacts, ev, ev.contact_uri, ev.contact_status, offset, stamp, now)
+        if ev.kind is EventKind.REFRESH or ev.contact_status is None:
+            # A refresh or the node's details of a contact (user agent, expiry, Call-ID) never
+            # create one: an answer that crossed the contact's removal must not bring it back;
+            # a contact the table lost comes back with the next snapshot.
+            if not any(c.node == ev.node and c.uri == ev.contact_uri for c in row.contacts):
+                return None
+        return _upsert(row.contacts, ev, ev.contact_uri, ev.contact_status, offset, stamp, now, skew_ms)
     if ev.kind is EventKind.PEER and ev.peer_status is not None:
         tech, _ = split_endpoint(ev.endpoint)
         if tech.upper() == "PJSIP":
@@ -316,11 +360,11 @@ def _contacts_after(
             # chan_sip has one contact per peer and node: a new address replaces the old one.
             others = tuple(c for c in row.contacts if c.node != ev.node or c.uri == uri)
             base = _rep_row(row, contacts=others)
-            return _upsert(base.contacts, ev, uri, status, offset, stamp, now) or others
+            return _upsert(base.contacts, ev, uri, status, offset, stamp, now, skew_ms) or others
         mine = [c for c in row.contacts if c.node == ev.node]
         if not mine:
             return None
-        return _upsert(row.contacts, ev, mine[0].uri, status, offset, stamp, now)
+        return _upsert(row.contacts, ev, mine[0].uri, status, offset, stamp, now, skew_ms)
     return None
 
 
@@ -332,20 +376,45 @@ def _upsert(
     offset: int,
     stamp: Seq,
     now: int,
+    skew_ms: int = DEFAULT_SKEW_MS,
 ) -> tuple[ContactState, ...] | None:
     old = next((c for c in contacts if c.node == ev.node and c.uri == uri), None)
     st = status or (old.status if old else ContactStatus.UNKNOWN)
-    snap = stamp if ev.source is Source.SNAPSHOT else (old.snapshot_seen if old else (0, 0))
+    snapshot = ev.source is Source.SNAPSHOT
+    snap = stamp if snapshot else (old.snapshot_seen if old else (0, 0))
+    qualify_s = ev.qualify_frequency_s if ev.qualify_frequency_s is not None else (old.qualify_s if old else None)
+    expires = ev.expires_at_ms if ev.expires_at_ms is not None else (old.expires_at_ms if old else None)
     if old is None:
+        late = snapshot
+        position = _late_position(contacts, ev.node, expires, offset, skew_ms) if late else offset
         new = _new_contact(
-            node=ev.node, uri=uri, reg_offset=offset, registered_at_ms=ev.event_time_ms,
+            node=ev.node, uri=uri, reg_offset=position, registered_at_ms=ev.event_time_ms,
             updated_at_ms=now, confirmed=stamp, status=st, aor=ev.aor, ip=ev.ip, port=ev.port,
             transport=ev.transport, user_agent=ev.user_agent, rtt_us=ev.rtt_us,
-            expires_at_ms=ev.expires_at_ms, snapshot_seen=snap,
+            expires_at_ms=expires, snapshot_seen=snap, qualify_s=qualify_s,
+            awaiting_qualify=snapshot and bool(qualify_s) and st in _UNQUALIFIED, late=late,
         )
         return (*contacts, new)
+    position, registered_at, late = old.reg_offset, old.registered_at_ms, old.late
+    if ev.kind is EventKind.REFRESH:
+        # A REGISTER the node accepted, seen live: the contact is as recent as this event.
+        position, registered_at, late = offset, ev.event_time_ms, False
+    elif (snapshot and expires is not None and old.expires_at_ms is not None and expires > old.expires_at_ms + skew_ms
+          and any(c.node != ev.node for c in contacts)):
+        # Refreshed while the pipeline did not see it (no security event, an outage) and another
+        # node holds the endpoint too: placed by the node's expiration time among its contacts.
+        others = tuple(c for c in contacts if c is not old)
+        position, late = _late_position(others, ev.node, expires, offset, skew_ms), True
+    if st is ContactStatus.REACHABLE or ev.kind is EventKind.REFRESH:
+        awaiting = False
+    elif st in _UNQUALIFIED and qualify_s and (old.awaiting_qualify or old.status not in _UNQUALIFIED):
+        awaiting = True  # qualified before, unqualified now: reloaded by a restarted node
+    else:
+        awaiting = old.awaiting_qualify and st in _UNQUALIFIED
     new = _rep_contact(
         old,
+        reg_offset=position,
+        registered_at_ms=registered_at,
         status=st,
         confirmed=stamp,
         snapshot_seen=snap,
@@ -357,9 +426,29 @@ def _upsert(
         transport=ev.transport or old.transport,
         user_agent=ev.user_agent or old.user_agent,
         rtt_us=ev.rtt_us if ev.rtt_us is not None else old.rtt_us,
-        expires_at_ms=ev.expires_at_ms if ev.expires_at_ms is not None else old.expires_at_ms,
+        expires_at_ms=expires,
+        qualify_s=qualify_s,
+        awaiting_qualify=awaiting,
+        late=late,
     )
     return tuple(new if c is old else c for c in contacts)
+
+
+def _late_position(others: tuple[ContactState, ...], node: str, expires: int | None, offset: int,
+                   skew_ms: int) -> int:
+    """Where a registration learned late goes in the primary order (its ``reg_offset``).
+
+    Its partition offset, unless another node holds a contact of the endpoint whose expiration is
+    later by more than ``skew_ms`` (same phone, same Expires: registered later there): then just
+    below the earliest such contact, and still above those whose expiration is earlier by more
+    than ``skew_ms``; ties left are broken by (node, uri) like every rank."""
+    if expires is None:
+        return offset
+    below = [c.reg_offset for c in others if c.node != node and c.expires_at_ms is not None
+             and expires < c.expires_at_ms - skew_ms]
+    if not below:
+        return offset
+    return min(below) - 1
 
 
 def _remove(contacts: tuple[ContactState, ...], gone: Any) -> tuple[ContactState, ...] | None:
@@ -434,7 +523,7 @@ def _visible_same(old: Row, new: Row) -> bool:
 
 # The fields of a contact in visible_key, fetched in one C call.
 _visible_fields = operator.attrgetter("node", "uri", "reg_offset", "status", "stale", "ip", "port", "transport",
-                                      "user_agent", "aor")
+                                      "user_agent", "aor", "awaiting_qualify")
 
 
 def visible_key(row: Row) -> tuple[Any, ...]:
@@ -478,7 +567,7 @@ def location_of(row: Row | None) -> EndpointLocation | None:
     ordered = sorted(row.contacts, key=ContactState.rank, reverse=True)
     primary = ordered[0]
     tier = primary.rank()[0]
-    status = LocationStatus.REGISTERED if tier == 2 else (
+    status = LocationStatus.REGISTERED if tier >= 2 else (
         LocationStatus.UNREACHABLE if tier == 1 else LocationStatus.STALE
     )
     routable = tier > 0

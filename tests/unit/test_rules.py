@@ -363,3 +363,124 @@ def test_visible_shortcut_equals_comparing_visible_keys(case: tuple[dict, list[R
         pairs += [(data.draw(st.sampled_from(rows)), data.draw(st.sampled_from(rows))) for _ in range(5)]
     for a, b in pairs:
         assert _visible_same(a, b) == (visible_key(a) == visible_key(b))
+
+
+# ---------------------------------------------------------------- registrations real Asterisk makes
+
+
+def refresh(node: str, seq: int, uri: str | None = None, *, expires: int | None = None,
+            status: ContactStatus | None = None, source: Source = Source.LIVE) -> RegistrationEvent:
+    return RegistrationEvent(endpoint=E, node=node, producer_epoch=1, seq=seq, event_time_ms=1000 + seq,
+                             kind=EventKind.REFRESH, source=source, contact_uri=uri or (UA if node == "A" else UB),
+                             contact_status=status, expires_at_ms=expires)
+
+
+def contact(node: str, seq: int, status: ContactStatus | None, *, qualify: int | None = None,
+            source: Source = Source.LIVE, expires: int | None = None, uri: str | None = None) -> RegistrationEvent:
+    return replace(ev(node, seq, status, uri, source=source, expires=expires), qualify_frequency_s=qualify)
+
+
+def primary(row: Row | None) -> str | None:
+    loc = location_of(row)
+    return None if loc is None else loc.primary_node
+
+
+def test_a_phone_back_on_a_node_still_holding_its_contact_is_primary_there_at_the_refresh() -> None:
+    """Fail over A → B and back to A within Expires: A's old contact is re-registered, Asterisk emits
+    no ContactStatus, only the security events the producer turns into a REFRESH."""
+    row = run(ev("A", 1, ContactStatus.REACHABLE), ev("B", 1, ContactStatus.REACHABLE))
+    assert primary(row) == "B"
+    back = apply(row, refresh("A", 2, expires=60_000), 2)
+    assert primary(back) == "A"
+    loc = location_of(back)
+    assert loc is not None and loc.nodes == ("A", "B") and loc.expires_at_ms == 60_000
+
+
+def test_a_refresh_or_the_nodes_details_never_create_a_contact() -> None:
+    row = run(ev("B", 1, ContactStatus.REACHABLE))
+    assert decide(row, refresh("A", 1), 5).reason == "no_change"
+    details = replace(contact("A", 2, None), user_agent="PolycomVVX", call_id="abc@10.0.0.1")
+    assert decide(row, details, 6).reason == "no_change"
+    # ... but fill in what ContactStatus does not carry for a contact that exists
+    row2 = run(ev("A", 1), replace(contact("A", 2, None, qualify=60, expires=70_000), user_agent="PolycomVVX"))
+    loc = location_of(row2)
+    assert loc is not None and (loc.user_agent, loc.expires_at_ms) == ("PolycomVVX", 70_000)
+    assert loc.status is LocationStatus.REGISTERED
+
+
+def test_a_restarted_nodes_reloaded_contact_waits_for_its_first_qualify() -> None:
+    """B restarts and lists its contact NonQualified until it qualifies it: A's Reachable contact
+    keeps the calls meanwhile, even though B's registration is the later one."""
+    row = run(contact("A", 1, ContactStatus.REACHABLE, qualify=60), contact("B", 1, ContactStatus.REACHABLE, qualify=60))
+    assert primary(row) == "B"
+    reloaded = apply(row, contact("B", 2, ContactStatus.NON_QUALIFIED, qualify=60, source=Source.SNAPSHOT), 2)
+    assert primary(reloaded) == "A"
+    unknown = apply(row, contact("B", 2, ContactStatus.UNKNOWN, qualify=60, source=Source.SNAPSHOT), 2)
+    assert primary(unknown) == "A"
+    qualified = apply(reloaded, contact("B", 3, ContactStatus.REACHABLE), 3)
+    assert primary(qualified) == "B"
+
+
+def test_the_only_contact_awaiting_qualify_still_routes() -> None:
+    row = run(contact("B", 1, ContactStatus.REACHABLE, qualify=60),
+              contact("B", 2, ContactStatus.NON_QUALIFIED, qualify=60, source=Source.SNAPSHOT))
+    loc = location_of(row)
+    assert loc is not None and (loc.primary_node, loc.status) == ("B", LocationStatus.REGISTERED)
+
+
+def test_an_endpoint_without_qualify_ranks_nonqualified_as_registered() -> None:
+    row = run(contact("A", 1, ContactStatus.REACHABLE, qualify=60),
+              contact("B", 1, ContactStatus.NON_QUALIFIED, qualify=0, source=Source.SNAPSHOT))
+    assert primary(row) == "B"
+
+
+def test_a_new_registration_wins_at_once_before_its_first_qualify() -> None:
+    """A device that moved is on B as soon as B reports it (SPEC item 2): the ContactStatus of a new
+    contact is always NonQualified first, and it is not a reload."""
+    row = run(contact("A", 1, ContactStatus.REACHABLE, qualify=60), contact("B", 1, ContactStatus.NON_QUALIFIED, qualify=60))
+    assert primary(row) == "B"
+
+
+def test_a_refresh_on_the_restarted_node_ends_the_wait() -> None:
+    row = run(contact("A", 1, ContactStatus.REACHABLE, qualify=60), contact("B", 1, ContactStatus.REACHABLE, qualify=60),
+              contact("B", 2, ContactStatus.NON_QUALIFIED, qualify=60, source=Source.SNAPSHOT))
+    assert primary(row) == "A"
+    assert primary(apply(row, refresh("B", 3), 3)) == "B"
+
+
+def test_a_registration_learned_late_is_placed_by_the_nodes_expiration_times() -> None:
+    """A's snapshot after an AMI outage lists a contact the pipeline never saw live. It goes before
+    or after B's by the expirations when they differ by more than the clock skew (same phone, same
+    Expires), and by partition order within it."""
+    b_live = contact("B", 1, ContactStatus.REACHABLE, expires=100_000)
+    older = run(b_live, contact("A", 1, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=50_000))
+    assert primary(older) == "B"
+    newer = run(b_live, contact("A", 1, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=150_000))
+    assert primary(newer) == "A"
+    within = run(b_live, contact("A", 1, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=98_500))
+    assert primary(within) == "A"  # 1.5 s apart: clocks not trusted, the later record wins
+    wide = decide(run(b_live), contact("A", 1, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=98_500), 1,
+                  skew_ms=1_000).row
+    assert primary(wide) == "B"  # a 1 s skew bound trusts a 1.5 s difference
+
+
+def test_a_contact_refreshed_during_an_outage_is_placed_by_its_new_expiration() -> None:
+    row = run(contact("A", 1, ContactStatus.REACHABLE, expires=40_000),
+              contact("B", 1, ContactStatus.REACHABLE, expires=100_000))
+    assert primary(row) == "B"
+    # A's snapshot after its AMI link came back: the phone re-registered there meanwhile
+    back = apply(row, contact("A", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=160_000), 2)
+    assert primary(back) == "A"
+    # a snapshot of B showing nothing new changes nothing
+    assert primary(apply(back, contact("B", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=100_000), 3)) == "A"
+
+
+def test_rows_of_the_previous_format_are_read() -> None:
+    import msgpack
+
+    contact_v1 = ["A", UA, 3, 10, 11, [1, 2], "REACHABLE", "1001", "10.0.0.1", 5060, "udp", "UA", 449, 99, False, [1, 2]]
+    data = msgpack.packb([1, E, [contact_v1], [["A", 1, 2]], [], 4, 11, 10, 7], use_bin_type=True)
+    row = Row.from_bytes(data)
+    (c,) = row.contacts
+    assert (c.node, c.reg_offset, c.qualify_s, c.awaiting_qualify, c.late, row.offset) == ("A", 3, None, False, False, 7)
+    assert Row.from_bytes(row.to_bytes()) == row
