@@ -24,7 +24,7 @@ from schemas.codec import location_codec, registration_codec
 from schemas.models import RegistrationEvent
 
 from .produce import send_batches
-from .rules import Row, decide, durable_rest, location_of
+from .rules import DEFAULT_SKEW_MS, Row, decide, durable_rest, location_of
 
 if TYPE_CHECKING:
     from .app import StreamApp
@@ -136,7 +136,7 @@ class Plan:
 
 
 def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode: Callable[..., RegistrationEvent],
-               now_ms: int) -> Plan:
+               now_ms: int, skew_ms: int = DEFAULT_SKEW_MS) -> Plan:
     """Apply a batch of Faust events to their rows, synchronously (no await per event).
 
     Each endpoint's row is read once (``read(endpoint, event)``), every event of the batch is
@@ -165,7 +165,7 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
         row = rows.get(key)
         if row is None and key not in before:
             row = before[key] = read(key, event)
-        out = decide(row, rec, msg.offset, now_ms=now_ms)
+        out = decide(row, rec, msg.offset, now_ms=now_ms, skew_ms=skew_ms)
         if out.reason in DEADLETTER_REASONS:
             outcomes["deadletter"] += 1
             plan.deadletters.append((msg, out.reason, None))
@@ -213,7 +213,8 @@ def attach(stream: StreamApp) -> None:
     applied = stream.applied
 
     async def apply_batch(events: list[Any]) -> None:
-        plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000))
+        plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000),
+                          int(stream.settings.max_clock_skew * 1000))
         # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
         await table.write_batch(plan.writes)
         for msg, reason, error in plan.deadletters:

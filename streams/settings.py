@@ -43,3 +43,6 @@ class WorkerSettings(BaseSettings):
         True, description="Cold restart (RocksDB store): read the table's changelog in big batches "
         "instead of Faust's record-by-record replay.")
     tick: float = Field(1.0, gt=0, description="Seconds between timer runs (stale, expiry, reconcile).")
+    max_clock_skew: float = Field(
+        2.0, ge=0, description="Largest difference (s) between two nodes' clocks not trusted to order "
+        "registrations learned late (from a snapshot after an outage); within it, partition order decides.")
