@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from .errors import ConfigError
 from .settings import KafkaSettings, TopicSettings
 
-__all__ = ["TopicSpec", "topic_specs", "ensure_topics", "TopicCheck"]
+__all__ = ["TopicSpec", "topic_specs", "ensure_topics", "TopicCheck", "compaction_configs", "replication"]
 
 logger = logging.getLogger(__name__)
 

@@ -57,7 +57,10 @@ from .metrics import ProducerMetrics
 from .publisher import Publisher, Record
 from .quality_tap import AMI_CLASS, RTCP_EVENTS, QualityTap
 
-__all__ = ["ProducerSettings", "NodeProducer", "AmiProtocol", "next_epoch", "MAX_PENDING"]
+__all__ = [
+    "ProducerSettings", "NodeProducer", "AmiProtocol", "next_epoch", "MAX_PENDING", "AmiMessage",
+    "parse_frame", "AmiLink", "LoginFailed",
+]
 
 logger = logging.getLogger(__name__)
 

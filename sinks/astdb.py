@@ -41,7 +41,10 @@ from schemas.models import EndpointLocation
 
 from .settings import AstDbSettings
 
-__all__ = ["AstDbSink", "AstDbSettings", "AmiClient", "entries", "key_part", "value_text", "KINDS"]
+__all__ = [
+    "AstDbSink", "AstDbSettings", "AmiClient", "entries", "key_part", "value_text", "KINDS", "all_keys",
+    "AmiError",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -39,14 +39,7 @@ from schemas.models import EndpointLocation
 
 from .settings import RunnerSettings
 
-__all__ = [
-    "Sink",
-    "SinkRunner",
-    "RunnerSettings",
-    "Batch",
-    "coalesce",
-    "stale_keys",
-]
+__all__ = ["Sink", "SinkRunner", "RunnerSettings", "Batch", "coalesce", "stale_keys", "delete_stale_keys"]
 
 logger = logging.getLogger(__name__)
 

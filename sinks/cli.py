@@ -21,7 +21,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 
 from .settings import AstDbSettings, RedisSettings, RunnerSettings, SqlSettings
 
-__all__ = ["sink"]
+__all__ = ["sink", "sql", "redis", "astdb"]
 
 logger = logging.getLogger(__name__)
 

@@ -41,7 +41,7 @@ from schemas.models import Contact, EndpointLocation
 
 from .settings import SqlSettings
 
-__all__ = ["SqlSink", "SqlSettings", "TABLE", "row_of"]
+__all__ = ["SqlSink", "SqlSettings", "TABLE", "row_of", "contact_dict"]
 
 logger = logging.getLogger(__name__)
 

@@ -35,8 +35,10 @@ from .produce import send_batches
 from .rules import Row
 from .rules import location_of as _location_of
 
-__all__ = ["RowCodec", "LocationsTable", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations",
-           "BLIND_AFTER_MS"]
+__all__ = [
+    "RowCodec", "LocationsTable", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations",
+    "BLIND_AFTER_MS", "RowCache",
+]
 
 logger = logging.getLogger(__name__)
 

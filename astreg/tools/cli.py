@@ -21,7 +21,10 @@ from astreg.broker import EmbeddedBroker
 from astreg.options import build, settings_options
 from astreg.settings import KafkaSettings, TopicSettings
 
-__all__ = ["main", "configure_logging"]
+__all__ = [
+    "main", "configure_logging", "LazyGroup", "wait_for_signal", "broker", "kafka", "topics",
+    "topics_create",
+]
 
 # name -> ("module:attribute" of a click command, one line of help). Commands are imported on
 # first use; ``astreg --help`` shows these lines without importing them (tests/unit/test_cli_help.py

@@ -36,7 +36,7 @@ from astreg.proc import Child, ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings, _Base
 from astreg.topics import ensure_topics
 
-__all__ = ["demo", "DemoSettings", "Stack", "start_stack"]
+__all__ = ["demo", "DemoSettings", "Stack", "start_stack", "status_view"]
 
 SCENARIOS = "steady,churn,move,calls"
 

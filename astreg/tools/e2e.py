@@ -25,7 +25,10 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
-__all__ = ["Pipeline", "pipeline", "sql_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores"]
+__all__ = [
+    "Pipeline", "pipeline", "sql_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores",
+    "wait_converged", "primaries", "measure_latency",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,10 @@ from typing import Any
 
 from .core import Simulator, SimulatorError
 
-__all__ = ["run_scenario", "SCENARIOS"]
+__all__ = [
+    "run_scenario", "SCENARIOS", "steady", "churn", "move", "calls", "storm", "crash", "restart",
+    "flapping", "bad_call",
+]
 
 
 async def steady(sim: Simulator, count: int = 0) -> dict[str, Any]:

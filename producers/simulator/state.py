@@ -14,6 +14,7 @@ __all__ = [
     "Contact", "Ev", "SYSTEM", "CALL", "SECURITY", "REPORTING", "ALL_CLASSES", "class_mask",
     "NONQUALIFIED", "REACHABLE", "UNREACHABLE", "STATUS_NAMES", "contact_status", "peer_status",
     "device_state", "challenge_sent", "successful_auth", "phone_ip", "DEVICE_STATES", "HUMAN_STATE",
+    "event_tv",
 ]
 
 SYSTEM, CALL, SECURITY, REPORTING, OTHER = 1, 2, 4, 8, 16

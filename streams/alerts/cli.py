@@ -25,7 +25,7 @@ from schemas.codec import to_dict
 from streams.alerts.engine import AlertSettings
 from streams.alerts.runner import Alerter, AlerterSettings, active_alerts, read_alerts
 
-__all__ = ["alerts"]
+__all__ = ["alerts", "run", "show"]
 
 logger = logging.getLogger(__name__)
 

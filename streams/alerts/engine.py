@@ -44,7 +44,7 @@ from schemas.models import ContactStatus, EventKind, NodeEventKind, NodeStatus, 
 from schemas.quality import Alert, AlertKind, AlertSeverity, AlertState, QualityKind, QualitySample
 from streams.alerts.windows import QualitySummary, QualityWindow
 
-__all__ = ["AlertSettings", "AlertEngine", "alert_id"]
+__all__ = ["AlertSettings", "AlertEngine", "alert_id", "replay"]
 
 logger = logging.getLogger(__name__)
 

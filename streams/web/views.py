@@ -44,7 +44,12 @@ from schemas.models import EndpointLocation
 from streams.web import api
 from streams.web.settings import WebSettings
 
-__all__ = ["WebSettings", "WebService", "install", "register", "CSP"]
+__all__ = [
+    "WebSettings", "WebService", "install", "register", "CSP", "Unavailable", "Lookup", "Snapshot",
+    "EndpointView", "quality_of", "EndpointNodeView", "EndpointListView", "LocalEndpointsView",
+    "LocalCountsView", "NodesView", "HealthView", "ReadyView", "MetricsView", "IndexView", "ScriptView",
+    "StyleView",
+]
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ from rich.table import Table
 from astreg.broker import EmbeddedBroker
 from astreg.settings import KafkaSettings
 
-__all__ = ["bench", "SECTIONS", "run_sections", "failures"]
+__all__ = ["bench", "SECTIONS", "run_sections", "failures", "render", "plot", "render_side_by_side"]
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
-__all__ = ["bench_producer", "bench"]
+__all__ = ["bench_producer", "bench", "main"]
 
 
 def _scrape(port: int) -> dict[str, float]:

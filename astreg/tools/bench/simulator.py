@@ -19,7 +19,7 @@ import psutil
 from producers.simulator.config import SimConfig
 from producers.simulator.core import Simulator
 
-__all__ = ["bench_events", "bench_memory"]
+__all__ = ["bench_events", "bench_memory", "main"]
 
 
 class _Counter(asyncio.Protocol):

@@ -26,7 +26,9 @@ from pydantic import SecretStr
 
 from schemas.models import Contact, ContactStatus, EndpointLocation, LocationStatus
 
-__all__ = ["store_rate", "pipeline_rate", "pipeline_rates", "run_all", "KINDS"]
+__all__ = [
+    "store_rate", "pipeline_rate", "pipeline_rates", "run_all", "KINDS", "sample", "scratch_sink", "main",
+]
 
 KINDS = ("postgresql", "mysql", "sqlite", "redis", "astdb")
 PG_ADMIN = os.environ.get("ASTREG_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")

@@ -34,7 +34,10 @@ from astreg.topics import TopicSpec, ensure_topics
 from schemas.codec import location_codec, registration_codec
 from schemas.models import ContactStatus, DeviceState, EventKind, RegistrationEvent, Source
 
-__all__ = ["bench_throughput", "bench_recovery", "workload", "main"]
+__all__ = [
+    "bench_throughput", "bench_recovery", "workload", "main", "raw_consume_rate", "naive_worker", "run",
+    "run_recovery",
+]
 
 logger = logging.getLogger(__name__)
 
