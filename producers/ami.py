@@ -42,6 +42,7 @@ __all__ = [
     "to_event",
     "to_node_status",
     "contact_info",
+    "contact_detail",
     "reason_kind",
 ]
 
@@ -104,12 +105,15 @@ _SIPPEER_OK = re.compile(r"OK \((\d+) ms\)")
 
 @dataclass(frozen=True, slots=True)
 class ContactInfo:
-    """What the last ContactList row said about one contact (enriches live events)."""
+    """What the node last said about one contact in a ContactList row or its details
+    (enriches live events; ``expires_at_ms`` moving forward is how a refresh shows)."""
 
     user_agent: str | None = None
     expires_at_ms: int | None = None
     reg_server: str | None = None
     aor: str | None = None
+    qualify_s: int | None = None
+    call_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,14 +202,55 @@ def _endpoint(tech: str, resource: str, event: str, msg: Mapping[str, Any]) -> s
 
 
 def contact_info(msg: Mapping[str, Any], node: str) -> ContactInfo:
-    """The cacheable part of a ContactList row."""
-    expires = _int(msg.get("ExpirationTime") or "")
+    """The cacheable part of a ContactList row or a ContactStatusDetail (their spellings differ:
+    ExpirationTime/RegExpire, CallId/CallID, ObjectName/AOR)."""
+    expires = _int(msg.get("ExpirationTime") or msg.get("RegExpire") or "")
     object_name = msg.get("ObjectName") or ""
+    aor = object_name.split(";@", 1)[0] if object_name else (msg.get("AOR") or "")
     return ContactInfo(
         user_agent=(msg.get("UserAgent") or "").strip()[:MAX_FIELD] or None,
         expires_at_ms=expires * 1000 if expires else None,
         reg_server=(msg.get("RegServer") or "").strip() or None,
-        aor=object_name.split(";@", 1)[0] or None,
+        aor=aor.strip()[:MAX_FIELD] or None,
+        qualify_s=_int(msg.get("QualifyFrequency") or ""),
+        call_id=(msg.get("CallId") or msg.get("CallID") or "").strip()[:MAX_FIELD] or None,
+    )
+
+
+def contact_detail(
+    msg: Mapping[str, Any], *, node: str, now_ms: int, epoch: int, seq: int, refresh: bool
+) -> RegistrationEvent:
+    """A ``ContactStatusDetail`` (``PJSIPShowEndpoint``) → a REFRESH of that contact (``refresh``:
+    its expiration moved forward: a REGISTER renewed it) or its details (``CONTACT`` without a
+    status: user agent, expiry, Call-ID, qualify frequency; these never create a contact).
+
+    ``ip``/``port`` are the contact URI's, as for every other event (what Asterisk sends requests
+    to); the REGISTER's source address (``ViaAddress``) is not part of the contract."""
+    ev = "ContactStatusDetail"
+    uri = _field(msg, "URI", ev)
+    resource = _field(msg, "EndpointName", ev, required=False) or _field(msg, "AOR", ev)
+    _field(msg, "UserAgent", ev, required=False)  # validates size / UTF-8
+    _field(msg, "CallID", ev, required=False)
+    info = contact_info(msg, node)
+    parsed = parse_uri(uri)
+    return RegistrationEvent(
+        endpoint=_endpoint("PJSIP", resource, ev, msg),
+        node=node,
+        producer_epoch=epoch,
+        seq=seq,
+        event_time_ms=event_time_ms(msg, now_ms),
+        kind=EventKind.REFRESH if refresh else EventKind.CONTACT,
+        source=Source.LIVE,
+        contact_uri=uri,
+        aor=info.aor,
+        ip=parsed.host,
+        port=parsed.port,
+        transport=parsed.transport,
+        user_agent=info.user_agent,
+        expires_at_ms=info.expires_at_ms,
+        cause="refresh" if refresh else "details",
+        call_id=info.call_id,
+        qualify_frequency_s=info.qualify_s,
     )
 
 
@@ -283,6 +328,8 @@ def _contact_status(msg: Mapping[str, Any], node: str, t: int, epoch: int, seq: 
         expires_at_ms=info.expires_at_ms if info else None,
         reg_server=info.reg_server if info else None,
         snapshot_id=snapshot_id,
+        call_id=info.call_id if info else None,
+        qualify_frequency_s=info.qualify_s if info else None,
     )
 
 
@@ -320,6 +367,8 @@ def _contact_list(msg: Mapping[str, Any], node: str, t: int, epoch: int, seq: in
         expires_at_ms=info.expires_at_ms,
         reg_server=info.reg_server,
         snapshot_id=snapshot_id,
+        call_id=info.call_id,
+        qualify_frequency_s=info.qualify_s,
     )
 
 
