@@ -1,7 +1,7 @@
 """Benchmarks of the alerting core: records/s through the engine, decode included or not.
 
-Run standalone: ``python -m astreg.tools.bench.alerts`` (prints a JSON dict); the lead wires
-:func:`bench_alerting` into ``astreg bench``. Figures are measured in-process on synthetic
+Standalone: ``astreg bench alerting [--records 100000]`` (prints the figures as JSON); also
+section "alerting" of ``astreg bench``. Figures are measured in-process on synthetic
 records (many endpoints on 3 nodes, RTCP every 5 s per active call, qualify changes, heartbeats).
 """
 
@@ -11,6 +11,8 @@ import json
 import random
 import time
 from typing import Any
+
+import click
 
 from schemas.codec import Codec
 from schemas.models import (
@@ -25,7 +27,7 @@ from schemas.models import (
 from schemas.quality import QualityKind, QualitySample, ReportDirection
 from streams.alerts.engine import AlertEngine, AlertSettings
 
-__all__ = ["bench_alerting", "bench_rtcp_mapping"]
+__all__ = ["bench_alerting", "bench_rtcp_mapping", "main"]
 
 
 def _records(n: int, endpoints: int, seed: int = 1) -> list[RegistrationEvent | NodeStatus | QualitySample]:
@@ -98,5 +100,11 @@ def bench_rtcp_mapping(n: int = 100_000) -> dict[str, Any]:
     return {"rtcp_messages": n, "rtcp_messages_per_s": round(n / (time.perf_counter() - start))}
 
 
-if __name__ == "__main__":  # pragma: no cover
-    print(json.dumps({**bench_alerting(), **bench_rtcp_mapping()}, indent=2))
+@click.command()
+@click.option("--records", type=int, default=100_000, show_default=True, show_envvar=True,
+              help="Records through the engine; as many RTCP messages mapped.")
+@click.option("--endpoints", type=int, default=10_000, show_default=True, show_envvar=True,
+              help="Endpoints the records spread over.")
+def main(records: int, endpoints: int) -> None:
+    """Alert engine and RTCP mapping records/s, as JSON."""
+    click.echo(json.dumps({**bench_alerting(records, endpoints), **bench_rtcp_mapping(records)}, indent=2))

@@ -11,6 +11,11 @@ section on each, then a table of the figures side by side with their ratio). Pri
 a table with ratios, writes JSON (``--json``) and plots (``--plot``). ``--quick`` keeps the
 whole run under two minutes on a 2-core machine (~100 s; its sizes are printed, QUICK_SIZES),
 with e2e and storm on one shared pipeline. Figures go to docs/benchmarks.md.
+
+Each benchmark also runs alone, with more options than its section, as a command of the same
+group (``astreg bench stream --events 20000``, ``astreg bench sinks --kind sqlite``...): it
+prints its figures as JSON. Commands are imported on first use, so ``astreg bench --help``
+imports no part of the pipeline.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ from rich.table import Table
 from astreg.broker import EmbeddedBroker
 from astreg.settings import KafkaSettings
 
-__all__ = ["bench", "SECTIONS", "run_sections", "failures", "render", "plot", "render_side_by_side"]
+__all__ = [
+    "bench", "BenchGroup", "SECTIONS", "COMMANDS", "HIDDEN_COMMANDS", "run_sections", "failures", "render", "plot",
+    "render_side_by_side",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +51,7 @@ logger = logging.getLogger(__name__)
 # ``kafka``: the run's one broker (every section that needs Kafka uses it, with its own topics).
 SECTIONS: dict[str, tuple[str, str]] = {
     "simulator": ("astreg.tools.bench.sections:simulator", "AMI events/s generated, bytes per phone"),
+    "ami": ("astreg.tools.bench.ami:run", "AMI frames parsed/s; a 1 MiB frame in 4 KiB chunks"),
     "producer": ("astreg.tools.bench.sections:producer", "AMI events/s parsed+mapped+encoded+sent, RSS"),
     "stream": ("astreg.tools.bench.sections:stream", "events/s per worker vs naive Faust vs raw aiokafka"),
     "sinks": ("astreg.tools.bench.sections:sinks", "upserts/s per store"),
@@ -54,9 +63,52 @@ SECTIONS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(target: str) -> Callable[..., Awaitable[dict[str, Any]]]:
+# name -> ("module:attribute" of a click command, its short help): each benchmark alone, with
+# more options than its section, printing its figures as JSON. Imported on first use.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "alerting": ("astreg.tools.bench.alerts:main", "Alert engine and RTCP mapping records/s, as JSON."),
+    "e2e": ("astreg.tools.bench.e2e:main", "AMI event to SQL row latency, or storm convergence, as JSON."),
+    "producer": ("astreg.tools.bench.producer:main", "Producer AMI events/s and RSS, as JSON."),
+    "simulator": ("astreg.tools.bench.simulator:main", "Simulator events/s and RSS per phone, as JSON."),
+    "sinks": ("astreg.tools.bench.sinks:main", "Upserts/s of each sink, as JSON lines."),
+    "stream": ("astreg.tools.bench.stream:main", "Worker events/s vs baselines, and recovery, as JSON."),
+    "web": ("astreg.tools.bench.web:main", "Node lookup latency under concurrent clients, as JSON."),
+}
+# Started by the stream benchmark as a child process, never by hand: not listed in --help.
+HIDDEN_COMMANDS: dict[str, str] = {"naive-worker": "astreg.tools.bench.stream:naive_main"}
+
+
+def _load(target: str) -> Any:
     module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), attr)
+
+
+class BenchGroup(click.Group):
+    """``astreg bench``: commands imported on first use; the sections listed after them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS[cmd_name][0] if cmd_name in COMMANDS else HIDDEN_COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        try:
+            return _load(target)  # type: ignore[no-any-return]
+        except (ImportError, AttributeError) as exc:
+            if ctx.resilient_parsing:
+                return None
+            raise click.ClickException(f"benchmark {cmd_name!r} is not available: {exc}") from exc
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing must not import every benchmark (and the pipeline parts they measure).
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][1]) for name in self.list_commands(ctx)])
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Sections (--only)"):
+            formatter.write_dl([(name, what) for name, (_target, what) in SECTIONS.items()])
+        super().format_epilog(ctx, formatter)
 
 
 QUICK_SIZES = (
@@ -72,7 +124,7 @@ FULL_SIZES = (
     "e2e 3,000 phones, 2,000 moves at 50/s; storm 100,000 phones (33,334 re-register); recovery "
     "1,000,000 rows; alerting 100,000 records"
 )
-NO_BROKER = {"simulator", "alerting"}
+NO_BROKER = {"simulator", "ami", "alerting"}
 PAIRED = {"e2e": "storm", "storm": "e2e"}  # --quick runs these two on one pipeline
 
 
@@ -143,7 +195,7 @@ async def _run_sections(names: list[str], quick: bool, work: Path, console: Cons
         console.print(f"[bold]▶ {name}[/]: {what} …")
         t0 = time.monotonic()
         try:
-            fn = _load(target)
+            fn: Callable[..., Awaitable[dict[str, Any]]] = _load(target)
             figures = await fn(quick=quick, work=work / name, kafka=kafka)
             figures["elapsed_s"] = round(time.monotonic() - t0, 1)
             results[name] = figures
@@ -209,7 +261,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-@click.command()
+@click.group(cls=BenchGroup, invoke_without_command=True,
+             context_settings={"auto_envvar_prefix": "ASTREG_BENCH"})
 @click.option("--quick", is_flag=True, envvar="ASTREG_BENCH_QUICK", show_envvar=True,
               help="Small sizes: the whole run in under two minutes.")
 @click.option("--only", default=",".join(SECTIONS), envvar="ASTREG_BENCH_ONLY", show_envvar=True,
@@ -222,8 +275,22 @@ def plot(results: dict[str, Any], path: Path) -> None:
               envvar="ASTREG_BENCH_KAFKA", show_envvar=True,
               help="Broker of the run: Apache Kafka (the reference), the embedded one, or both side by side.  "
               "[default: apache]")
-def bench(quick: bool, only: str, json_path: Path | None, plot_path: Path | None, kind: str) -> None:
-    """Measure astreg against its baselines on this machine."""
+@click.pass_context
+def bench(ctx: click.Context, quick: bool, only: str, json_path: Path | None, plot_path: Path | None,
+          kind: str) -> None:
+    """Measure astreg against its baselines on this machine.
+
+    Without a command: the sections (all, or those of --only) on one broker, a table of their
+    figures, exit status 1 when a section failed. With a command: that benchmark alone, with
+    its own options, its figures printed as JSON.
+    """
+    if ctx.invoked_subcommand is not None:
+        given = [param.opts[0] for param in ctx.command.params if param.name is not None
+                 and ctx.get_parameter_source(param.name) is click.ParameterSource.COMMANDLINE]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} run the sections: give them without a command, or give "
+                                   f"the options of `astreg bench {ctx.invoked_subcommand}` after it")
+        return
     console = Console()
     names = [n.strip() for n in only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SECTIONS]

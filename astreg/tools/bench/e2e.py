@@ -1,13 +1,22 @@
-"""Bench sections that need the whole pipeline: steady-rate latency and storm convergence."""
+"""Bench sections that need the whole pipeline: steady-rate latency and storm convergence.
+
+Standalone, on a pipeline of its own (embedded broker)::
+
+    astreg bench e2e [--quick] [--storm]
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import click
 
 from astreg.settings import KafkaSettings
 from astreg.tools.e2e import (
@@ -24,7 +33,7 @@ from producers.simulator.scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_latency", "run_storm", "run_latency_and_storm"]
+__all__ = ["run_latency", "run_storm", "run_latency_and_storm", "main"]
 
 
 async def _start_sim(nodes: int, phones: int) -> Any:
@@ -191,10 +200,12 @@ async def _storm_on(sim: Any, pipe: Any, quick: bool, phones: int,
     return figures
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import sys
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        fn = run_storm if "storm" in sys.argv else run_latency
-        print(asyncio.run(fn(quick="--quick" in sys.argv, work=Path(d))))
+@click.command()
+@click.option("--quick", is_flag=True, show_envvar=True, help="The sizes of `astreg bench --quick`.")
+@click.option("--storm", is_flag=True, show_envvar=True,
+              help="Measure storm convergence instead of the steady-rate latency.")
+def main(quick: bool, storm: bool) -> None:
+    """AMI event to SQL row latency, or storm convergence, as JSON."""
+    fn = run_storm if storm else run_latency
+    with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
+        click.echo(json.dumps(asyncio.run(fn(quick=quick, work=Path(tmp))), indent=2, default=str))

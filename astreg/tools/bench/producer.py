@@ -1,7 +1,7 @@
 """Producer throughput benchmark: AMI events/s parsed, mapped, encoded and sent by one
 ``astreg producer`` process, and its RSS, against the simulator and the embedded broker.
 
-    python -m astreg.tools.bench.producer [--events 200000] [--phones 2000]
+    astreg bench producer [--events 200000] [--phones 2000]
 
 The producer runs as its own process (the real CLI), so its RSS and CPU are its own; the
 simulator runs in this process and floods one node with device-state changes plus a share of
@@ -11,7 +11,6 @@ registrations/unregistrations; the rate is read from the producer's Prometheus c
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import tempfile
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
@@ -155,15 +155,14 @@ def bench(**kw: Any) -> dict[str, Any]:
     return asyncio.run(bench_producer(**kw))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=200_000)
-    parser.add_argument("--phones", type=int, default=2000)
-    parser.add_argument("--bootstrap", default=None, help="external Kafka (default: an embedded broker)")
-    parser.add_argument("--compression", default="lz4", choices=["none", "gzip", "lz4", "zstd"])
-    args = parser.parse_args()
-    print(json.dumps(asyncio.run(bench_producer(args.events, args.phones, args.bootstrap, args.compression)), indent=2))
-
-
-if __name__ == "__main__":
-    main()
+@click.command()
+@click.option("--events", type=int, default=200_000, show_default=True, show_envvar=True,
+              help="AMI events flooded into the simulated node.")
+@click.option("--phones", type=int, default=2000, show_default=True, show_envvar=True,
+              help="Phones of the simulated node.")
+@click.option("--bootstrap", default=None, show_envvar=True, help="External Kafka (default: an embedded broker).")
+@click.option("--compression", type=click.Choice(["none", "gzip", "lz4", "zstd"]), default="lz4",
+              show_default=True, show_envvar=True, help="The producer's compression.")
+def main(events: int, phones: int, bootstrap: str | None, compression: str) -> None:
+    """Producer AMI events/s and RSS, as JSON."""
+    click.echo(json.dumps(asyncio.run(bench_producer(events, phones, bootstrap, compression)), indent=2))

@@ -1,8 +1,9 @@
-"""Adapters from ``astreg bench`` sections to each part's own benchmark functions.
+"""Adapters from ``astreg bench`` sections to the benchmark functions of this package.
 
-Each part keeps its measuring code next to it (``<package>/bench.py``); this module only picks
-the sizes (``quick`` or full) and runs synchronous benchmarks in a thread so that their own
-``asyncio.run`` does not nest in the bench's event loop.
+Each benchmark keeps its measuring code in its own module (``simulator.py``, ``producer.py``,
+``stream.py``...); this module only picks the sizes (``quick`` or full), names the figures and
+runs synchronous benchmarks in a thread so that their own ``asyncio.run`` does not nest in the
+bench's event loop.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from astreg.settings import KafkaSettings
 
-__all__ = ["simulator", "producer", "stream", "recovery", "sinks", "web", "alerting"]
+__all__ = ["simulator", "producer", "stream", "recovery", "sinks", "flatten_sinks", "web", "alerting"]
 
 
 async def simulator(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
@@ -53,7 +54,12 @@ async def recovery(quick: bool, work: Path, kafka: KafkaSettings | None = None) 
 async def sinks(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
     from astreg.tools.bench.sinks import run_all
 
-    nested = await run_all(rows=4_000 if quick else 50_000, kafka=kafka)
+    return flatten_sinks(await run_all(rows=4_000 if quick else 50_000, kafka=kafka))
+
+
+def flatten_sinks(nested: dict[str, Any]) -> dict[str, Any]:
+    """``{kind: {part: figures}}`` of :func:`~astreg.tools.bench.sinks.run_all` as the section's
+    flat figures ``<kind>_<part>_<figure>``, numbers only, plus PostgreSQL's ratio to its target."""
     flat: dict[str, Any] = {}
     for kind, parts in nested.items():
         for part, figures in parts.items():

@@ -1,19 +1,20 @@
 """Benchmarks of the AMI simulator: events/s delivered to one raw reader per node, RSS per phone.
 
-    python -m astreg.tools.bench.simulator [--phones 1000000] [--seconds 5]
+    astreg bench simulator [--phones 1000000] [--seconds 5]
 
-Functions return dicts of figures (wired into ``astreg bench``); numbers go to docs/simulator.md.
+Functions return dicts of figures (section "simulator" of ``astreg bench``); numbers go to
+docs/simulator.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gc
 import json
 import time
 from typing import Any
 
+import click
 import psutil
 
 from producers.simulator.config import SimConfig
@@ -101,15 +102,14 @@ def bench_memory(phones: int = 1_000_000, nodes: int = 3) -> dict[str, Any]:
     return asyncio.run(_bench_memory(phones, nodes))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--phones", type=int, default=1_000_000)
-    ap.add_argument("--nodes", type=int, default=2)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    args = ap.parse_args()
-    print(json.dumps({"events": bench_events(args.nodes, 10_000, args.seconds),
-                      "memory": bench_memory(args.phones, 3)}, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+@click.command()
+@click.option("--phones", type=int, default=1_000_000, show_default=True, show_envvar=True,
+              help="Phones registered for the RSS figure (on 3 nodes).")
+@click.option("--nodes", type=int, default=2, show_default=True, show_envvar=True,
+              help="Nodes generating events (10,000 phones).")
+@click.option("--seconds", type=float, default=5.0, show_default=True, show_envvar=True,
+              help="Seconds of event generation.")
+def main(phones: int, nodes: int, seconds: float) -> None:
+    """Simulator events/s and RSS per phone, as JSON."""
+    click.echo(json.dumps({"events": bench_events(nodes, 10_000, seconds),
+                           "memory": bench_memory(phones, 3)}, indent=2))

@@ -4,8 +4,8 @@
 store's ceiling); ``pipeline_rate(kind)`` produces the records to a locations topic first and
 times the runner from its first write to the last (consume + decode + coalesce + write +
 commit). Each uses a scratch database / key prefix / simulated node and removes it afterwards.
-Run: ``python -m astreg.tools.bench.sinks [--rows 50000] [--kind postgresql --kind redis ...]``; the
-functions return dicts of figures for ``astreg bench``.
+Run: ``astreg bench sinks [--rows 50000] [--kind postgresql --kind redis ...]``; the functions
+return dicts of figures for ``astreg bench``.
 """
 
 from __future__ import annotations
@@ -289,13 +289,15 @@ async def run_all(rows: int = 50_000, kinds: tuple[str, ...] = KINDS, kafka: Any
 
 
 @click.command()
-@click.option("--rows", default=50_000, show_default=True, help="Endpoints per run.")
-@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), help="Sinks to measure (default: all).")
+@click.option("--rows", default=50_000, show_default=True, show_envvar=True,
+              help="Endpoints per run (AstDB: a tenth).")
+@click.option("--kind", "kinds", multiple=True, type=click.Choice(KINDS), show_envvar=True,
+              help="Sinks to measure, repeatable (default: all).")
 def main(rows: int, kinds: tuple[str, ...]) -> None:
-    """Measure every sink and print the figures as JSON, one line per sink."""
+    """Upserts/s of each sink, as JSON lines.
+
+    Each sink alone, then fed from a locations topic through the runner (an embedded broker);
+    one line of figures per sink.
+    """
     for kind in kinds or KINDS:
-        print(json.dumps(asyncio.run(run_all(rows, (kind,)))), flush=True)
-
-
-if __name__ == "__main__":
-    main()
+        click.echo(json.dumps(asyncio.run(run_all(rows, (kind,)))))

@@ -2,7 +2,7 @@
 
 Run standalone (starts its own embedded broker unless ``--bootstrap`` is given)::
 
-    python -m astreg.tools.bench.stream --events 100000 --endpoints 20000 --recovery-endpoints 100000
+    astreg bench stream --events 100000 --endpoints 20000 --recovery-endpoints 100000
 
 Throughput method: the input is produced *before* a worker starts; the rate is the number of
 input events divided by the span between the first and the last output record's timestamp
@@ -13,21 +13,22 @@ partition. Functions return dicts of figures (``astreg bench`` wires them in).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import click
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from astreg import patches
 from astreg.broker import free_port
+from astreg.patches.aiokafka import refresh_metadata
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import TopicSpec, ensure_topics
@@ -35,8 +36,8 @@ from schemas.codec import location_codec, registration_codec
 from schemas.models import ContactStatus, DeviceState, EventKind, RegistrationEvent, Source
 
 __all__ = [
-    "bench_throughput", "bench_recovery", "workload", "main", "raw_consume_rate", "naive_worker", "run",
-    "run_recovery",
+    "bench_throughput", "bench_recovery", "workload", "main", "naive_main", "raw_consume_rate", "naive_worker",
+    "run", "run_recovery",
 ]
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,16 @@ def _cpu(proc: Any) -> float:
     return float(t.user + t.system)
 
 
+def _naive_argv(kafka: KafkaSettings, topics: TopicSettings, data_dir: Path, web_port: int, app_id: str) -> list[str]:
+    """The naive reference app (``astreg bench naive-worker``), logging as :func:`_worker_argv`'s worker."""
+    return astreg_argv(
+        "--log-level", "WARNING", "bench", "naive-worker", "--bootstrap", kafka.bootstrap,
+        "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1], "--partitions", str(topics.partitions),
+        "--app-id", app_id, "--data-dir", str(data_dir), "--web-port", str(web_port),
+        *(["--embedded"] if kafka.embedded else []),
+    )
+
+
 def _worker_argv(kafka: KafkaSettings, topics: TopicSettings, data_dir: Path, store: str, web_port: int,
                  app_id: str) -> list[str]:
     return astreg_argv(
@@ -280,10 +291,7 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
             if variant == "astreg":
                 argv = _worker_argv(kafka, topics, work / variant, "rocksdb", free_port(), app_id)
             else:
-                argv = [sys.executable, "-m", "astreg.tools.bench.stream", "naive-worker", "--bootstrap", kafka.bootstrap,
-                        "--topics-suffix", topics.topic_registrations.rsplit(".", 1)[1],
-                        "--partitions", str(partitions), "--app-id", app_id, "--data-dir", str(work / variant),
-                        "--web-port", str(free_port())] + (["--embedded"] if kafka.embedded else [])
+                argv = _naive_argv(kafka, topics, work / variant, free_port(), app_id)
             setups[variant] = (topics, argv)
         with ProcessGroup(log_dir=work / "logs") as procs:
             children = await asyncio.gather(*(
@@ -401,7 +409,7 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
     (the embedded broker lists them all): ask for it explicitly."""
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()
+        await refresh_metadata(consumer)
         parts = consumer.partitions_for_topic(topic)
     if not parts:
         raise RuntimeError(f"topic {topic} has no partitions in the cluster metadata")
@@ -487,22 +495,20 @@ async def _wait_probe(kafka: KafkaSettings, topic: str, keys: set[str], *, tombs
 # ---------------------------------------------------------------- the naive reference app
 
 
-def naive_worker(args: argparse.Namespace) -> None:
+def naive_worker(*, bootstrap: str, topics_suffix: str, partitions: int, app_id: str, data_dir: Path | str,
+                 web_port: int, embedded: bool = False) -> None:
     """One table write and one output record per event, `async for` one event at a time."""
     import faust
 
     from streams.rules import Row, apply, location_of
     from streams.tables import declare_locations
 
-    kafka = KafkaSettings(bootstrap=args.bootstrap, embedded=args.embedded)
-    topics = TopicSettings(partitions=args.partitions).with_suffix(args.topics_suffix)
-    if kafka.embedded:
-        from astreg.patches import embedded
-
-        embedded.install(kafka)
-    app = faust.App(args.app_id, **kafka.faust_kwargs(), store="rocksdb://", datadir=args.data_dir,
-                    web_port=args.web_port, topic_allow_declare=False, consumer_auto_offset_reset="earliest")
-    table = declare_locations(app, args.partitions)
+    kafka = KafkaSettings(bootstrap=bootstrap, embedded=embedded)
+    topics = TopicSettings(partitions=partitions).with_suffix(topics_suffix)
+    patches.install(kafka, faust=True)
+    app = faust.App(app_id, **kafka.faust_kwargs(), store="rocksdb://", datadir=str(data_dir),
+                    web_port=web_port, topic_allow_declare=False, consumer_auto_offset_reset="earliest")
+    table = declare_locations(app, partitions)
     source = app.topic(topics.topic_registrations, key_serializer="raw", value_serializer="raw")
     codec, out = registration_codec(), location_codec()
 
@@ -566,8 +572,8 @@ async def _run(quick: bool, work: Path, kafka: KafkaSettings) -> dict[str, Any]:
     return res
 
 
-# 1,000,000 rows: the issue's size. With the worker at ~90 CPU-µs per event the fill takes
-# ~2-3 min (it took ~350 s at ~225 µs before the session-2 speed-ups, when 750,000 was used).
+# 1,000,000 rows: the size SPEC.md's recovery target names. With the worker at ~90 CPU-µs per
+# event the fill takes ~2-3 min (~350 s at ~225 µs per event, when 750,000 rows were used).
 RECOVERY_FULL_ROWS = 1_000_000
 
 
@@ -581,59 +587,61 @@ async def run_recovery(quick: bool, work: Path) -> dict[str, Any]:
         out = await bench_recovery(kafka, rows, work=work)
     if not quick and rows != 1_000_000:
         out["note"] = (f"{rows:,} rows, not 1,000,000 "
-                       "(python -m astreg.tools.bench.stream --events 0 --recovery-endpoints 1000000 does it)")
+                       "(astreg bench stream --events 0 --recovery-endpoints 1000000 does it)")
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m astreg.tools.bench.stream", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd")
-    naive = sub.add_parser("naive-worker")
-    naive.add_argument("--bootstrap", required=True)
-    naive.add_argument("--topics-suffix", required=True)
-    naive.add_argument("--partitions", type=int, required=True)
-    naive.add_argument("--app-id", required=True)
-    naive.add_argument("--data-dir", required=True)
-    naive.add_argument("--web-port", type=int, required=True)
-    naive.add_argument("--embedded", action="store_true")
-    parser.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
-    parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--endpoints", type=int, default=20_000)
-    parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--recovery-endpoints", type=int, default=100_000)
-    parser.add_argument("--mix", choices=["churn", "steady"], default="churn")
-    parser.add_argument("--series", action="store_true", help="Also print the (t, events/s) series.")
-    parser.add_argument("--astreg-bench", choices=["stream", "recovery"], default=None,
-                        help="Run what `astreg bench` runs for this section (run / run_recovery).")
-    parser.add_argument("--quick", action="store_true", help="With --astreg-bench: the quick sizes.")
-    args = parser.parse_args(argv)
-    if args.cmd == "naive-worker":
-        naive_worker(args)
-        return
-    logging.basicConfig(level=logging.WARNING)
+@click.command()
+@click.option("--bootstrap", default=None, show_envvar=True,
+              help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS, else an embedded broker).")
+@click.option("--events", type=int, default=100_000, show_default=True, show_envvar=True,
+              help="Input events of the throughput run (0: none).")
+@click.option("--endpoints", type=int, default=20_000, show_default=True, show_envvar=True,
+              help="Endpoints the input events spread over.")
+@click.option("--partitions", type=int, default=4, show_default=True, show_envvar=True,
+              help="Partitions of the input topic.")
+@click.option("--recovery-endpoints", type=int, default=100_000, show_default=True, show_envvar=True,
+              help="Rows of the table a restarted worker recovers (0: no recovery run).")
+@click.option("--mix", type=click.Choice(["churn", "steady"]), default="churn", show_default=True, show_envvar=True,
+              help="churn: registrations, moves, qualifies, device states; steady: qualifies only.")
+@click.option("--series", is_flag=True, show_envvar=True, help="Also print the (t, events/s) series.")
+@click.option("--astreg-bench", type=click.Choice(["stream", "recovery"]), default=None, show_envvar=True,
+              help="Run what `astreg bench` runs for this section instead (its own broker).")
+@click.option("--quick", is_flag=True, show_envvar=True, help="With --astreg-bench: the quick sizes.")
+def main(bootstrap: str | None, events: int, endpoints: int, partitions: int, recovery_endpoints: int, mix: str,
+         series: bool, astreg_bench: str | None, quick: bool) -> None:
+    """Worker events/s vs baselines, and recovery, as JSON."""
 
     async def standalone(kafka: KafkaSettings) -> dict[str, Any]:
         res: dict[str, Any] = {}
-        if args.events:
-            res["throughput"] = await bench_throughput(kafka, args.events, args.endpoints, args.partitions,
-                                                       mix=args.mix)
-        if args.recovery_endpoints:
-            res["recovery"] = await bench_recovery(kafka, args.recovery_endpoints, args.partitions)
+        if events:
+            res["throughput"] = await bench_throughput(kafka, events, endpoints, partitions, mix=mix)
+        if recovery_endpoints:
+            res["recovery"] = await bench_recovery(kafka, recovery_endpoints, partitions)
         return res
 
     t0 = time.monotonic()
-    if args.astreg_bench:
-        fn = run if args.astreg_bench == "stream" else run_recovery
+    if astreg_bench:
+        fn = run if astreg_bench == "stream" else run_recovery
         with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
-            result: dict[str, Any] = {args.astreg_bench: asyncio.run(fn(quick=args.quick, work=Path(tmp)))}
+            result: dict[str, Any] = {astreg_bench: asyncio.run(fn(quick=quick, work=Path(tmp)))}
     else:
-        with _Broker(args.bootstrap) as kafka:
+        with _Broker(bootstrap) as kafka:
             result = asyncio.run(standalone(kafka))
-    if not args.series:
+    if not series:
         result = {k: {f: v for f, v in figs.items() if not f.endswith("_series")} for k, figs in result.items()}
-    result["elapsed_s"] = round(time.monotonic() - t0, 1)  # type: ignore[assignment]
-    print(json.dumps(result, indent=2))
+    result["elapsed_s"] = round(time.monotonic() - t0, 1)
+    click.echo(json.dumps(result, indent=2))
 
 
-if __name__ == "__main__":
-    main()
+@click.command(hidden=True)
+@click.option("--bootstrap", required=True)
+@click.option("--topics-suffix", required=True)
+@click.option("--partitions", type=int, required=True)
+@click.option("--app-id", required=True)
+@click.option("--data-dir", type=click.Path(path_type=Path), required=True)
+@click.option("--web-port", type=int, required=True)
+@click.option("--embedded", is_flag=True)
+def naive_main(**kw: Any) -> None:
+    """The naive Faust app the stream benchmark measures astreg's worker against."""
+    naive_worker(**kw)

@@ -6,14 +6,13 @@ whole thing (embedded broker, topics, two ``astreg worker`` processes, N registr
 measures, so half the lookups are answered by the worker asked and half are forwarded to the
 owner. Standalone::
 
-    python -m astreg.tools.bench.web --endpoints 10000 --clients 50 --requests 20000
+    astreg bench web --endpoints 10000 --clients 50 --requests 20000
 
-Both return a dict of figures (the lead wires :func:`run` into ``astreg bench``).
+Both return a dict of figures (:func:`run` is section "web" of ``astreg bench``).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import ipaddress
 import json
@@ -27,6 +26,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 import aiohttp
+import click
 
 from astreg.broker import free_port
 
@@ -251,23 +251,22 @@ def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_
     return {"endpoints": endpoints, "workers": workers, "bare_names": bare, **figures}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--endpoints", type=int, default=10_000)
-    parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--requests", type=int, default=20_000)
-    parser.add_argument("--max-seconds", type=float, default=60.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--bare", action="store_true", help="ask for 1001 instead of PJSIP%%2F1001")
-    parser.add_argument("--index-only", type=int, metavar="ROWS", help="only measure_row_index(ROWS)")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.index_only:
-        print(json.dumps(measure_row_index(args.index_only), indent=2))
+@click.command()
+@click.option("--endpoints", type=int, default=10_000, show_default=True, show_envvar=True,
+              help="Endpoints registered before the load.")
+@click.option("--clients", type=int, default=50, show_default=True, show_envvar=True, help="Concurrent clients.")
+@click.option("--requests", type=int, default=20_000, show_default=True, show_envvar=True,
+              help="Lookups in all (or until --max-seconds).")
+@click.option("--max-seconds", type=float, default=60.0, show_default=True, show_envvar=True,
+              help="Longest load.")
+@click.option("--workers", type=int, default=2, show_default=True, show_envvar=True, help="Worker processes.")
+@click.option("--bare", is_flag=True, show_envvar=True, help="Ask for 1001 instead of PJSIP%2F1001.")
+@click.option("--index-only", type=int, default=None, metavar="ROWS", show_envvar=True,
+              help="Only the CPU cost of list questions over ROWS rows (no broker, no HTTP).")
+def main(endpoints: int, clients: int, requests: int, max_seconds: float, workers: int, bare: bool,
+         index_only: int | None) -> None:
+    """Node lookup latency under concurrent clients, as JSON."""
+    if index_only:
+        click.echo(json.dumps(measure_row_index(index_only), indent=2))
         return
-    figures = run(args.endpoints, args.clients, args.requests, args.max_seconds, args.workers, args.bare)
-    print(json.dumps(figures, indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    click.echo(json.dumps(run(endpoints, clients, requests, max_seconds, workers, bare), indent=2))
