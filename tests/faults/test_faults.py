@@ -8,7 +8,10 @@ Convergence times go to ``test-artifacts/faults.json`` and are printed.
 
 Decisions: the broker outage is SIGSTOP/SIGCONT of the embedded broker (it is memory-only: a real
 restart would test a total data loss no Kafka deployment has); PostgreSQL and Redis are really
-stopped and started (this suite runs serially, never beside other tests).
+stopped and started (this suite runs serially, never beside other tests), and a stop or start
+command that fails, or a service still answering after its stop, fails the test: an outage that
+did not happen must not pass. The load runs in a thread; whatever it raises is re-raised in the
+test when the load stops.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from astreg.tools.e2e import primaries
 from astreg.topics import ensure_topics
 from tests.conftest import ARTIFACTS, PG_ADMIN, REDIS_URL, unique_name
 from tests.support.truth import diff
+from tests.support.wait import until_sync
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
@@ -68,7 +72,11 @@ class Stack:
     db: str
     redis_prefix: str
     children: dict[str, Child] = field(default_factory=dict)
-    load_on: threading.Event = field(default_factory=threading.Event)
+    web: dict[str, str] = field(default_factory=dict)  # worker name -> base URL of its web API
+    load: Load = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.load = Load(self)
 
     def truth(self) -> dict[str, Any]:
         return httpx.get(f"{self.control}/truth", timeout=10).json()  # type: ignore[no-any-return]
@@ -76,6 +84,17 @@ class Stack:
     def action(self, op: str, **params: Any) -> None:
         r = httpx.post(f"{self.control}/action", json={"op": op, "params": params}, timeout=30)
         assert r.status_code == 200, r.text
+
+    def node_views(self) -> dict[str, dict[str, Any]]:
+        """What the workers say about each node (``/api/v1/nodes``); empty while none answers."""
+        for base in self.web.values():
+            try:
+                r = httpx.get(f"{base}/api/v1/nodes", timeout=5)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 200:
+                return {n["node"]: n for n in r.json()["nodes"]}
+        return {}
 
     def sql_nodes(self) -> dict[str, str | None]:
         try:
@@ -90,7 +109,7 @@ class Stack:
             for key in client.scan_iter(match=f"{self.redis_prefix}loc:*", count=1000):
                 ep = key.decode()[len(self.redis_prefix) + 4:]
                 node = client.hget(key, "node")
-                out[ep] = node.decode() if node else None
+                out[ep] = node.decode() if isinstance(node, bytes) and node else None
             client.close()
             return out
         except redis.RedisError:
@@ -108,24 +127,60 @@ class Stack:
                 took = time.monotonic() - start
                 RESULTS[name] = round(took, 2)
                 return took
-            time.sleep(0.25)
+            time.sleep(0.25)  # poll interval of this convergence loop
         logs = {n: c.log()[-1500:] for n, c in self.children.items()}
         pytest.fail(f"{name}: no convergence in {timeout}s; {len(problems)} differences, e.g. {problems[:8]}\n"
                     f"logs: {json.dumps(logs, indent=1)[:6000]}")
 
 
-def _load(stack: Stack, stop: threading.Event) -> None:
-    """Steady load: a phone moves to another node every 100 ms while ``load_on`` is set."""
-    rng = random.Random(5)
-    nodes = ["node1", "node2", "node3"]
-    while not stop.is_set():
-        if stack.load_on.is_set():
-            phone = rng.randint(1, PHONES)
-            try:
-                stack.action("move", phone=phone, to_node=rng.choice(nodes))
-            except (httpx.HTTPError, AssertionError):
-                pass
-        time.sleep(0.1)
+class Load:
+    """Steady load: a phone moves to another node every 100 ms, in a thread, from :meth:`start`
+    to :meth:`stop`.
+
+    The simulator's control API is never part of a fault, so any error there (an HTTP failure, a
+    refused action) is a real one: it ends the load and :meth:`stop` re-raises it in the test.
+    """
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.rng = random.Random(5)  # one sequence over the whole module, as one long-running load
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="fault-load", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        nodes = ["node1", "node2", "node3"]
+        try:
+            while not self._stop.is_set():
+                self.stack.action("move", phone=self.rng.randint(1, PHONES), to_node=self.rng.choice(nodes))
+                self._stop.wait(0.1)  # the pace of the load, not a wait for a condition
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread by stop()
+            self._error = exc
+
+    def stop(self) -> None:
+        """End the load, wait for its last action to finish, and re-raise what the thread raised."""
+        error = self.halt()
+        if error is not None:
+            raise error
+
+    def halt(self) -> BaseException | None:
+        """End the load and wait for it; returns what the thread raised (None: nothing)."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return None
+        self._stop.set()
+        thread.join(timeout=60)
+        if thread.is_alive():
+            return AssertionError("the load thread did not stop within 60 s (a control request hangs)")
+        error, self._error = self._error, None
+        return error
 
 
 @pytest.fixture(scope="module")
@@ -141,13 +196,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1", "ASTREG_PARTITIONS": "4",
         "ASTREG_HEARTBEAT_INTERVAL": "1", "ASTREG_NODE_TIMEOUT": "6", "ASTREG_LOG_LEVEL": "INFO"})
     prefix = f"{db}:"
-    stop = threading.Event()
+    s: Stack | None = None
     try:
         sim = procs.start("simulator", astreg_argv("simulate", "--nodes", "3", "--phones", str(PHONES),
                                                    "--ami-port", "0", "--control-port", "0"))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not re.search(r"^control=", sim.log(), re.M):
-            time.sleep(0.1)
+        until_sync(lambda: re.search(r"^control=", sim.log(), re.M), 60, interval=0.1,
+                   what="the simulator to print its control address")
         ami = dict(re.findall(r"^ami=(\S+)@(\S+)$", sim.log(), re.M))
         control = re.search(r"^control=(\S+)$", sim.log(), re.M).group(1)  # type: ignore[union-attr]
         s = Stack(broker, procs, control, sim, db, prefix)
@@ -155,18 +209,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             s.children[f"producer-{node}"] = procs.start(f"producer-{node}", astreg_argv(
                 "producer", "--ami", addr, "--ami-user", "astreg", "--ami-secret", "astreg", "--node", node))
         for i in (1, 2):
+            port = free_port()
+            s.web[f"worker{i}"] = f"http://127.0.0.1:{port}"
             s.children[f"worker{i}"] = procs.start(f"worker{i}", astreg_argv(
-                "worker", "--web-port", str(free_port()), "--store", "rocksdb", "--data-dir", str(work / f"w{i}")))
+                "worker", "--web-port", str(port), "--store", "rocksdb", "--data-dir", str(work / f"w{i}")))
         s.children["sink-sql"] = procs.start("sink-sql", astreg_argv(
             "sink", "sql", "--url", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
         s.children["sink-redis"] = procs.start("sink-redis", astreg_argv(
             "sink", "redis", "--url", REDIS_URL, "--key-prefix", prefix))
-        loader = threading.Thread(target=_load, args=(s, stop), daemon=True)
-        loader.start()
         s.converge("initial", timeout=180)
         yield s
     finally:
-        stop.set()
+        # Stopped before the processes it talks to; what it raised is re-raised after the cleanup.
+        load_error = s.load.halt() if s is not None else None
         procs.stop_all()
         broker.stop()
         ARTIFACTS.mkdir(exist_ok=True)
@@ -180,16 +235,19 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         keys = list(client.scan_iter(match=f"{prefix}*"))
         if keys:
             client.delete(*keys)
+        if load_error is not None:
+            raise load_error
 
 
 def _under_load(stack: Stack, seconds: float = 3.0) -> None:
-    stack.load_on.set()
-    time.sleep(seconds)
+    """Start the load (if it is not running) and let it run ``seconds``; it goes on until :func:`_settle`."""
+    stack.load.start()
+    time.sleep(seconds)  # the length of the load period is the thing under test, not a wait
 
 
 def _settle(stack: Stack) -> None:
-    stack.load_on.clear()
-    time.sleep(0.3)
+    """Stop the load, re-raising whatever went wrong in its thread."""
+    stack.load.stop()
 
 
 def _restart(stack: Stack, name: str) -> None:
@@ -211,8 +269,13 @@ def test_kill9_and_restart(stack: Stack, name: str) -> None:
 def test_ami_link_cut(stack: Stack, mode: str) -> None:
     _under_load(stack)
     stack.action("crash", node="node3", mode=mode)
-    time.sleep(8)  # longer than ping timeout and node_timeout: node3 goes ami=down / stale
-    stack.action("recover", node="node3")
+    try:
+        # The link stays cut until the workers see it: node3 goes ami=down / stale (ping timeout,
+        # node_timeout).
+        until_sync(lambda: stack.node_views().get("node3", {}).get("stale"), 60, interval=0.25,
+                   what="the workers to report node3 stale after its AMI link was cut")
+    finally:
+        stack.action("recover", node="node3")
     _under_load(stack)
     _settle(stack)
     stack.converge(f"AMI link cut ({mode})")
@@ -231,7 +294,29 @@ def test_broker_outage(stack: Stack) -> None:
 
 
 def _service(cmd: str) -> None:
-    subprocess.run(cmd, shell=True, check=False, timeout=60, capture_output=True)
+    """Run a command that stops or starts a service; its failure fails the test with its output."""
+    done = subprocess.run(cmd, shell=True, check=False, timeout=60, capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{cmd!r} exited with {done.returncode}\nstdout: {done.stdout}\nstderr: {done.stderr}")
+
+
+def _pg_up() -> bool:
+    try:
+        _pg("SELECT 1", "postgres")
+    except Exception:  # noqa: BLE001 - any failure to answer means down here
+        return False
+    return True
+
+
+def _redis_up() -> bool:
+    try:
+        client = redis.Redis.from_url(REDIS_URL, socket_timeout=2)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except redis.RedisError:
+        return False
 
 
 @pytest.mark.skipif(shutil.which("pg_ctlcluster") is None, reason="needs pg_ctlcluster to stop PostgreSQL")
@@ -240,9 +325,11 @@ def test_postgresql_down(stack: Stack) -> None:
     _under_load(stack)
     _service(f"pg_ctlcluster --skip-systemctl-redirect {version} main stop -m fast")
     try:
+        assert not _pg_up(), "PostgreSQL still answers after its stop command"
         _under_load(stack, 6)
     finally:
         _service(f"pg_ctlcluster --skip-systemctl-redirect {version} main start")
+        until_sync(_pg_up, 60, interval=0.2, what="PostgreSQL to answer after its start command")
     _under_load(stack)
     _settle(stack)
     stack.converge("PostgreSQL down (6 s)")
@@ -253,10 +340,12 @@ def test_redis_down(stack: Stack) -> None:
     _under_load(stack)
     _service("redis-cli -h 127.0.0.1 shutdown nosave")
     try:
+        assert not _redis_up(), "Redis still answers after its shutdown command"
         _under_load(stack, 6)
     finally:
         _service("redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no "
                  "--dir /var/lib/redis --logfile /var/log/redis/ci.log")
+        until_sync(_redis_up, 60, interval=0.2, what="Redis to answer after its start command")
     _under_load(stack)
     _settle(stack)
     # Redis keeps nothing on disk here, so the restart lost every key: the sink must notice (its

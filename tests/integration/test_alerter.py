@@ -73,9 +73,16 @@ async def test_every_alert_kind_raised_and_resolved_once_through_a_webhook_that_
             await wait_until(lambda: _superset(raised(), ALL_KINDS), 30, "every kind raised")
             # While they are active: the example consumer lists them, /metrics counts them. More bad
             # reports keep HIGH_JITTER up (and must not raise it twice).
+            sent_at = feed.now()
             await feed.send(*(feed.rtcp("n1", "PJSIP/1006", jitter_ms=40.0, loss=0.2) for _ in range(3)))
-            await asyncio.sleep(0.5)
             async with httpx.AsyncClient() as http:
+
+                async def taken() -> bool:
+                    quality = (await http.get(f"http://127.0.0.1:{metrics_port}/quality")).json()
+                    return any(q["endpoint"] == "PJSIP/1006" and (q["last_sample_ms"] or 0) >= sent_at
+                               for q in quality)
+
+                await wait_until(taken, 15, "the alerter to take the new reports of PJSIP/1006")
                 text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
                 quality = (await http.get(f"http://127.0.0.1:{metrics_port}/quality")).json()
             assert 'astreg_alerts_total{kind="HIGH_JITTER",state="RAISED"} 1.0' in text

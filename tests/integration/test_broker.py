@@ -28,7 +28,7 @@ def _bootstrap_line(child, timeout: float = 20.0) -> str:  # type: ignore[no-unt
         if m:
             return m.group(1)
         assert child.alive(), child.log()
-        time.sleep(0.1)
+        time.sleep(0.1)  # poll interval of this bounded wait
     raise AssertionError(f"no bootstrap line: {child.log()}")
 
 
@@ -104,9 +104,13 @@ def test_topics_create_cli_reports_a_mismatch(kafka: KafkaSettings, unique: str)
 async def test_a_stopped_group_consumer_leaves_its_group(kafka: KafkaSettings, topics: TopicSettings, unique: str) -> None:
     """On close a consumer leaves its group, also in the group's first generation, which Tansu
     numbers 0 (aiokafka only leaves at generation > 0): otherwise the next member's join waits
-    for the stale one's session timeout (astreg.broker.leave_groups_at_generation_zero)."""
+    for the stale one's session timeout (astreg.patches.aiokafka.leave_groups_at_generation_zero,
+    installed by the components that make group consumers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
+    from astreg import patches
+
+    patches.install(kafka)
     group = f"g-{unique}"
     first = AIOKafkaConsumer(topics.topic_locations, **kafka.aiokafka_kwargs(), **kafka.group_kwargs(),
                              group_id=group, enable_auto_commit=False)

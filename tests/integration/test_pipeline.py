@@ -37,7 +37,7 @@ async def test_simulated_cluster_reaches_sql_astdb_and_api(kafka: KafkaSettings,
                     await sim.register(10 + step - 1, "node2")
                 deadline = time.monotonic() + 60
                 while not await converged() and time.monotonic() < deadline:
-                    await asyncio.sleep(0.3)
+                    await asyncio.sleep(0.3)  # poll interval; the assertions below say what differs
                 want = primaries(sim.truth())
                 assert sql_nodes(pipe.sqlite_path) == want, (step, pipe.procs.children[-1].log()[-2000:])
                 for n in sim.ports:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from schemas.models import DeviceState
-from sinks.base import STORE_LOST, UNAVAILABLE
 from sinks.redis import RedisSettings, RedisSink, hash_of
 from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
+from tests.support.wait import until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -71,17 +70,19 @@ async def test_redis_client_pause_mid_run_loses_nothing(kafka, topics, unique, r
     second += [("PJSIP/2019", None)]
     settings = RedisSettings(url=redis_url, key_prefix=redis_prefix, timeout=0.5)
     admin = aioredis.from_url(redis_url)
-    async with running(RedisSink(settings), kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+    async with running(RedisSink(settings), kafka, topics, group=f"g-{unique}", backoff_max=0.5) as runner:
         await produce(kafka, topics.topic_locations, first)
         await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, first))
-        before = UNAVAILABLE.labels("redis")._value.get()
+        unavailable = runner.metrics.unavailable.labels("redis")
+        before = unavailable._value.get()
         # Short: the Redis server is shared with other engineers' tests.
         await admin.execute_command("CLIENT", "PAUSE", "2500", "WRITE")
         await produce(kafka, topics.topic_locations, second)
-        await asyncio.sleep(2.6)
+        await until(lambda: unavailable._value.get() > before, 15,
+                    what="the sink to find Redis unavailable during the pause")
         got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, first + second))
     await admin.aclose()
-    assert UNAVAILABLE.labels("redis")._value.get() > before
+    assert unavailable._value.get() > before
     assert got == expected(redis_prefix, first + second)
 
 
@@ -96,14 +97,15 @@ async def test_redis_that_lost_its_data_is_rebuilt_from_the_topic(kafka, topics,
     await produce(kafka, topics.topic_locations, items)
     async with running(RedisSink(settings), kafka, topics, group=f"g-{unique}") as runner:
         await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items))
-        lost_before = STORE_LOST.labels("redis")._value.get()
+        store_lost = runner.metrics.store_lost.labels("redis")
+        lost_before = store_lost._value.get()
         rebuilds = runner.rebuilds_done
         # Everything this sink wrote disappears while it is idle (what a restart does here).
         await admin.delete(*[k async for k in admin.scan_iter(match=f"{redis_prefix}*")])
         got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items))
         assert got == expected(redis_prefix, items)
         assert await admin.exists(f"{redis_prefix}meta:store")
-        assert STORE_LOST.labels("redis")._value.get() == lost_before + 1
+        assert store_lost._value.get() == lost_before + 1
         await eventually(lambda: _value(runner.rebuilds_done), lambda n: n > rebuilds)
         # And the sink goes on with new records afterwards.
         await produce(kafka, topics.topic_locations, more)

@@ -7,8 +7,8 @@ answers afterwards.
 
 from __future__ import annotations
 
-import asyncio
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,6 +21,7 @@ from astreg.topics import ensure_topics
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
 from streams.topics import changelog_name, changelog_specs
 from tests.support.locations import free_port, produce, read_locations, wait_for
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -72,6 +73,13 @@ async def changelog(kafka: KafkaSettings, topic: str, partitions: int) -> dict[i
         await consumer.stop()
 
 
+async def changed_in_changelog(kafka: KafkaSettings, topic: str, partitions: int, key: bytes,
+                               before: dict[int, dict[bytes, bytes]]) -> bool:
+    """Whether the changelog now holds another value for ``key`` than ``before`` (a folded read)."""
+    now = await changelog(kafka, topic, partitions)
+    return any(rows.get(key) != before[p].get(key) for p, rows in now.items())
+
+
 def rocksdb_rows(data_dir: Path) -> dict[int, dict[bytes, bytes]]:
     """What the (stopped) worker's RocksDB holds per partition, without Faust's offset key."""
     from faust.stores.rocksdb import Store
@@ -118,11 +126,14 @@ async def test_cold_restart_bulk_restore_equals_changelog_and_faust_replay(
     # Cold restarts (empty data dirs), one with the bulk restore, one with Faust's own replay.
     for label, flag, moved in (("bulk", "--bulk-restore", "PJSIP/r2"), ("faust", "--no-bulk-restore", "PJSIP/r4")):
         w = worker(procs, kafka, topics, app_id, label, tmp_path / label, flag)
+        logged = await changelog(kafka, log, topics.partitions)
         # Something to do after the restore: move one endpoint from A to B, then wait for it.
         await produce(kafka, topics, [ev(moved, "B", 10 * N, ContactStatus.NON_QUALIFIED)])
         expect[moved] = "B"
         assert await wait_for(published, timeout=120), f"{label}: restarted worker did not converge"
-        await asyncio.sleep(1)  # the changelog write of that move
+
+        await until(partial(changed_in_changelog, kafka, log, topics.partitions, moved.encode(), logged), 30,
+                    interval=0.1, what=f"{label}: the changelog write of the move of {moved}")
         w.stop()  # type: ignore[attr-defined]
         text = w.log()  # type: ignore[attr-defined]
         assert ("bulk restore:" in text) == (label == "bulk"), text[-3000:]

@@ -130,7 +130,7 @@ async def test_silent_node_goes_stale_then_is_removed(kafka: KafkaSettings, topi
             assert two.primary_node is None and two.contacts[0].stale
         if seen_stale and "PJSIP/1002" not in locs and locs.get("PJSIP/1001") and locs["PJSIP/1001"].nodes == ("B",):
             break
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # B's heartbeat pace (and this bounded loop's poll interval)
     assert seen_stale, f"A's contact was never marked stale: {locs}"
     assert "PJSIP/1002" not in locs, "A's contact was not removed after node_grace"
     assert locs["PJSIP/1001"].nodes == ("B",) and locs["PJSIP/1001"].primary_node == "B"
@@ -222,12 +222,12 @@ async def test_broker_outage_longer_than_node_timeout_marks_nothing_stale(
     assert own_broker.proc is not None
     os.kill(own_broker.proc.pid, signal.SIGSTOP)  # 2.5 x node_timeout without any answer
     try:
-        await asyncio.sleep(5)
+        await asyncio.sleep(5)  # the outage itself, 2.5 x node_timeout: its length is what is tested
     finally:
         os.kill(own_broker.proc.pid, signal.SIGCONT)
     for _ in range(8):  # node A goes on beating: 2 x node_timeout after the outage
         await beat()
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # heartbeat pace; the test checks nothing turns stale meanwhile
     synthetic = [e for e in (registration_codec().decode(v) for _, v, _ in
                              await read_all(kafka, topics.topic_registrations) if v)
                  if e.source is Source.SYNTHETIC]

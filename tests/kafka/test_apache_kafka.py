@@ -31,6 +31,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from astreg.tools.e2e import pipeline, primaries, sql_nodes
 from producers.simulator import SimConfig, Simulator
 from tests.conftest import TEST_BROKER_CONFIG
+from tests.support.wait import until
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache, pytest.mark.timeout(240)]
 
@@ -44,7 +45,7 @@ def _line(child, pattern: str, timeout: float = 120.0) -> str:  # type: ignore[n
         if m:
             return m.group(1)
         assert child.alive(), child.log()[-3000:]
-        time.sleep(0.2)
+        time.sleep(0.2)  # poll interval of this bounded wait
     raise AssertionError(f"no line like {pattern!r}: {child.log()[-3000:]}")
 
 
@@ -122,10 +123,8 @@ async def test_kafka_command_serves_keeps_its_data_and_stops_everything(tmp_path
     assert _line(again, r"^bootstrap=(127\.0\.0\.1:\d+)$") == bootstrap
     assert (b"PJSIP/1001", b"kept") in await _read(kafka, "asterisk.locations.v1", 3)
     again.kill9()  # the brokers die with their parent (parent-death signal), even on SIGKILL
-    deadline = time.monotonic() + 30
-    while _brokers_of(data) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
-    assert not _brokers_of(data), "a broker JVM outlived a SIGKILLed `astreg kafka`"
+    await until(lambda: not _brokers_of(data), 30, interval=0.2,
+                what="the broker JVMs to die with their SIGKILLed `astreg kafka`")
 
 
 def _only(tmp_path: Path, *tools: str) -> dict[str, str]:
@@ -188,7 +187,7 @@ async def test_every_component_over_sasl_ssl(secure_cluster: ApacheKafka, tmp_pa
             want = primaries(sim.truth())
             deadline = time.monotonic() + 90
             while sql_nodes(pipe.sqlite_path) != want and time.monotonic() < deadline:
-                await asyncio.sleep(0.3)
+                await asyncio.sleep(0.3)  # poll interval; the assertion below shows the log
             assert sql_nodes(pipe.sqlite_path) == want, pipe.procs.children[0].log()[-2000:]
             async with httpx.AsyncClient() as http:
                 r = await http.get(f"{pipe.web_urls[0]}/api/v1/endpoints/PJSIP%2F1003/node")
@@ -196,7 +195,7 @@ async def test_every_component_over_sasl_ssl(secure_cluster: ApacheKafka, tmp_pa
             for node in ("node1", "node2"):
                 db = sim.node(node).astdb
                 while db.get("astreg", "node/1003") != "node2" and time.monotonic() < deadline:
-                    await asyncio.sleep(0.3)
+                    await asyncio.sleep(0.3)  # poll interval of this bounded wait
                 assert db.get("astreg", "node/1003") == "node2", node
             assert alerter.alive(), alerter.log()[-2000:]
     finally:

@@ -78,6 +78,8 @@ async def test_locations_compact_to_live_endpoints_and_a_new_sink_rebuilds_the_t
     # The active segment is never cleaned: a new registration after segment.ms rolls it. Each
     # round adds one live endpoint; stop when the topic holds one record per live endpoint.
     async def compacted() -> list:
+        # segment.ms of the topic must pass before the next record rolls the active segment:
+        # the broker's clock has to move on (time passing, not a condition to poll for).
         await asyncio.sleep(1.2)
         fill = f"PJSIP/fill{len(where)}"
         await produce(kafka, topics, [ev(fill, "A", ContactStatus.NON_QUALIFIED)])

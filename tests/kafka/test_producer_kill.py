@@ -61,7 +61,7 @@ async def test_producer_sigkill_mid_burst_no_duplicate_no_gap(
                     await sim.unregister(i, "node1")
                     await sim.register(i, "node1", qualify=False)
                     if i % 50 == 0:
-                        await asyncio.sleep(0)  # let the simulator flush to its AMI client
+                        await asyncio.sleep(0)  # yield: the simulator flushes to its AMI client (pacing, not a wait)
 
         churn = asyncio.create_task(burst(ROUNDS))
         await reader.until(lambda d: sum(e.source is Source.LIVE and e.kind is EventKind.CONTACT

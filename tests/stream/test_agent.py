@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +10,10 @@ import pytest
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec, registration_codec
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
-from streams.app import StreamApp, create_app
+from streams.app import create_app
 from streams.settings import WorkerSettings
+from streams.stream_app import StreamApp
+from tests.support.wait import until
 
 
 class Recorder:
@@ -28,13 +29,16 @@ class Recorder:
         return [s for s in self.sent if s[0] == topic]
 
 
-@pytest.fixture
-def stream(tmp_path: Path, unique: str) -> StreamApp:
+def make_stream(tmp_path: Path, unique: str, **batching: Any) -> StreamApp:
     kafka = KafkaSettings(bootstrap="127.0.0.1:1", embedded=True)
     topics = TopicSettings(partitions=1).with_suffix(unique)
-    s = create_app(kafka, topics, WorkerSettings(store="memory", data_dir=tmp_path, batch_within=0.01,
-                                                 app_id=f"test-{unique}"))
-    return s
+    return create_app(kafka, topics, WorkerSettings(store="memory", data_dir=tmp_path, app_id=f"test-{unique}",
+                                                    **({"batch_within": 0.01} | batching)))
+
+
+@pytest.fixture
+def stream(tmp_path: Path, unique: str) -> StreamApp:
+    return make_stream(tmp_path, unique)
 
 
 def ev(node: str, seq: int, status: ContactStatus, uri: str = "sip:1001@h:5060", endpoint: str = "PJSIP/1001") -> bytes:
@@ -46,7 +50,9 @@ def ev(node: str, seq: int, status: ContactStatus, uri: str = "sip:1001@h:5060",
 _NEXT_OFFSET = [0]
 
 
-async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> Recorder:
+async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> tuple[Recorder, list[int]]:
+    """Put ``records`` into the agent and wait until it has taken all of them; returns what was
+    sent and the size of each batch the agent took (in order)."""
     rec = Recorder()
     stream.outputs._send = rec
     agent = stream.agent
@@ -58,16 +64,16 @@ async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> Recorde
         # wait=False: let the agent take them as one batch, like a real fetch would deliver.
         for key, value in records:
             await ctx.put(value, key=key, wait=False)
-        for _ in range(100):
-            await asyncio.sleep(0.02)
-            if ctx.results and sum(ctx.results.values()) >= len(records):
-                break
-    return rec
+        # The agent yields the size of every batch it applied.
+        await until(lambda: sum(ctx.results.values()) >= len(records), 10,
+                    what=f"the agent to apply {len(records)} records")
+        batches = [ctx.results[i] for i in sorted(ctx.results)]
+    return rec, batches
 
 
 async def test_registration_move_and_removal(stream: StreamApp) -> None:
     names = stream.topics.names
-    rec = await feed(stream, [
+    rec, _ = await feed(stream, [
         (b"PJSIP/1001", ev("A", 1, ContactStatus.NON_QUALIFIED, "sip:a")),
         (b"PJSIP/1001", ev("A", 2, ContactStatus.REACHABLE, "sip:a")),
         (b"PJSIP/1001", ev("B", 1, ContactStatus.NON_QUALIFIED, "sip:b")),
@@ -87,25 +93,50 @@ async def test_registration_move_and_removal(stream: StreamApp) -> None:
 
 async def test_removal_after_publication_is_a_tombstone(stream: StreamApp) -> None:
     names = stream.topics.names
-    first = await feed(stream, [(b"PJSIP/1001", ev("A", 1, ContactStatus.NON_QUALIFIED))])
+    first, _ = await feed(stream, [(b"PJSIP/1001", ev("A", 1, ContactStatus.NON_QUALIFIED))])
     assert first.to(names.topic_locations)[-1][2] is not None
-    second = await feed(stream, [(b"PJSIP/1001", ev("A", 2, ContactStatus.REMOVED))])
+    second, _ = await feed(stream, [(b"PJSIP/1001", ev("A", 2, ContactStatus.REMOVED))])
     assert [(k, v) for _, k, v, _ in second.to(names.topic_locations)] == [(b"PJSIP/1001", None)]
-    third = await feed(stream, [(b"PJSIP/1001", ev("A", 1, ContactStatus.NON_QUALIFIED))])  # replay
+    third, _ = await feed(stream, [(b"PJSIP/1001", ev("A", 1, ContactStatus.NON_QUALIFIED))])  # replay
     assert third.to(names.topic_locations) == []
 
 
-async def test_one_published_record_per_endpoint_and_batch(stream: StreamApp) -> None:
+BATCH = 13
+
+
+def flapping(seq: int) -> ContactStatus:
+    return ContactStatus.REACHABLE if seq % 2 else ContactStatus.NON_QUALIFIED
+
+
+async def test_one_published_record_per_endpoint_and_batch(tmp_path: Path, unique: str) -> None:
+    # Batches of exactly BATCH events: the agent hands a batch on as soon as it is full, and
+    # ``batch_within`` is far longer than the test, so no timer cuts one short.
+    stream = make_stream(tmp_path, unique, batch_size=BATCH, batch_within=30.0)
     names = stream.topics.names
-    records = [(b"PJSIP/1001", ev("A", i, ContactStatus.REACHABLE if i % 2 else ContactStatus.NON_QUALIFIED))
-               for i in range(1, 40)]
-    rec = await feed(stream, records)
-    assert 1 <= len(rec.to(names.topic_locations)) < 39
+    # Three endpoints taking turns, each flapping on every event of its own: every event changes
+    # what consumers see, so each batch publishes each endpoint it touched exactly once, with the
+    # state after its last event in that batch, in the order the batch first touched them.
+    endpoints = [b"PJSIP/1001", b"PJSIP/1002", b"PJSIP/1003"]
+    events = [(e, seq) for seq in range(1, 40) for e in endpoints]
+    records = [(e, ev("A", seq, flapping(seq), uri=f"sip:{e.decode()[6:]}@h:5060", endpoint=e.decode()))
+               for e, seq in events]
+    rec, batches = await feed(stream, records)
+    assert batches == [BATCH] * (len(records) // BATCH)  # 117 events: 9 full batches
+    want: list[tuple[bytes, ContactStatus]] = []
+    for start in range(0, len(events), BATCH):
+        last: dict[bytes, ContactStatus] = {}
+        for e, seq in events[start:start + BATCH]:
+            last[e] = flapping(seq)
+        want += last.items()
+    codec = location_codec()
+    got = [(k, codec.decode(v).contacts[0].status) for _, k, v, _ in rec.to(names.topic_locations)]
+    assert len(got) == 9 * len(endpoints)
+    assert got == want
 
 
 async def test_garbage_goes_to_dead_letters_and_valid_records_survive(stream: StreamApp) -> None:
     names = stream.topics.names
-    rec = await feed(stream, [
+    rec, _ = await feed(stream, [
         (b"PJSIP/1001", b"not avro at all"),
         (b"PJSIP/1001", b"\xc3\x01" + b"\x00" * 8 + b"junk"),
         (b"PJSIP/9", ev("A", 1, ContactStatus.NON_QUALIFIED, endpoint="")),  # missing endpoint

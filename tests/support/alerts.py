@@ -153,7 +153,7 @@ async def wait_until(check: Callable[[], Any], timeout: float, what: str, every:
             return value
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        await asyncio.sleep(every)
+        await asyncio.sleep(every)  # poll interval of this bounded wait
 
 
 def by_id(alerts: list[Alert]) -> dict[str, list[AlertState]]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+from tests.support.wait import until
+
 
 @dataclass
 class FakeAmi:
@@ -41,11 +43,8 @@ class FakeAmi:
             await self._server.wait_closed()
 
     async def wait_login(self, count: int = 1, timeout: float = 10) -> None:
-        async def wait() -> None:
-            while self.logins < count:
-                await asyncio.sleep(0.02)
-
-        await asyncio.wait_for(wait(), timeout)
+        await until(lambda: self.logins >= count, timeout, interval=0.02,
+                    what=f"{count} login(s) at the fake AMI")
 
     async def push(self, data: bytes, *, pause: float = 0.0) -> None:
         """Send raw bytes to every connected client (pause > 0: one write per byte)."""
@@ -54,7 +53,7 @@ class FakeAmi:
                 for i in range(len(data)):
                     w.write(data[i : i + 1])
                     await w.drain()
-                    await asyncio.sleep(pause)
+                    await asyncio.sleep(pause)  # the fragmented delivery is the stimulus, not a wait
             else:
                 w.write(data)
                 await w.drain()

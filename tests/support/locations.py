@@ -102,7 +102,7 @@ async def wait_for(check: Callable[[], object], timeout: float = 30.0, interval:
         result = await check()  # type: ignore[misc]
         if result:
             return result
-        await asyncio.sleep(interval)
+        await asyncio.sleep(interval)  # poll interval; the caller asserts on the value returned
     return result
 
 

@@ -13,6 +13,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec
 from schemas.models import Contact, ContactStatus, DeviceState, EndpointLocation, LocationStatus
 from sinks.base import RunnerSettings, Sink, SinkRunner
+from sinks.metrics import SinkMetrics
 
 T = TypeVar("T")
 
@@ -108,11 +109,11 @@ def final_state(items: list[tuple[str, EndpointLocation | bytes | None]]) -> dic
 
 @contextlib.asynccontextmanager
 async def running(
-    sink: Sink, kafka: KafkaSettings, topics: TopicSettings, **settings: Any
+    sink: Sink, kafka: KafkaSettings, topics: TopicSettings, *, metrics: SinkMetrics | None = None, **settings: Any
 ) -> AsyncIterator[SinkRunner]:
     """Run a sink in this event loop; always stopped (bounded) on exit."""
     settings.setdefault("batch_linger_ms", 20)
-    runner = SinkRunner(sink, kafka, topics, RunnerSettings(**settings))
+    runner = SinkRunner(sink, kafka, topics, RunnerSettings(**settings), metrics=metrics)
     task = asyncio.create_task(runner.run())
     try:
         yield runner
@@ -132,7 +133,7 @@ async def eventually(probe: Callable[[], Awaitable[T]], check: Callable[[T], boo
     deadline = loop.time() + timeout
     value = await probe()
     while not check(value) and loop.time() < deadline:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.2)  # poll interval of this bounded wait
         value = await probe()
     return value
 

@@ -12,7 +12,7 @@ import asyncio
 import shutil
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +83,7 @@ class Feeder:
             asterisk_version="22.10.1",
         )
 
-    async def send(self, records: list[RegistrationEvent | NodeStatus]) -> None:
+    async def send(self, records: Sequence[RegistrationEvent | NodeStatus]) -> None:
         from aiokafka import AIOKafkaProducer
 
         reg, nod = registration_codec(), node_codec()
@@ -160,7 +160,7 @@ async def wait_ready(session: aiohttp.ClientSession, workers: list[Worker], part
             parts = [p for x in last for p in x[1]["partitions"]]  # type: ignore[index]
             if sorted(parts) == list(range(partitions)):
                 return
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # poll interval of this bounded wait
     raise AssertionError(f"workers not ready in {timeout}s: {last}")
 
 
@@ -179,7 +179,7 @@ async def wait_total(session: aiohttp.ClientSession, cluster: Cluster, total: in
                     return last[1]  # type: ignore[no-any-return,index]
         except aiohttp.ClientError as exc:
             last = repr(exc)
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)  # poll interval of this bounded wait
     raise AssertionError(f"list never reached {total} rows: {last}")
 
 

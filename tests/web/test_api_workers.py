@@ -7,7 +7,6 @@ nodes, health/readiness, metrics, and bearer-token auth on and off.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,6 +17,7 @@ import pytest
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from streams.web.views import CSP
+from tests.support.wait import until
 
 from .conftest import NODES, SCRIPT_UA, Cluster, Feeder, wait_ready, wait_total
 
@@ -179,11 +179,7 @@ async def test_live_change_is_visible_from_every_worker(web_cluster: Cluster, ht
         answers = [await get(http, f"{w.url}/api/v1/endpoints/10003/node") for w in web_cluster.workers]
         return all(a[:2] == (200, "node2") for a in answers)
 
-    for _ in range(60):
-        if await moved():
-            break
-        await asyncio.sleep(0.5)
-    assert await moved()
+    await until(moved, 30, interval=0.5, what="every worker to answer node2 for PJSIP/10003")
     web_cluster.expected["PJSIP/10003"]["node"] = "node2"  # keep the module's truth current
     status, row, _ = await get(http, f"{web_cluster.workers[0].url}/api/v1/endpoints/PJSIP%2F10003")
     assert row["nodes"] == ["node2", "node0"] and row["contacts"][0]["primary"] is True

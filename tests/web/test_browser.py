@@ -7,7 +7,6 @@ without a reload, and a ``<script>`` user agent renders as text. A screenshot is
 
 from __future__ import annotations
 
-import asyncio
 import re
 import shutil
 from pathlib import Path
@@ -86,7 +85,13 @@ async def test_page_search_live_update_and_escaping(web_cluster: Cluster, page) 
 
     await page.fill("#q", "")
     await expect(rows).to_have_count(100, timeout=10_000)
-    await asyncio.sleep(3)  # a few polls: the chart gets some points
+    # A few polls: each node's line of the chart gets some points.
+    await page.wait_for_function(
+        "() => { const lines = document.querySelectorAll('#chart polyline');"
+        " return lines.length > 0 && [...lines].every("
+        "   (l) => (l.getAttribute('points') || '').trim().split(/\\s+/).length >= 3); }",
+        timeout=20_000,
+    )
     assert await page.locator("#chart polyline").count() == 3
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "web-page.png"), full_page=False)

@@ -4,7 +4,8 @@ wrong node, never another worker's stale row.
 Two workers serve 300 fixed endpoints while 60 more keep moving between nodes (the load). Clients
 ask every live worker all the time while the group changes: a third worker joins, one is killed
 with SIGKILL, a fourth joins, one leaves cleanly. After each change the group must settle (every
-worker ready, every partition owned once) and answer right at once. A moving endpoint's answer
+worker ready, every partition owned once) and answer right at once; a group that does not settle
+within a minute fails the test, naming the step. A moving endpoint's answer
 is stale when the endpoint left that node more than ``LAG`` seconds before the question was
 asked: a worker serving rows of a partition it lost would answer like that for ever.
 
@@ -16,7 +17,6 @@ seen waiting for changelog records for ever, on Apache Kafka as on the embedded 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -27,6 +27,7 @@ import pytest
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.models import ContactStatus
+from tests.support.wait import until
 
 from .conftest import NODES, Cluster, Feeder, Worker, wait_ready, wait_total
 
@@ -93,7 +94,7 @@ async def test_lookups_during_rebalances_are_right_or_503(
                 history.record(e, new)
             await feeder.send(batch)
             k += 1
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)  # the pace of the load, not a wait for a condition
 
     async def ask(offset: int) -> None:
         i = offset
@@ -122,10 +123,13 @@ async def test_lookups_during_rebalances_are_right_or_503(
                     wrong.append(f"{w.child.name}: 503 without Retry-After for {endpoint}")
                 elif status not in (200, 503):
                     wrong.append(f"{w.child.name}: {endpoint}: HTTP {status} {body!r}")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the pace of the clients, not a wait for a condition
 
     async def settled_and_right(step: str) -> None:
-        await wait_ready(http, cluster.workers, topics.partitions, timeout=60)
+        try:
+            await wait_ready(http, cluster.workers, topics.partitions, timeout=60)
+        except AssertionError as exc:
+            raise AssertionError(f"the group never settled after {step}: {exc}") from None
         for w in cluster.workers:  # right at once, from every worker
             for endpoint in list(fixed)[:: 30]:
                 async with http.get(f"{w.url}/api/v1/endpoints/{quote(endpoint, safe='')}/node") as r:
@@ -148,9 +152,10 @@ async def test_lookups_during_rebalances_are_right_or_503(
         await settled_and_right("r3 left")
     finally:
         stop.set()
-        for task in tasks:
-            with contextlib.suppress(Exception):
-                await task
+        # A failure of the load or of a client must not be lost (answers would silently stop).
+        ended = await asyncio.gather(*tasks, return_exceptions=True)
+    failures = [r for r in ended if isinstance(r, BaseException)]
+    assert failures == [], f"the load or a client failed: {failures!r}"
     assert wrong == [], wrong[:10]
     assert answers.get("200", 0) > 200, answers
     # after the load stopped, every worker answers every moving endpoint's current node
@@ -164,12 +169,17 @@ async def test_lookups_during_rebalances_are_right_or_503(
                     bad.append(f"{w.child.name} {e}: {r.status} {body!r} != {history.current(e)!r}")
         return bad
 
-    deadline = time.monotonic() + 30
-    bad = await current_everywhere()
-    while bad and time.monotonic() < deadline:
-        await asyncio.sleep(0.5)
+    async def all_current() -> bool:
         bad = await current_everywhere()
-    assert bad == [], bad[:10]
+        if bad:
+            problems[:] = bad
+        return not bad
+
+    problems: list[str] = []
+    try:
+        await until(all_current, 30, interval=0.5, what="every worker to answer every moving endpoint's node")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {problems[:10]}") from None
 
 
 def _named(cluster: Cluster, name: str) -> Worker:
