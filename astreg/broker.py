@@ -20,12 +20,11 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
 from .kafka.probe import EMBEDDED_CLUSTER_IDS
 
-__all__ = ["EmbeddedBroker", "free_port", "broker_binary", "wait_port", "leave_groups_at_generation_zero"]
+__all__ = ["EmbeddedBroker", "free_port", "broker_binary", "wait_port"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,35 +119,3 @@ class EmbeddedBroker:
     async def __aexit__(self, *exc: object) -> None:
         await asyncio.to_thread(self.stop)
 
-
-def leave_groups_at_generation_zero() -> None:
-    """Make aiokafka consumers leave their group on close at generation 0 too (embedded broker).
-
-    Tansu numbers a group's first generation 0, Kafka 1. aiokafka sends LeaveGroup on close
-    only when ``generation > 0``, so on Tansu a consumer stopped in its group's first generation
-    stays a member until its session times out: the next member's join then waits for it (a
-    worker restarted right after the first one stopped took 12.9 s to own its partitions
-    instead of ~5 s: ``astreg bench`` recovery). Called by ``KafkaSettings.group_kwargs`` and
-    ``faust_kwargs`` in embedded mode; Apache Kafka never hands out generation 0, so nothing
-    changes there. Idempotent."""
-    from aiokafka.consumer import group_coordinator
-    from aiokafka.errors import KafkaError
-    from aiokafka.protocol.group import LeaveGroupRequest
-
-    cls: Any = group_coordinator.GroupCoordinator
-    if getattr(cls, "_astreg_leaves_at_zero", False):
-        return
-    original = cls._maybe_leave_group
-
-    async def _maybe_leave_group(self: Any) -> None:
-        if self.generation == 0 and self._group_instance_id is None:
-            try:  # what the original does for generation > 0: one attempt, no resend
-                await self._send_req(LeaveGroupRequest(self.group_id, self.member_id))
-            except KafkaError as err:
-                logger.warning("LeaveGroup (generation 0) failed: %s", err)
-            self.reset_generation()
-            return
-        await original(self)
-
-    cls._maybe_leave_group = _maybe_leave_group
-    cls._astreg_leaves_at_zero = True

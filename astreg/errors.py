@@ -1,12 +1,27 @@
-"""The one exception tree of astreg.
+"""The one exception tree of astreg: every exception class the packages define lives here.
 
-    AstregError
-    ├── ConfigError              bad settings or a broken deployment layout (e.g. topics)
-    ├── MalformedAmiEvent        an AMI message that cannot become a RegistrationEvent
-    ├── UndecodableRecord        Kafka bytes that are not a record of the expected schema
-    ├── SchemaRegistryError      the Schema Registry refused or could not be reached
-    └── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
-        └── (raised by sinks; the runner pauses, backs off and retries)
+    Exception
+    └── AstregError                  base of every error astreg raises on purpose
+        ├── ConfigError              bad settings or a broken deployment layout (e.g. topics)
+        ├── MalformedAmiEvent        an AMI message that cannot become a RegistrationEvent
+        ├── UndecodableRecord        Kafka bytes that are not a record of the expected schema
+        ├── SchemaRegistryError      the Schema Registry refused or could not be reached
+        ├── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
+        │                            (raised by sinks; the runner pauses, backs off and retries)
+        ├── PermanentWriteError      a record a store can never take: dead-lettered, the sink goes on
+        ├── AmiError                 an AMI link failed: cannot connect, closed, no answer in time
+        │   └── LoginFailed          the AMI refused the login (the producer retries with backoff)
+        ├── WorkerUnavailable        a worker cannot answer a query correctly now (rebalance,
+        │                            recovery, peer down): HTTP 503 with Retry-After
+        ├── BadQuery (ValueError)    a query parameter the web API cannot use: HTTP 400
+        └── SimulatorError (ValueError)
+                                     a request the AMI simulator cannot carry out (unknown
+                                     node or phone, bad parameters): HTTP 400 on its control port
+
+``BadQuery`` and ``SimulatorError`` are ``ValueError`` too: they are bad input, and callers
+that validate input catch ``ValueError``. The only exceptions defined elsewhere are private
+control flow that never leaves its module (``schemas.codec``'s generated Avro reader: a bad
+body becomes :class:`UndecodableRecord`, an unsupported shape selects fastavro).
 
 Every error says what was wrong and where; wrap lower-level errors with ``raise ... from exc``.
 This module imports nothing from the rest of astreg, so every package may use it.
@@ -22,6 +37,11 @@ __all__ = [
     "SchemaRegistryError",
     "SinkUnavailable",
     "PermanentWriteError",
+    "AmiError",
+    "LoginFailed",
+    "WorkerUnavailable",
+    "BadQuery",
+    "SimulatorError",
 ]
 
 
@@ -77,3 +97,23 @@ class SinkUnavailable(AstregError):
 
 class PermanentWriteError(AstregError):
     """A record that can never be written (constraint violation): dead-letter it and go on."""
+
+
+class AmiError(AstregError):
+    """The AMI link failed (cannot connect, not an AMI server, closed, no answer in time)."""
+
+
+class LoginFailed(AmiError):
+    """The AMI refused our credentials (retried with backoff: config may be fixed live)."""
+
+
+class WorkerUnavailable(AstregError):
+    """This worker cannot answer correctly right now (rebalance, recovery, peer down): 503."""
+
+
+class BadQuery(AstregError, ValueError):
+    """A query parameter the API cannot use; the message names it (answered as HTTP 400)."""
+
+
+class SimulatorError(AstregError, ValueError):
+    """A request the simulator cannot carry out (unknown node/phone, bad state name)."""

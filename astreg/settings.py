@@ -4,7 +4,8 @@ Read once per process at the edge (the CLI builds them from options and ``ASTREG
 environment variables) and passed down. Secrets are ``SecretStr`` and never logged. The
 same ``KafkaSettings`` feed aiokafka clients (:meth:`KafkaSettings.aiokafka_kwargs`) and Faust
 (:meth:`KafkaSettings.faust_kwargs`), so producer, worker, sinks, topics and bench all connect
-the same way.
+the same way. Every settings class of astreg, here or next to the code it configures, derives
+from :class:`AstregSettings`, so every command reads the environment by the same rules.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 
-__all__ = ["KafkaSettings", "TopicSettings", "TOPIC_DEFAULTS", "EMBEDDED_FETCH_MAX_WAIT_MS"]
+__all__ = ["AstregSettings", "KafkaSettings", "TopicSettings", "TOPIC_DEFAULTS", "EMBEDDED_FETCH_MAX_WAIT_MS"]
 
 TOPIC_DEFAULTS = {
     "registrations": "asterisk.registrations.v1",
@@ -34,11 +35,27 @@ TOPIC_DEFAULTS = {
 EMBEDDED_FETCH_MAX_WAIT_MS = 20
 
 
-class _Base(BaseSettings):
+class AstregSettings(BaseSettings):
+    """Base of every astreg settings class: one way to read the environment for every command.
+
+    A subclass overrides ``env_prefix`` only (``ASTREG_SQL_`` ...), so a variable means the
+    same thing to every command that reads it:
+
+    * ``ASTREG_*`` variables a class has no field for are ignored (``extra="ignore"``): one
+      environment file feeds the producer, the worker and the sinks alike.
+    * Settings are frozen: read once at the edge and passed down, never changed on the way.
+    * An empty variable (``ASTREG_X=``) is unset, the field keeps its default
+      (``env_ignore_empty``). systemd ``EnvironmentFile=`` lines and compose ``environment:``
+      entries write ``X=`` for "no value", and click, which reads the same variables for the
+      options, already skips empty ones; otherwise a command would fail to parse ``""`` as a
+      port or take it as a value (an empty token, an empty key prefix). An empty value on
+      purpose is given as an option (``--key-prefix ''``).
+    """
+
     model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True)
 
 
-class KafkaSettings(_Base):
+class KafkaSettings(AstregSettings):
     """How every astreg process reaches Kafka."""
 
     bootstrap: str = Field(
@@ -163,9 +180,6 @@ class KafkaSettings(_Base):
                 "session_timeout_ms": int(self.session_timeout * 1000),
                 "heartbeat_interval_ms": int(self._heartbeat_interval() * 1000),
             }
-        from .broker import leave_groups_at_generation_zero
-
-        leave_groups_at_generation_zero()  # every group consumer on Tansu comes through here
         return {
             "session_timeout_ms": 6000,
             "heartbeat_interval_ms": 1000,
@@ -198,9 +212,6 @@ class KafkaSettings(_Base):
             kw.update(broker_session_timeout=self.session_timeout,
                       broker_heartbeat_interval=self._heartbeat_interval())
         if self.embedded:
-            from .broker import leave_groups_at_generation_zero
-
-            leave_groups_at_generation_zero()  # Faust's consumer is an aiokafka one too
             kw.update(
                 broker_rebalance_timeout=3,
                 broker_session_timeout=6,
@@ -232,7 +243,7 @@ def _probe_embedded(servers: list[str], wait: float) -> bool:
         time.sleep(0.2)
 
 
-class TopicSettings(_Base):
+class TopicSettings(AstregSettings):
     """Topic names (the public contract) and layout."""
 
     topic_registrations: str = Field(TOPIC_DEFAULTS["registrations"], description="Registrations topic.")

@@ -18,6 +18,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from .errors import ConfigError
+from .patches.aiokafka import known_brokers
 from .settings import KafkaSettings, TopicSettings
 
 __all__ = ["TopicSpec", "topic_specs", "ensure_topics", "TopicCheck", "compaction_configs", "replication"]
@@ -116,7 +117,7 @@ async def ensure_topics(
     )
     await asyncio.wait_for(admin.start(), timeout)
     try:
-        brokers = len(admin._client.cluster.brokers()) or 1  # what the bootstrap Metadata listed
+        brokers = known_brokers(admin) or 1  # what the bootstrap Metadata listed
         rf, isr = replication(topics, brokers)
         existing = set(await admin.list_topics())
         new = [

@@ -1,21 +1,24 @@
 """Prometheus metrics of one producer process (served on ``--metrics-port`` when not 0).
 
-Each :class:`ProducerMetrics` owns its own ``CollectorRegistry`` so several producers (tests,
-benchmarks) can live in one process; ``serve(port)`` exposes it over HTTP.
+Each :class:`ProducerMetrics` owns its own ``CollectorRegistry`` (:mod:`astreg.metrics`) so
+several producers (tests, benchmarks) can live in one process; ``serve(port)`` exposes it.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from astreg.metrics import ComponentMetrics
 
 __all__ = ["ProducerMetrics"]
 
 
-class ProducerMetrics:
+class ProducerMetrics(ComponentMetrics):
     """Counters and gauges named ``astreg_producer_*``."""
 
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
+        r = self.registry
         self.events_in = Counter("astreg_producer_ami_events", "AMI events consumed, by Event name", ["event"], registry=r)
         self.events_out = Counter("astreg_producer_records_sent", "Records acknowledged by Kafka, by kind", ["kind"], registry=r)
         self.malformed = Counter("astreg_producer_malformed", "Malformed AMI messages dead-lettered, by reason", ["reason"], registry=r)
@@ -34,7 +37,3 @@ class ProducerMetrics:
         self.snapshot_seconds = Gauge("astreg_producer_last_snapshot_seconds", "Duration of the last completed snapshot", registry=r)
         self.snapshots = Counter("astreg_producer_snapshots", "Snapshots, by outcome", ["outcome"], registry=r)
         self.kafka_up.set(1)
-
-    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
-        """Expose /metrics on ``port`` (a daemon thread of prometheus-client)."""
-        start_http_server(port, addr=addr, registry=self.registry)

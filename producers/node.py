@@ -36,11 +36,10 @@ from panoramisk import actions as pactions
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from astreg.deadletter import deadletter_headers
-from astreg.errors import MalformedAmiEvent
-from astreg.settings import KafkaSettings, TopicSettings
+from astreg.errors import LoginFailed, MalformedAmiEvent
+from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
 from schemas.codec import Codec
 from schemas.models import (
     ContactStatus,
@@ -56,10 +55,11 @@ from . import ami
 from .metrics import ProducerMetrics
 from .publisher import Publisher, Record
 from .quality_tap import AMI_CLASS, RTCP_EVENTS, QualityTap
+from .refresh import PendingEndpoints, TokenBucket, refreshed
 
 __all__ = [
     "ProducerSettings", "NodeProducer", "AmiProtocol", "next_epoch", "MAX_PENDING", "AmiMessage",
-    "parse_frame", "AmiLink", "LoginFailed",
+    "parse_frame", "AmiLink",
 ]
 
 logger = logging.getLogger(__name__)
@@ -82,10 +82,8 @@ SNAPSHOT_LISTS = (
 )
 
 
-class ProducerSettings(BaseSettings):
+class ProducerSettings(AstregSettings):
     """How one producer reaches its Asterisk node and how it behaves."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
 
     ami: str = Field("127.0.0.1:5038", description="AMI address HOST:PORT of the Asterisk node.")
     ami_user: str = Field("astreg", description="AMI user (manager.conf).")
@@ -103,6 +101,12 @@ class ProducerSettings(BaseSettings):
     compression: Literal["none", "gzip", "lz4", "zstd"] = Field("lz4", description="Kafka compression.")
     epoch_file: Path | None = Field(None, description="File keeping producer epochs strictly increasing across restarts.")
     quality: bool = Field(True, description="Publish call quality (RTCP, AMI class reporting) and qualify RTT samples on the quality topic.")
+    detail_rate: float = Field(
+        20.0, gt=0, description="AMI actions per second spent asking the node for contacts' details: refreshes "
+        "(after a SuccessfulAuth) and new contacts (user agent, expiry, Call-ID).")
+    refresh_scan_interval: float = Field(
+        60.0, ge=0, description="Seconds between comparisons of the node's contact expirations, which find the "
+        "refreshes of endpoints without authentication (they emit no security event); 0: off.")
 
     @property
     def ami_host(self) -> str:
@@ -246,7 +250,7 @@ class AmiLink:
 
     @property
     def wanted(self) -> frozenset[str]:
-        return _WANTED_WITH_QUALITY if self.owner._quality is not None else ami.CONSUMED_EVENTS
+        return _WANTED_WITH_QUALITY if self.owner._quality is not None else _WANTED
 
     def on_message(self, message: AmiMessage) -> None:
         self.owner._enqueue(message)
@@ -255,7 +259,9 @@ class AmiLink:
         self.owner._enqueue(_BadFrame(frame, reason))
 
 
-_WANTED_WITH_QUALITY = ami.CONSUMED_EVENTS | RTCP_EVENTS
+# SuccessfulAuth (security class): the only live sign of a refresh REGISTER (producers/refresh.py).
+_WANTED = ami.CONSUMED_EVENTS | {"SuccessfulAuth"}
+_WANTED_WITH_QUALITY = _WANTED | RTCP_EVENTS
 
 # ---------------------------------------------------------------- queue items
 
@@ -277,6 +283,16 @@ class _Snapshot:
     uris: set[str] = field(default_factory=set)
     live_added: set[str] = field(default_factory=set)
     infos: dict[str, ami.ContactInfo] = field(default_factory=dict)
+
+
+@dataclass
+class _Ask:
+    """A question to the node outside snapshots: one endpoint's details or the contact list."""
+
+    action: str  # PJSIPShowEndpoint | PJSIPShowContacts
+    complete: str  # the event that ends its list
+    done: asyncio.Future[None]
+    items: list[Mapping[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -336,6 +352,12 @@ class NodeProducer:
         self._tasks: list[asyncio.Task[Any]] = []
         self._snapshot_wanted = asyncio.Event()
         self._lists: dict[str, tuple[_Snapshot, str, asyncio.Future[None]]] = {}
+        self._asks: dict[str, _Ask] = {}
+        self._pending_details = PendingEndpoints()
+        self._asked = 0
+        self._chan_sip = False  # decided at every login (ModuleCheck): SIPpeers only where it exists
+        self.details_asked = 0  # PJSIPShowEndpoint questions sent (tests, metrics)
+        self.refreshes_seen = 0
         self._contacts: dict[str, ami.ContactInfo] = {}
         self._live_uris: set[str] = set()
         self._peer_uris: dict[str, str] = {}
@@ -370,6 +392,8 @@ class NodeProducer:
             asyncio.create_task(self._snapshot_loop(), name="snapshots"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeats"),
             asyncio.create_task(self._resync_loop(), name="resync"),
+            asyncio.create_task(self._detail_loop(), name="details"),
+            asyncio.create_task(self._scan_loop(), name="refresh-scan"),
         ]
         logger.info(
             "producer started: AMI %s, epoch %d, node %s", self.settings.ami, self.epoch, self.node or "(from AMI)"
@@ -461,6 +485,10 @@ class NodeProducer:
             self._asterisk_version = info.get("AsteriskVersion") or None
             self._ami_version = info.get("AMIversion") or proto.version
             self._system_name = (info.get("SystemName") or "").strip() or None
+            # Asterisk 21+ has no chan_sip: asking SIPpeers there earns a RequestBadFormat
+            # security event per snapshot. Asked once per login (a restart may change modules).
+            check = await self._action(proto, {"Action": "ModuleCheck", "Module": "chan_sip.so"})
+            self._chan_sip = check.get("Response") == "Success"
             if self.node is None:
                 self.node = (info.get("SystemName") or "").strip() or socket.gethostname()
                 logger.info("node id %s (from %s)", self.node, "SystemName" if info.get("SystemName") else "host name")
@@ -478,7 +506,7 @@ class NodeProducer:
     async def _login(self, proto: AmiProtocol) -> None:
         s = self.settings
         secret = s.ami_secret.get_secret_value()
-        events = f"system,call,{AMI_CLASS}" if self._quality is not None else "system,call"
+        events = f"system,call,security,{AMI_CLASS}" if self._quality is not None else "system,call,security"
         login: dict[str, str] = {"Action": "Login", "Username": s.ami_user, "Events": events}
         if s.ami_md5:
             challenge = await self._action(proto, {"Action": "Challenge", "AuthType": "MD5"})
@@ -529,6 +557,12 @@ class NodeProducer:
                 future.set_exception(ConnectionError("AMI connection lost during a snapshot"))
                 future.exception()  # retrieved: the snapshot may be awaiting another future
             self._lists.pop(action_id, None)
+        for ask in self._asks.values():
+            if not ask.done.done():
+                ask.done.set_exception(ConnectionError("AMI connection lost during a question"))
+                ask.done.exception()
+        self._asks.clear()
+        self._pending_details.clear()  # the snapshot after the next login covers them
 
     def _set_link(self, up: bool) -> None:
         if up == self._link_up:
@@ -588,6 +622,14 @@ class NodeProducer:
 
     def _handle(self, msg: Mapping[str, Any]) -> None:
         name = msg.get("Event", "")
+        ask_id = msg.get("ActionID", "")
+        if ask_id and ask_id in self._asks:
+            self._ask_item(msg, name, ask_id)
+            return
+        if name == "SuccessfulAuth":
+            if msg.get("Service") == "PJSIP" and msg.get("AccountID"):
+                self._pending_details.add(msg["AccountID"])  # a REGISTER (or INVITE): look
+            return
         if name in RTCP_EVENTS and self._quality is not None:
             self._quality_records(self._quality.rtcp, msg)
             return
@@ -660,6 +702,9 @@ class NodeProducer:
             return
         if uri is None:
             return
+        if (name == "ContactStatus" and snap is None and uri not in self._contacts
+                and ev.endpoint.startswith("PJSIP/")):
+            self._pending_details.add(ev.endpoint[6:])  # a new contact: its details at once
         if ev.contact_status is ContactStatus.REMOVED:
             self._live_uris.discard(uri)
             self._contacts.pop(uri, None)
@@ -813,6 +858,8 @@ class NodeProducer:
         self._enqueue(_Marker("begin", snap))
         loop = asyncio.get_running_loop()
         for action, complete in SNAPSHOT_LISTS:
+            if action == "SIPpeers" and not self._chan_sip:
+                continue
             action_id = f"astreg/{snap.id}/{action}"
             done: asyncio.Future[None] = loop.create_future()
             self._lists[action_id] = (snap, complete, done)
@@ -827,6 +874,99 @@ class NodeProducer:
             await asyncio.wait_for(done, ACTION_TIMEOUT)
         # The rows are in the queue ahead of this marker, so COMPLETE follows all of them.
         self._enqueue(_Marker("complete", snap))
+
+    # ------------------------------------------------------------ refreshes and details
+
+    def _ask_item(self, msg: Mapping[str, Any], name: str, action_id: str) -> None:
+        """An item of a question's list; at its end, what it says (in wire order, so an answer
+        that crossed a contact's removal cannot bring the contact back: see rules.py)."""
+        ask = self._asks[action_id]
+        if name in ("ContactStatusDetail", "ContactList"):
+            ask.items.append(msg)
+            return
+        if name != ask.complete:
+            return  # EndpointDetail, AorDetail, AuthDetail, TransportDetail
+        self._asks.pop(action_id, None)
+        for item in ask.items:
+            self._contact_news(item, scan=ask.action == "PJSIPShowContacts")
+        if not ask.done.done():
+            ask.done.set_result(None)
+
+    def _contact_news(self, item: Mapping[str, Any], *, scan: bool) -> None:
+        node = self.node
+        assert node is not None
+        if scan:  # a ContactList row, in the spellings of a ContactStatusDetail
+            own = self._system_name or node
+            if (item.get("RegServer") or own).strip() != own:
+                return
+            item = {"URI": item.get("Uri", ""), "EndpointName": item.get("Endpoint", ""),
+                    "AOR": (item.get("ObjectName") or "").split(";@", 1)[0], "UserAgent": item.get("UserAgent", ""),
+                    "RegExpire": item.get("ExpirationTime", ""), "CallID": item.get("CallId", ""),
+                    "QualifyFrequency": item.get("QualifyFrequency", "")}
+        uri = item.get("URI") or ""
+        info = ami.contact_info(item, node)
+        known = self._contacts.get(uri)
+        verdict = refreshed(info, known)
+        if verdict is None or (scan and known is None):
+            return  # nothing new; a contact the scan finds unknown is the next snapshot's
+        try:
+            ev = ami.contact_detail(item, node=node, now_ms=int(time.time() * 1000), epoch=self.epoch,
+                                    seq=self.seq + 1, refresh=verdict)
+        except MalformedAmiEvent as exc:
+            self._malformed(item, exc)
+            return
+        self.seq += 1
+        self._contacts[uri] = ami.ContactInfo(
+            user_agent=info.user_agent, expires_at_ms=info.expires_at_ms, aor=info.aor, qualify_s=info.qualify_s,
+            call_id=info.call_id, reg_server=known.reg_server if known else None)
+        self._live_uris.add(uri)
+        if verdict:
+            self.refreshes_seen += 1
+        self.publisher.put(Record(self.topics.topic_registrations, ev.endpoint.encode(), self._reg_codec.encode(ev),
+                                  (ev.endpoint, ev.kind, ev.contact_uri), ev.kind.value))
+
+    async def _ask(self, proto: AmiProtocol, fields: dict[str, str], complete: str) -> None:
+        self._asked += 1
+        action_id = f"astreg/ask/{self.epoch}/{self._asked}"
+        ask = _Ask(fields["Action"], complete, asyncio.get_running_loop().create_future())
+        self._asks[action_id] = ask
+        try:
+            resp = await self._action(proto, {**fields, "ActionID": action_id})
+            if resp.get("Response") != "Success":
+                return  # unknown endpoint, no contacts, or an Asterisk without the action
+            await asyncio.wait_for(ask.done, ACTION_TIMEOUT)
+        finally:
+            self._asks.pop(action_id, None)
+
+    async def _detail_loop(self) -> None:
+        """One endpoint at a time, at most ``detail_rate`` questions per second."""
+        bucket = TokenBucket(self.settings.detail_rate, burst=max(1, int(self.settings.detail_rate)))
+        while True:
+            endpoint = await self._pending_details.next()
+            await bucket.take()
+            proto = self._protocol
+            if proto is None or not self._link_up:
+                continue  # the snapshot after the next login covers it
+            self.details_asked += 1
+            try:
+                await self._ask(proto, {"Action": "PJSIPShowEndpoint", "Endpoint": endpoint}, "EndpointDetailComplete")
+            except (TimeoutError, ConnectionError) as exc:
+                logger.debug("details of %s not read: %s", endpoint, exc or type(exc).__name__)
+
+    async def _scan_loop(self) -> None:
+        """Refreshes of endpoints without authentication: compare the node's expirations."""
+        interval = self.settings.refresh_scan_interval
+        if not interval:
+            return
+        while True:
+            await asyncio.sleep(interval)  # the scan's period (docs/producer.md: worst delay)
+            proto = self._protocol
+            if proto is None or not self._link_up:
+                continue
+            try:
+                await self._ask(proto, {"Action": "PJSIPShowContacts"}, "ContactListComplete")
+            except (TimeoutError, ConnectionError) as exc:
+                logger.debug("refresh scan not read: %s", exc or type(exc).__name__)
 
     # ------------------------------------------------------------ timers
 
@@ -843,10 +983,6 @@ class NodeProducer:
         while True:
             await asyncio.sleep(self.settings.resync_interval)
             self.request_snapshot("periodic")
-
-
-class LoginFailed(Exception):
-    """The AMI refused our credentials (retried with backoff: config may be fixed live)."""
 
 
 def _message_text(msg: Mapping[str, Any] | None) -> str:

@@ -680,8 +680,12 @@ def _generate_flat_writer(schema: dict[str, Any], named: dict[str, Any]) -> Call
 # on generated and malformed input.
 
 
+# _BadBody and _Unsupported are private control flow of the generated reader, not errors of
+# astreg (so not in astreg.errors): neither leaves this module. _BadBody is raised by the
+# generated code ("Bad") and turned into UndecodableRecord by Codec.decode; _Unsupported stops
+# generating a reader and selects fastavro instead.
 class _BadBody(ValueError):
-    pass
+    """A body the generated reader rejects (negative length, bad union branch, trailing bytes)."""
 
 
 def _no_reader(data: bytes, start: int) -> Any:  # marker: no flat reader for this record

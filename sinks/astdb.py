@@ -36,14 +36,13 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
-from astreg.errors import PermanentWriteError, SinkUnavailable
+from astreg.errors import AmiError, PermanentWriteError, SinkUnavailable
 from schemas.models import EndpointLocation
 
 from .settings import AstDbSettings
 
 __all__ = [
     "AstDbSink", "AstDbSettings", "AmiClient", "entries", "key_part", "value_text", "KINDS", "all_keys",
-    "AmiError",
 ]
 
 logger = logging.getLogger(__name__)
@@ -89,10 +88,6 @@ def all_keys(resource: str) -> list[str]:
     """Every key a resource may have (what a tombstone deletes)."""
     r = key_part(resource)
     return [f"{kind}/{r}" for kind in KINDS]
-
-
-class AmiError(Exception):
-    """The AMI link failed (closed, timed out, refused the login)."""
 
 
 class AmiClient:

@@ -28,8 +28,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from prometheus_client import Counter, Gauge, Histogram
 
+from astreg import patches
 from astreg.deadletter import deadletter_headers
 from astreg.errors import PermanentWriteError, SinkUnavailable, UndecodableRecord
 from astreg.partition import partition_for
@@ -37,20 +37,12 @@ from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import Codec, location_codec
 from schemas.models import EndpointLocation
 
+from .metrics import SinkMetrics
 from .settings import RunnerSettings
 
 __all__ = ["Sink", "SinkRunner", "RunnerSettings", "Batch", "coalesce", "stale_keys", "delete_stale_keys"]
 
 logger = logging.getLogger(__name__)
-
-RECORDS = Counter("astreg_sink_records", "Records handled by a sink", ["sink", "outcome"])
-BATCHES = Counter("astreg_sink_batches", "Batches written", ["sink"])
-WRITE_SECONDS = Histogram("astreg_sink_write_seconds", "Duration of one successful batch write", ["sink"])
-UNAVAILABLE = Counter("astreg_sink_unavailable", "Writes refused because the store was down or slow", ["sink"])
-STORE_UP = Gauge("astreg_sink_store_up", "1 when the last write succeeded, 0 while retrying", ["sink"])
-LAG = Gauge("astreg_sink_lag_records", "High watermark minus committed position, all partitions", ["sink"])
-RECONCILED = Counter("astreg_sink_reconciled_deletes", "Stale keys removed by a rebuild", ["sink"])
-STORE_LOST = Counter("astreg_sink_store_lost", "Times the store was found to have lost its data (rebuilt)", ["sink"])
 
 # A quiet sink still asks an intact()-capable store this often whether it lost its data.
 INTACT_EVERY = 1.0
@@ -154,6 +146,7 @@ class SinkRunner:
         settings: RunnerSettings | None = None,
         *,
         codec: Codec[EndpointLocation] | None = None,
+        metrics: SinkMetrics | None = None,
     ):
         self.sink = sink
         self.kafka = kafka
@@ -161,6 +154,7 @@ class SinkRunner:
         self.settings = settings or RunnerSettings()
         self.group = self.settings.group or f"astreg-sink-{sink.kind}"
         self.codec = codec or location_codec()
+        self.metrics = metrics or SinkMetrics()
         self.caught_up = asyncio.Event()
         self.rebuilds_done = 0
         # For benchmarks and operators: records written and when the first/last write ended.
@@ -185,9 +179,7 @@ class SinkRunner:
     async def run(self) -> None:
         """Run until :meth:`stop`; closes everything it opened."""
         if self.settings.metrics_port:
-            from prometheus_client import start_http_server
-
-            start_http_server(self.settings.metrics_port)
+            self.metrics.serve(self.settings.metrics_port)
         await self._retrying(self.sink.setup, "setup")
         if not await self._intact():
             logger.info("sink %s: the store does not hold what an earlier run wrote: rebuilding it", self.sink.kind)
@@ -195,6 +187,7 @@ class SinkRunner:
         self._producer = AIOKafkaProducer(
             **self.kafka.aiokafka_kwargs(), enable_idempotence=self.kafka.idempotent, acks="all"
         )
+        patches.install(self.kafka)  # a group consumer: it must leave its group on the embedded broker too
         self._consumer = AIOKafkaConsumer(
             **self.kafka.aiokafka_kwargs(),
             **self.kafka.group_kwargs(),
@@ -294,7 +287,7 @@ class SinkRunner:
         """The store lost its data: read every assigned partition again from the start."""
         assert self._consumer is not None
         assigned = sorted(self._consumer.assignment())
-        STORE_LOST.labels(self.sink.kind).inc()
+        self.metrics.store_lost.labels(self.sink.kind).inc()
         logger.warning("sink %s: the store lost its data: rebuilding partitions %s from the topic",
                        self.sink.kind, [tp.partition for tp in assigned])
         if assigned:
@@ -325,13 +318,13 @@ class SinkRunner:
         started = time.perf_counter()
         await self._retrying(lambda: self._write_isolating(batch, origins), "write")
         now = time.perf_counter()
-        WRITE_SECONDS.labels(self.sink.kind).observe(now - started)
+        self.metrics.write_seconds.labels(self.sink.kind).observe(now - started)
         self.written += len(batch)
         self.first_write_at = self.first_write_at or started
         self.last_write_at = now
-        BATCHES.labels(self.sink.kind).inc()
-        RECORDS.labels(self.sink.kind, "upsert").inc(len(batch.upserts))
-        RECORDS.labels(self.sink.kind, "delete").inc(len(batch.deletes))
+        self.metrics.batches.labels(self.sink.kind).inc()
+        self.metrics.records.labels(self.sink.kind, "upsert").inc(len(batch.upserts))
+        self.metrics.records.labels(self.sink.kind, "delete").inc(len(batch.deletes))
 
     async def _write_isolating(self, batch: Batch, origins: dict[str, _Origin]) -> None:
         try:
@@ -357,7 +350,7 @@ class SinkRunner:
         while True:
             try:
                 await action()
-                STORE_UP.labels(self.sink.kind).set(1)
+                self.metrics.store_up.labels(self.sink.kind).set(1)
                 if failures:
                     logger.info("sink %s: store is back after %d failed %s attempts", self.sink.kind, failures, what)
                     if self._consumer is not None:
@@ -365,8 +358,8 @@ class SinkRunner:
                 return
             except SinkUnavailable as exc:
                 failures += 1
-                UNAVAILABLE.labels(self.sink.kind).inc()
-                STORE_UP.labels(self.sink.kind).set(0)
+                self.metrics.unavailable.labels(self.sink.kind).inc()
+                self.metrics.store_up.labels(self.sink.kind).set(0)
                 # Log the outage once, then quietly; the metric counts every attempt.
                 log = logger.warning if failures == 1 else logger.debug
                 log("sink %s: %s failed, retrying: %s", self.sink.kind, what, exc.reason)
@@ -406,7 +399,7 @@ class SinkRunner:
             elif tp in self._rebuilding:
                 self._rebuilt.update(self._rebuilding.pop(tp))
                 self._rebuilt_partitions.add(tp.partition)
-        LAG.labels(self.sink.kind).set(lag)
+        self.metrics.lag.labels(self.sink.kind).set(lag)
         if self._rebuilt_partitions and not self._rebuilding:
             await self._finish_rebuild()
         if at_end and not self._rebuilding:
@@ -426,7 +419,7 @@ class SinkRunner:
             removed.append(await self.sink.reconcile(alive, lambda k: partition_for(k, count) in parts))
 
         await self._retrying(reconcile, "reconcile")
-        RECONCILED.labels(self.sink.kind).inc(removed[-1])
+        self.metrics.reconciled.labels(self.sink.kind).inc(removed[-1])
         logger.info(
             "sink %s: rebuilt partitions %s: %d endpoints alive, %d stale removed",
             self.sink.kind, sorted(parts), len(alive), removed[-1],
@@ -446,7 +439,7 @@ class SinkRunner:
     ) -> None:
         assert self._producer is not None
         logger.warning("sink %s: dead-lettering %s[%d]@%d: %s", self.sink.kind, tp.topic, tp.partition, offset, reason)
-        RECORDS.labels(self.sink.kind, "deadletter").inc()
+        self.metrics.records.labels(self.sink.kind, "deadletter").inc()
         headers = deadletter_headers(
             reason,
             component=f"sink-{self.sink.kind}",

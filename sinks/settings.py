@@ -7,15 +7,17 @@ options without importing SQLAlchemy, redis-py or the AMI client.
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from astreg.settings import AstregSettings
 
 __all__ = ["RunnerSettings", "SqlSettings", "RedisSettings", "AstDbSettings"]
 
 
-class RunnerSettings(BaseSettings):
+class RunnerSettings(AstregSettings):
     """How a sink consumes the locations topic."""
 
-    model_config = SettingsConfigDict(env_prefix="ASTREG_SINK_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="ASTREG_SINK_")
 
     group: str | None = Field(None, description="Consumer group (default astreg-sink-<kind>).")
     rebuild: bool = Field(False, description="Read the whole topic again and remove stale keys from the store.")
@@ -25,10 +27,10 @@ class RunnerSettings(BaseSettings):
     metrics_port: int | None = Field(None, description="Serve Prometheus metrics on this port (unset = off).")
 
 
-class SqlSettings(BaseSettings):
+class SqlSettings(AstregSettings):
     """Where the SQL sink writes."""
 
-    model_config = SettingsConfigDict(env_prefix="ASTREG_SQL_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="ASTREG_SQL_")
 
     url: str = Field(
         "sqlite+aiosqlite:///astreg.sqlite",
@@ -38,20 +40,20 @@ class SqlSettings(BaseSettings):
     chunk: int = Field(5000, ge=1, description="Rows per INSERT statement.")
 
 
-class RedisSettings(BaseSettings):
+class RedisSettings(AstregSettings):
     """Where the Redis sink writes."""
 
-    model_config = SettingsConfigDict(env_prefix="ASTREG_REDIS_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="ASTREG_REDIS_")
 
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (redis:// or rediss://).")
     key_prefix: str = Field("astreg:", description="Prefix of every key the sink writes.")
     timeout: float = Field(5.0, gt=0, description="Socket timeout; slower answers count as store unavailable (s).")
 
 
-class AstDbSettings(BaseSettings):
+class AstDbSettings(AstregSettings):
     """Which Asterisk nodes the AstDB sink writes to, through AMI."""
 
-    model_config = SettingsConfigDict(env_prefix="ASTREG_ASTDB_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="ASTREG_ASTDB_")
 
     ami: str = Field("127.0.0.1:5038", description="AMI address(es) HOST:PORT, comma separated: every node gets every key.")
     ami_user: str = Field("astreg", description="AMI user (manager.conf section) with write=system.")

@@ -4,8 +4,8 @@ It takes the registrations topic in batches (raw bytes, decoded here with schema
 applies :func:`streams.rules.decide` to each event, then per endpoint of the batch writes the
 table once if the durable state changed and publishes the row (or a tombstone) once if what
 consumers see changed. Undecodable or impossible records go to the dead-letter topic with the
-reason in headers; nothing here raises on bad input. Outputs go through :class:`Outputs` (the
-app's producer), so the agent stays free of client code.
+reason in headers; nothing here raises on bad input. Outputs go through
+:class:`streams.outputs.Outputs` (the app's producer), so the agent stays free of client code.
 """
 
 from __future__ import annotations
@@ -13,104 +13,24 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
-from astreg.partition import partition_for
-from schemas.codec import location_codec, registration_codec
+from astreg.patches import bulk
+from schemas.codec import registration_codec
 from schemas.models import RegistrationEvent
 
-from .produce import send_batches
-from .rules import DEFAULT_SKEW_MS, Row, decide, durable_rest, location_of
+from .rules import DEFAULT_SKEW_MS, Row, decide, durable_rest
+from .stream_app import StreamApp
 
-if TYPE_CHECKING:
-    from .app import StreamApp
-
-__all__ = ["attach", "Outputs", "Plan", "plan_batch", "check_event"]
+__all__ = ["attach", "Plan", "plan_batch", "check_event"]
 
 logger = logging.getLogger(__name__)
 
-Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None], Awaitable[Any]]
-
 # Ignore reasons that mean "this record can never have been valid" → dead-letter topic.
 DEADLETTER_REASONS = frozenset({"seq_backwards"})
-
-
-class Outputs:
-    """Where the worker writes: locations, dead letters, synthetic events (one producer)."""
-
-    def __init__(self, stream: StreamApp, send: Send | None = None):
-        self.stream = stream
-        self.topics = stream.topics.names
-        self._send = send or self._producer_send
-        self.locations = location_codec()
-        self.registrations = registration_codec()
-        self._source_count: int | None = None  # partitions of the registrations topic
-
-    async def _producer_send(
-        self, topic: str, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]] | None
-    ) -> Any:
-        return await self.stream.app.producer.send(topic, key, value, None, None, headers)
-
-    async def _producer_send_batch(self, topic: str, records: list[tuple[bytes, bytes | None, int | None]]) -> None:
-        # One record batch per partition instead of one producer.send per record (streams/produce.py).
-        producer = cast(Any, self.stream.app.producer)._ensure_producer()  # the app's aiokafka producer
-        count = len(await producer.partitions_for(topic))
-        if self._source_count is None:
-            self._source_count = len(await producer.partitions_for(self.topics.topic_registrations))
-        if count != self._source_count:  # not co-partitioned: every key through murmur2
-            records = [(k, v, None) for k, v, _ in records]
-        await send_batches(producer, topic, (
-            (partition_for(k, count) if p is None else p, k, v) for k, v, p in records))
-
-    def encode_location(self, row: Row | None) -> bytes | None:
-        loc = location_of(row)
-        return None if loc is None else self.locations.encode(loc)
-
-    async def location(self, endpoint: str, row: Row | None) -> None:
-        await self.publish([(endpoint, row, None)])
-
-    async def publish(self, rows: Sequence[tuple[str, Row | None, int | None]]) -> None:
-        """Publish rows (None or no contact left: tombstone) to the locations topic, batched.
-
-        Each row comes with the partition of the registration record it was read from, or
-        None. Keyed by the endpoint, that record was placed by Kafka's default partitioner
-        (murmur2 of the same key), so on a topic with as many partitions the location
-        record's partition is the same one: no second murmur2 (pure Python in aiokafka,
-        1.4 µs) per record. Rows without it, or a locations topic with another partition
-        count, get murmur2."""
-        if not rows:
-            return
-        records = [(endpoint.encode(), self.encode_location(row), partition) for endpoint, row, partition in rows]
-        tombstones = sum(1 for _, value, _ in records if value is None)
-        published = self.stream.metrics.published
-        if tombstones:
-            published.labels("tombstone").inc(tombstones)
-        if len(records) > tombstones:
-            published.labels("row").inc(len(records) - tombstones)
-        topic = self.topics.topic_locations
-        if self._send == self._producer_send:
-            await self._producer_send_batch(topic, records)
-        else:  # a stand-in send (tests): one call per record
-            for key, value, _ in records:
-                await self._send(topic, key, value, None)
-
-    async def deadletter(self, src_topic: str, key: bytes | None, value: bytes | None, reason: str,
-                         partition: int | None, offset: int | None, error: str | None = None) -> None:
-        self.stream.metrics.deadletters.labels(src_topic, reason).inc()
-        logger.warning("dead letter from %s[%s]@%s: %s %s", src_topic, partition, offset, reason, error or "")
-        headers = deadletter_headers(reason, component="stream", topic=src_topic, partition=partition,
-                                     offset=offset, error=error)
-        await self._send(self.topics.topic_deadletter, key, value, headers)
-
-    async def synthetic(self, event: RegistrationEvent) -> Any:
-        """Send a synthetic event; returns its delivery future (RecordMetadata: partition, offset)."""
-        self.stream.metrics.synthetic.labels(event.kind.value, event.cause or "").inc()
-        return await self._send(self.topics.topic_registrations, event.endpoint.encode(),
-                                self.registrations.encode(event), None)
 
 
 def check_event(ev: RegistrationEvent, key: bytes | None) -> str | None:
@@ -196,8 +116,7 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
 def attach(stream: StreamApp) -> None:
     app, table, settings = stream.app, stream.locations, stream.settings
     codec = registration_codec()
-    outputs = Outputs(stream)
-    stream.outputs = outputs
+    outputs = stream.outputs
     metrics = stream.metrics
     src = stream.topics.names.topic_registrations
 
@@ -230,8 +149,6 @@ def attach(stream: StreamApp) -> None:
             applied[event.message.partition] = event.message.offset
 
     stream.apply_batch = apply_batch
-    if settings.ingest == "bulk":
-        from astreg.patches.bulk import install  # the agent stays declared: subscription + co-partitioning
-
-        install(stream, apply_batch)
+    if settings.ingest == "bulk":  # the agent stays declared: subscription + co-partitioning
+        bulk.install(app, src, apply_batch, settings.batch_size)
     stream.agent = track_registrations

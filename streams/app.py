@@ -1,42 +1,27 @@
 """Build the stream worker's Faust app from settings: ``create_app(kafka, topics, worker)``.
 
-Returns a :class:`StreamApp` holding the ``app``, the ``locations`` table, the node book and
-metrics, with the agent and timers attached; ``streams/cli.py`` runs it (``astreg worker``),
-the web views attach to ``stream.app``, tests use ``stream.app`` in ``test_context``.
+Returns a :class:`streams.stream_app.StreamApp` holding the ``app``, the ``locations`` table,
+the node book, outputs and metrics, with the agent and timers attached; ``streams/cli.py``
+runs it (``astreg worker``), the web views attach to ``stream.app``, tests use ``stream.app`` in
+``test_context``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import faust
 
+from astreg.patches import recovery
 from astreg.settings import KafkaSettings, TopicSettings
 
+from . import agents, timers
 from .metrics import StreamMetrics
+from .outputs import Outputs
 from .settings import WorkerSettings
-from .tables import LocationsTable, NodeBook, declare_locations
-from .topics import StreamTopics, declare_topics
+from .stream_app import StreamApp
+from .tables import NodeBook, declare_locations
+from .topics import declare_topics
 
-__all__ = ["StreamApp", "create_app", "app_id_for"]
-
-
-@dataclass
-class StreamApp:
-    app: faust.App
-    locations: LocationsTable
-    nodes: NodeBook
-    topics: StreamTopics
-    kafka: KafkaSettings
-    settings: WorkerSettings
-    metrics: StreamMetrics = field(default_factory=StreamMetrics)
-    agent: Any = None  # the track_registrations agent (set by agents.attach)
-    outputs: Any = None  # agents.Outputs: locations, dead letters, synthetic events
-    apply_batch: Any = None
-    # Highest registrations offset this worker applied, per partition (timers: is a synthetic
-    # event it sent applied yet?).
-    applied: dict[int, int] = field(default_factory=dict)
+__all__ = ["create_app", "app_id_for"]
 
 
 def app_id_for(topics: TopicSettings, worker: WorkerSettings) -> str:
@@ -52,13 +37,13 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
         table_standby_replicas=0, producer_acks=-1, consumer_auto_offset_reset="earliest",
         producer_linger=0.005,  # a few ms of linger: batches of records instead of one request each
     )
-    stream = StreamApp(app, declare_locations(app, topics.partitions, worker.row_cache), NodeBook(),
-                       declare_topics(app, topics), kafka, worker)
-    from astreg.patches import recovery as restore
-
-    from . import agents, timers  # attach the agent and timers to this app
-
+    locations = declare_locations(app, topics.partitions, worker.row_cache)
+    declared = declare_topics(app, topics)
+    metrics = StreamMetrics()
+    stream = StreamApp(app, locations, NodeBook(), declared, kafka, worker,
+                       outputs=Outputs(app, declared.names, metrics), metrics=metrics)
     agents.attach(stream)
     timers.attach(stream)
-    restore.install(stream)  # a cold restart reads the changelog in bulk (RocksDB store)
+    if worker.bulk_restore:  # a cold restart reads the changelog in bulk (RocksDB store)
+        recovery.install(app, stream.locations, kafka)
     return stream

@@ -16,10 +16,12 @@ from typing import Any
 
 import click
 
+from astreg import patches
 from astreg.options import build, settings_options
 from astreg.preflight import preflight
 from astreg.runtime import tune_gc
 from astreg.settings import KafkaSettings, TopicSettings
+from astreg.topics import ensure_topics
 
 from .settings import WorkerSettings
 from .web.settings import WebSettings
@@ -53,25 +55,20 @@ def worker(**kw: object) -> None:
     removed = clear_faust_env()
     if removed:
         logger.warning("ignoring Faust environment variables %s (use ASTREG_* options)", removed)
-    from astreg.topics import ensure_topics
+    # Faust is imported here, not at the top: ``astreg worker --help`` stays quick.
+    from faust.worker import Worker
 
     from .app import app_id_for, create_app
     from .topics import changelog_specs
-
-    asyncio.run(ensure_topics(kafka, topics, extra=changelog_specs(app_id_for(topics, settings), topics)))
-    if kafka.embedded:
-        from astreg.patches import embedded
-
-        embedded.install(kafka)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    stream = create_app(kafka, topics, settings)
     from .web import views
 
+    asyncio.run(ensure_topics(kafka, topics, extra=changelog_specs(app_id_for(topics, settings), topics)))
+    patches.install(kafka, faust=True)  # the embedded broker's group, end offsets and fetch wait
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    stream = create_app(kafka, topics, settings)
     views.register(stream, web)
     logger.info("worker %s starting (app %s, store %s, web port %d)", settings.worker_id, stream.app.conf.id,
                 settings.store, settings.web_port)
-    from faust.worker import Worker
-
     tune_gc()
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower()
     quiet_worker(Worker(stream.app, loglevel=level, quiet=True, redirect_stdouts=False)).execute_from_commandline()

@@ -1,24 +1,44 @@
-"""Prometheus counters of the stream worker (exposed on /metrics by the web views).
+"""Prometheus metrics of the stream worker: one registry holds the stream's, the web's and Faust's.
 
-One registry per app (tests build several apps in one process); the web part renders it with
-``prometheus_client.generate_latest(metrics.registry)``.
+The worker is one component, so it has one registry (:mod:`astreg.metrics`): :class:`StreamMetrics`
+owns it (one per app; tests build several apps in one process) with the agent's and timers'
+series and the page's and API's (:class:`WebMetrics`), and :meth:`StreamMetrics.faust_monitor`
+puts Faust's own sensor (``astreg_faust_*``) in it. The web views serve it on ``/metrics``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-__all__ = ["StreamMetrics", "lean_prometheus_monitor"]
+from astreg.metrics import ComponentMetrics
+from astreg.patches.faust_monitor import lean_prometheus_monitor
+
+__all__ = ["StreamMetrics", "WebMetrics", "FAUST_PREFIX"]
+
+#: Name prefix of Faust's sensor series (``astreg_faust_messages_received`` ...).
+FAUST_PREFIX = "astreg_faust"
 
 
-@dataclass
-class StreamMetrics:
-    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+class WebMetrics:
+    """The page's and API's series (``astreg_web_*``), in the worker's registry."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        r = registry
+        self.requests = Counter("astreg_web_requests_total", "HTTP requests answered by the API",
+                                ["view", "status"], registry=r)
+        self.forwarded = Counter("astreg_web_forwarded_total", "Requests this worker sent to other workers",
+                                 ["kind", "outcome"], registry=r)
+        self.local_rows = Gauge("astreg_web_local_rows",
+                                "Rows of the locations table in this worker's active partitions", registry=r)
+
+
+class StreamMetrics(ComponentMetrics):
+    """The worker's registry and the agent's and timers' series (``astreg_stream_*``)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        super().__init__(registry)
         r = self.registry
         self.events = Counter("astreg_stream_events", "Registration events by outcome.", ["outcome"], registry=r)
         self.deadletters = Counter("astreg_stream_deadletters", "Records sent to the dead-letter topic.",
@@ -31,65 +51,14 @@ class StreamMetrics:
         self.table_size = Gauge("astreg_stream_table_rows", "Rows with a contact, as counted by this worker process's writes.", registry=r)
         self.stale_nodes = Gauge("astreg_stream_stale_nodes", "Nodes currently stale.", registry=r)
         self.nodes = Gauge("astreg_stream_nodes", "Nodes known.", registry=r)
+        self.web = WebMetrics(r)
+        self._faust_monitor: Any = None
 
+    def faust_monitor(self) -> Any:
+        """Faust's Prometheus sensor writing into this registry (one per worker, made on first use)."""
+        if self._faust_monitor is None:
+            from faust.sensors.prometheus import FaustMetrics  # Faust only where it's used
 
-def lean_prometheus_monitor(metrics: Any) -> Any:
-    """Faust's PrometheusMonitor with the labelled children of its per-event metrics cached.
+            self._faust_monitor = lean_prometheus_monitor(FaustMetrics.create(self.registry, FAUST_PREFIX))
+        return self._faust_monitor
 
-    Faust calls ``labels(...)`` on every message and event (topic, partition, stream label);
-    each call costs a lock, a tuple and a dict lookup, several per event. The metrics and
-    their values are the same; only the lookups happen once per topic/partition/stream.
-    """
-    from faust.sensors.prometheus import PrometheusMonitor
-
-    class LeanPrometheusMonitor(PrometheusMonitor):  # type: ignore[misc]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            self._label_cache: dict[tuple[Any, ...], Any] = {}
-
-        def _child(self, key: tuple[Any, ...], make: Any) -> Any:
-            child = self._label_cache.get(key)
-            if child is None:
-                child = self._label_cache[key] = make()
-            return child
-
-        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-            Monitor.on_message_in(self, tp, offset, message)
-            m = self._metrics
-            m.messages_received.inc()
-            m.active_messages.inc()
-            self._child(("in", tp.topic), lambda: m.messages_received_per_topics.labels(topic=tp.topic)).inc()
-            self._child(("in", tp), lambda: m.messages_received_per_topics_partition.labels(
-                topic=tp.topic, partition=tp.partition)).set(offset)
-
-        def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> Any:
-            state = Monitor.on_stream_event_in(self, tp, offset, stream, event)
-            m = self._metrics
-            m.total_events.inc()
-            m.total_active_events.inc()
-            self._child(("stream", id(stream)), lambda: m.total_events_per_stream.labels(
-                stream=f"stream.{self._stream_label(stream)}.events")).inc()
-            return state
-
-        def track_tp_end_offset(self, tp: Any, offset: int) -> None:
-            Monitor.track_tp_end_offset(self, tp, offset)
-            self._child(("end", tp), lambda: self._metrics.topic_partition_end_offset.labels(
-                topic=tp.topic, partition=tp.partition)).set(offset)
-
-        def on_table_get(self, table: Any, key: Any) -> None:
-            Monitor.on_table_get(self, table, key)
-            self._child(("get", table.name), lambda: self._metrics.table_operations.labels(
-                table=f"table.{table.name}", operation=self.KEYS_RETRIEVED)).inc()
-
-        def on_table_set(self, table: Any, key: Any, value: Any) -> None:
-            Monitor.on_table_set(self, table, key, value)
-            self._child(("set", table.name), lambda: self._metrics.table_operations.labels(
-                table=f"table.{table.name}", operation=self.KEYS_UPDATED)).inc()
-
-        def _clear_partition_related_metrics(self) -> None:
-            self._label_cache.clear()  # partitions moved: children are built again on use
-            super()._clear_partition_related_metrics()
-
-    from faust.sensors.monitor import Monitor
-
-    return LeanPrometheusMonitor(metrics=metrics)

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from astreg.settings import AstregSettings
 
 __all__ = ["WorkerSettings"]
 
 
-class WorkerSettings(BaseSettings):
+class WorkerSettings(AstregSettings):
     """How one stream worker runs."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
 
     web_port: int = Field(6066, description="Port of the worker's web server (table views, API).")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server binds to.")

@@ -17,7 +17,6 @@ import asyncio
 import functools
 import logging
 import time
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
@@ -25,10 +24,11 @@ from typing import Any, cast
 import faust
 from faust.serializers import codecs
 from faust.stores.base import SerializedStore
-from faust.streams import _current_event
 from faust.types import TP
 from rocksdict import WriteBatch
 
+from astreg.patches.aiokafka import app_producer
+from astreg.patches.faust_store import RawStore, set_current_event
 from schemas.models import EndpointLocation, LinkState, NodeEventKind, NodeStatus
 
 from .produce import send_batches
@@ -107,6 +107,14 @@ class LocationsTable(faust.Table):
         if row_cache is not None:
             self.row_cache = row_cache
         self._rows = RowCache(self.row_cache)
+        self._raw: RawStore | None = None
+
+    def raw_store(self) -> RawStore:
+        """Byte-level access to this table's store (made again when the store is another one)."""
+        raw, store = self._raw, self.data
+        if raw is None or raw.store is not store:
+            raw = self._raw = RawStore(store)
+        return raw
 
     def forget_rows(self) -> None:
         """Empty the decoded-row cache (assignment changed, store recovered)."""
@@ -125,7 +133,7 @@ class LocationsTable(faust.Table):
         """The row of ``key`` (None when absent), looked up in the partition of ``event``."""
         store = self.data
         if not isinstance(store, SerializedStore):
-            _current_event.set(weakref.ref(event))  # the store looks in this event's partition
+            set_current_event(event)  # the store looks in this event's partition
             return self.get(key)  # type: ignore[no-any-return]
         try:
             return self._rows[key]
@@ -134,13 +142,14 @@ class LocationsTable(faust.Table):
         # table.get() goes through Mapping.get -> __getitem__ -> sensors -> __contains__ + _get:
         # two store lookups, a sensor call and a key-index update per key; this is the one
         # lookup underneath, in the partition the event came from (co-partitioned).
-        db_for = getattr(store, "_db_for_partition", None)
+        access = self.raw_store()
+        db_for = access.db_for
         if db_for is not None:
-            raw = db_for(event.message.partition).get(store._encode_key(key))
+            raw = db_for(event.message.partition).get(access.encode_key(key))
         else:
-            _current_event.set(weakref.ref(event))
-            raw = store._get(store._encode_key(key))
-        row = None if raw is None else store._decode_value(raw)
+            set_current_event(event)
+            raw = access.get(access.encode_key(key))
+        row = None if raw is None else access.decode_value(raw)
         if self.row_cache:
             self._rows.remember(key, row)
         return row  # type: ignore[no-any-return]
@@ -152,15 +161,16 @@ class LocationsTable(faust.Table):
         store = self.data
         if self.app.in_transaction or not isinstance(store, SerializedStore):
             for key, row, event in writes:  # exactly-once or memory store: Faust's own path
-                _current_event.set(weakref.ref(event))
+                set_current_event(event)
                 self[key] = row
             return
-        encode_key, encode_value = store._encode_key, store._encode_value
+        access = self.raw_store()
+        encode_key, encode_value = access.encode_key, access.encode_value
         if self.value_serializer == "astreg-row" and self.key_serializer == "raw":
             # What those two do through Faust's serializer registry (codecs.dumps -> RowCodec,
             # raw -> want_bytes), without the registry lookups per record.
             encode_key, encode_value = str.encode, Row.to_bytes  # type: ignore[assignment]
-        db_for = getattr(store, "_db_for_partition", None)
+        db_for = access.db_for
         batches: dict[int, Any] = {}
         records = []
         cache = self.row_cache
@@ -173,14 +183,14 @@ class LocationsTable(faust.Table):
                     wb = batches[partition] = WriteBatch(raw_mode=True)
                 wb.put(k, v)
             else:
-                _current_event.set(weakref.ref(event))  # the store writes into this event's partition
-                store._set(k, v)
+                set_current_event(event)  # the store writes into this event's partition
+                access.set(k, v)
             if cache:
                 self._rows.remember(key, row)
             records.append((partition, k, v))
         for partition, wb in batches.items():
             db_for(partition).write(wb)  # type: ignore[misc]
-        producer = cast(Any, self.app.producer)._ensure_producer()  # the app's aiokafka producer
+        producer = app_producer(self.app)
         topic = self.changelog_topic.get_topic_name()
         for partition, fut, count in await send_batches(producer, topic, records):
             fut.add_done_callback(functools.partial(self._on_batch_sent, TP(topic, partition), count))

@@ -13,27 +13,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from astreg.errors import UndecodableRecord
 from astreg.partition import partition_for
+from astreg.patches.faust_store import partition_db
 from schemas.codec import node_codec
 from schemas.models import EventKind, RegistrationEvent, Source
 
 from .rules import Row
+from .stream_app import StreamApp
 from .tables import NodeState
-
-if TYPE_CHECKING:
-    from .app import StreamApp
 
 __all__ = ["synthetic_for", "next_deadline", "attach"]
 
 logger = logging.getLogger(__name__)
-
-
-
 
 
 def _event(row: Row, node: str, kind: EventKind, basis: tuple[int, int], now_ms: int, cause: str,
@@ -185,7 +181,7 @@ def attach(stream: StreamApp) -> None:
         event): raw RocksDB bytes are searched for the node names before decoding, so a scan of
         a large table costs a byte search per row, not a decode."""
         store = stream.locations.data
-        db_for = getattr(store, "_db_for_partition", None)
+        db_for = partition_db(store)
         if db_for is None:  # memory store (tests)
             for key, row in list(stream.locations.items()):
                 if partition_for(key, names.partitions) in owned:

@@ -22,18 +22,36 @@ import asyncio
 import logging
 import types
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-from faust.types import TP
+from faust.types import TP, AppT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-if TYPE_CHECKING:
-    from streams.app import StreamApp
-
-__all__ = ["BulkEvent", "install", "drain"]
+__all__ = ["INTERNALS", "BulkEvent", "Apply", "install", "drain"]
 
 logger = logging.getLogger(__name__)
+
+_CONSUMER = "faust.transport.consumer:Consumer"
+INTERNALS = [
+    # the hook: Faust's fetcher hands every fetch loop to the consumer's _drain_messages
+    f"{_CONSUMER}._drain_messages(self, fetcher)",
+    "faust.transport.consumer:Fetcher._fetcher uses consumer._drain_messages(self)",
+    # what drain() does in its place (Faust's getmany and ack, per record there)
+    f"{_CONSUMER}._wait_next_records(self, timeout)",
+    f"{_CONSUMER}._to_message(self, tp, record)",
+    f"{_CONSUMER}._add_gap(self, tp, offset_from, offset_to)",
+    f"{_CONSUMER}._read_offset",
+    f"{_CONSUMER}._committed_offset",
+    f"{_CONSUMER}._acked",
+    f"{_CONSUMER}._acked_index",
+    f"{_CONSUMER}._n_acked",
+    f"{_CONSUMER}._waiting_for_ack",
+    f"{_CONSUMER}._buffered_partitions",
+    f"{_CONSUMER}._commit_every",
+    f"{_CONSUMER}.ack uses ack_lock",
+    "mode.services:Service._stopped",  # the consumer's and the fetcher's
+]
 
 
 class BulkEvent:
@@ -48,13 +66,11 @@ class BulkEvent:
 Apply = Callable[[list[Any]], Awaitable[None]]
 
 
-def install(stream: StreamApp, apply: Apply) -> None:
-    """Make the app's consumer drain the registrations topic in batches into ``apply``."""
-    consumer = cast(Any, stream.app.consumer)
-    topic = stream.topics.names.topic_registrations
-    size = stream.settings.batch_size
+def install(app: AppT, topic: str, apply: Apply, batch_size: int) -> None:
+    """Make the app's consumer drain ``topic`` in batches of at most ``batch_size`` into ``apply``."""
+    consumer: Any = app.consumer
     consumer._drain_messages = types.MethodType(  # Fetcher calls consumer._drain_messages(fetcher)
-        lambda self, fetcher: drain(self, fetcher, topic, apply, size), consumer)
+        lambda self, fetcher: drain(self, fetcher, topic, apply, batch_size), consumer)
 
 
 async def _apply_acked(consumer: Any, apply: Apply, batch: list[Any]) -> None:

@@ -26,47 +26,65 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
+import rocksdict
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.base import Collection
+from faust.tables.recovery import Recovery
+from faust.types import AppT
 
-if TYPE_CHECKING:
-    from streams.app import StreamApp
+from astreg.settings import KafkaSettings
 
-__all__ = ["install", "restore_partitions", "MIN_LAG"]
+from .faust_store import partition_db
+
+__all__ = ["INTERNALS", "install", "restore_partitions", "Restore", "MIN_LAG"]
 
 logger = logging.getLogger(__name__)
+
+INTERNALS = [
+    # the hook: Recovery builds the start offsets and highwaters of its active partitions here
+    "faust.tables.recovery:Recovery._build_offsets(self, consumer, tps, destination, title)",
+    "faust.tables.recovery:Recovery.active_highwaters",
+    "faust.tables.recovery:Recovery._restart_recovery uses self._build_offsets",
+    # what restore_partitions writes: the store's databases and its persisted changelog offset
+    "faust.stores.rocksdb:Store._db_for_partition(self, partition)",
+    "faust.stores.rocksdb:Store.set_persisted_offset(self, tp, offset)",
+]
 
 MIN_LAG = 1_000  # fewer records behind: Faust's own replay takes well under a second
 FETCH_BYTES = 16 * 1024 * 1024  # per partition and fetch
 
 
-def install(stream: StreamApp) -> bool:
-    """Restore ``stream.locations`` in bulk during Faust's recovery (RocksDB store only)."""
-    app = stream.app
-    if not stream.settings.bulk_restore:
-        return False
+@dataclass(frozen=True)
+class Restore:
+    """What the bulk restore reads (the table's changelog, through ``kafka``) and writes (its store)."""
+
+    table: Collection
+    kafka: KafkaSettings
+
+
+def install(app: AppT, table: Collection, kafka: KafkaSettings) -> bool:
+    """Restore ``table`` in bulk during Faust's recovery (RocksDB store, not exactly-once)."""
     if not str(app.conf.store).startswith("rocksdb") or app.conf.processing_guarantee.value == "exactly_once":
         return False
-    app._astreg_restore = stream  # type: ignore[attr-defined]
+    app._astreg_restore = Restore(table, kafka)  # type: ignore[attr-defined]
     _patch_recovery()
     return True
 
 
 def _patch_recovery() -> None:
-    from faust.tables.recovery import Recovery
-
     if getattr(Recovery, "_astreg_bulk_restore", False):
         return
     original = Recovery._build_offsets
 
     async def _build_offsets(self: Any, consumer: Any, tps: Any, destination: Any, title: str) -> None:
         await original(self, consumer, tps, destination, title)
-        stream = getattr(self.app, "_astreg_restore", None)
-        if stream is None or title != "active" or not tps:
+        restore: Restore | None = getattr(self.app, "_astreg_restore", None)
+        if restore is None or title != "active" or not tps:
             return
-        table = stream.locations
-        topic = table.changelog_topic.get_topic_name()
+        topic = restore.table.changelog_topic.get_topic_name()
         mine = {tp: destination[tp] for tp in tps if tp.topic == topic}
         highwaters = {tp: self.active_highwaters.get(tp) for tp in mine}
         # Faust wraps this step in broker_request_timeout: stay well inside it, Faust's own
@@ -74,28 +92,28 @@ def _patch_recovery() -> None:
         budget = float(self.app.conf.broker_request_timeout) * 0.6
         # destination is updated batch by batch: if Faust cancels this step (a new rebalance),
         # what was written stays counted (RocksDB holds it and its persisted offset).
-        await restore_partitions(stream, mine, highwaters, budget, progress=destination)
+        await restore_partitions(restore, mine, highwaters, budget, progress=destination)
 
     Recovery._build_offsets = _build_offsets  # type: ignore[method-assign]
     Recovery._astreg_bulk_restore = True  # type: ignore[attr-defined]
 
 
-async def restore_partitions(stream: StreamApp, offsets: dict[Any, int | None], highwaters: dict[Any, int | None],
+async def restore_partitions(restore: Restore, offsets: dict[Any, int | None], highwaters: dict[Any, int | None],
                              budget_s: float, progress: Any = None) -> dict[Any, int]:
     """Read changelog partitions ``tp`` from ``offsets[tp] + 1`` up to ``highwaters[tp]`` (the
     last offset, Faust's convention) into the table's RocksDB store; returns the offset reached
     per partition (only partitions it read), also written into ``progress`` after every batch."""
     progress = {} if progress is None else progress
-    store: Any = stream.locations.data  # faust.stores.rocksdb.Store
+    store: Any = restore.table.data  # faust.stores.rocksdb.Store
+    db_for = partition_db(store)
+    assert db_for is not None, "the bulk restore writes RocksDB stores only"
     ends = {tp: hw for tp, hw in highwaters.items() if hw is not None}
     todo = {tp: (-1 if off is None else off) for tp, off in offsets.items()
             if tp in ends and ends[tp] - (-1 if off is None else off) > MIN_LAG}
     if not todo:
         return {}
-    import rocksdict
-
     t0 = time.monotonic()
-    consumer = AIOKafkaConsumer(**stream.kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
+    consumer = AIOKafkaConsumer(**restore.kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
                                 max_partition_fetch_bytes=FETCH_BYTES, fetch_max_bytes=4 * FETCH_BYTES,
                                 auto_offset_reset="earliest")
     await consumer.start()
@@ -124,7 +142,7 @@ async def restore_partitions(stream: StreamApp, offsets: dict[Any, int | None], 
                         delete(r.key)
                     else:
                         put(r.key, r.value)
-                store._db_for_partition(tp.partition).write(wb)
+                db_for(tp.partition).write(wb)
                 last = records[-1].offset
                 store.set_persisted_offset(tp, last)
                 reached[tp] = progress[tp] = last

@@ -33,7 +33,7 @@ from rich.table import Table
 from astreg.broker import EmbeddedBroker, free_port
 from astreg.options import build, settings_options
 from astreg.proc import Child, ProcessGroup, astreg_argv
-from astreg.settings import KafkaSettings, TopicSettings, _Base
+from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
 __all__ = ["demo", "DemoSettings", "Stack", "start_stack", "status_view"]
@@ -41,7 +41,7 @@ __all__ = ["demo", "DemoSettings", "Stack", "start_stack", "status_view"]
 SCENARIOS = "steady,churn,move,calls"
 
 
-class DemoSettings(_Base):
+class DemoSettings(AstregSettings):
     """Options of ``astreg demo``."""
 
     phones: int = Field(3000, ge=1, description="Simulated phones (spread over the simulated nodes).")

@@ -26,7 +26,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
 __all__ = [
-    "Pipeline", "pipeline", "sql_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores",
+    "Pipeline", "pipeline", "sql_nodes", "redis_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores",
     "wait_converged", "primaries", "measure_latency",
 ]
 
@@ -53,6 +53,20 @@ def sql_nodes(path: Path) -> dict[str, str | None]:
         return {}
     finally:
         con.close()
+
+
+async def redis_nodes(url: str, prefix: str) -> dict[str, str]:
+    """resource → node from the Redis sink's ``<prefix>node:<resource>`` strings."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(url, decode_responses=True)
+    try:
+        head = f"{prefix}node:"
+        keys = [k async for k in client.scan_iter(match=f"{head}*", count=1000)]
+        values = await client.mget(keys) if keys else []
+        return {k[len(head):]: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
+    finally:
+        await client.aclose()
 
 
 def astdb_nodes(db: Any, family: str = "astreg") -> dict[str, str]:
@@ -88,6 +102,8 @@ class Pipeline:
     sqlite_path: Path
     web_urls: list[str] = field(default_factory=list)
     astdb_sinks: list[str] = field(default_factory=list)  # the nodes that have their own AstDB sink
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "astreg:"
 
     def topic_args(self) -> list[str]:
         t = self.topics
@@ -109,10 +125,13 @@ def pipeline(
     extra_env: dict[str, str] | None = None,
     stop_grace: float = 8.0,
     store: str = "rocksdb",
+    redis_url: str = "redis://127.0.0.1:6379/0",
+    redis_prefix: str = "astreg:",
 ) -> Iterator[Pipeline]:
     """Broker (embedded unless ``kafka`` is given) + topics + producers + workers + sinks.
 
-    ``sinks``: ``"sql"`` (SQLite file ``sqlite_path``) and/or ``"astdb"``: one AstDB sink per
+    ``sinks``: ``"sql"`` (SQLite file ``sqlite_path``), ``"redis"`` (``redis_url``, keys under
+    ``redis_prefix``) and/or ``"astdb"``: one AstDB sink per
     node as deployed (SPEC: "AstDB sink: one per node"), each its own consumer group, so a dead
     node stalls only its own sink. ``stop_grace``: seconds the processes get to stop on SIGTERM
     before SIGKILL (a benchmark that throws the pipeline away need not wait long). ``store``:
@@ -128,7 +147,7 @@ def pipeline(
         topics = topics.with_suffix(suffix)
     env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", **(extra_env or {})}
     procs = ProcessGroup(log_dir=work / "logs", env=env)
-    pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite")
+    pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite", redis_url=redis_url, redis_prefix=redis_prefix)
     try:
         _run_blocking(ensure_topics(kafka, topics))
         for node, port in ami.items():
@@ -146,6 +165,10 @@ def pipeline(
             procs.start("sink-sql", astreg_argv("sink", "sql", "--url", f"sqlite+aiosqlite:///{pipe.sqlite_path}",
                                                 *(["--group", f"astreg-sink-sql{group}"] if suffix else []),
                                                 *pipe.topic_args()))
+        if "redis" in sinks:
+            procs.start("sink-redis", astreg_argv("sink", "redis", "--url", redis_url, "--key-prefix", redis_prefix,
+                                                  *(["--group", f"astreg-sink-redis{group}"] if suffix else []),
+                                                  *pipe.topic_args()))
         if "astdb" in sinks:
             for node, port in ami.items():
                 procs.start(f"sink-astdb-{node}", astreg_argv(

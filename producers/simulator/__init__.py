@@ -5,6 +5,6 @@ Imports nothing from the rest of ``producers/``.
 """
 
 from .config import SimConfig
-from .core import Simulator, SimulatorError
+from .core import Simulator
 
-__all__ = ["Simulator", "SimConfig", "SimulatorError"]
+__all__ = ["Simulator", "SimConfig"]

@@ -9,15 +9,14 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from astreg.settings import AstregSettings
 
 __all__ = ["SimConfig"]
 
 
-class SimConfig(BaseSettings):
+class SimConfig(AstregSettings):
     """How many Asterisk nodes to fake, how they speak, and which faults to inject."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore")
 
     nodes: int = Field(2, ge=1, le=64, description="Number of simulated Asterisk nodes (node1..nodeN).")
     phones: int = Field(10, ge=0, le=5_000_000, description="Number of phones (endpoint of phone i = 1000+i).")
@@ -39,6 +38,9 @@ class SimConfig(BaseSettings):
     expiration_check_interval: float = Field(30.0, gt=0, description="How often stale contacts (phones gone quiet) are removed (s).")
     auth_fail_delay: float = Field(1.0, ge=0, description="Delay before answering a failed Login (Asterisk: ~1 s).")
     restart_delay: float = Field(0.2, ge=0, description="Seconds a restarting node stays down between Shutdown and boot.")
+    boot_qualify_delay: float = Field(
+        3.5, ge=0, description="After a (re)boot, seconds until the node first qualifies the contacts it reloaded from "
+        "its AstDB (Asterisk 22: 3.5-4.2 s); until then they are listed NonQualified.")
     security_events: bool = Field(True, description="Emit ChallengeSent/SuccessfulAuth noise for REGISTERs and logins.")
     trunks: bool = Field(True, description="Each node has a static trunk endpoint to every other node (PJSIP/nodeX).")
     split_writes: bool = Field(False, description="Fault: split every message into random small chunks (even inside UTF-8 characters).")

@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from .core import Simulator, SimulatorError
+from astreg.errors import SimulatorError
+
+from .core import Simulator
 from .scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
@@ -43,9 +45,8 @@ class ControlServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if server is not None and self.port == 0:
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        if self.port == 0:
+            self.port = self._runner.addresses[0][1]  # the port the system picked
 
     async def stop(self) -> None:
         if self._runner is not None:

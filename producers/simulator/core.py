@@ -19,6 +19,8 @@ import random
 import time
 from typing import Any
 
+from astreg.errors import SimulatorError
+
 from .config import SimConfig
 from .faults import FAULTS, fault_bytes
 from .media import Leg, rtcp_events
@@ -27,11 +29,7 @@ from .state import DEVICE_STATES, STATUS_NAMES
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Simulator", "SimulatorError"]
-
-
-class SimulatorError(ValueError):
-    """A request the simulator cannot carry out (unknown node/phone, bad state name)."""
+__all__ = ["Simulator"]
 
 
 class Simulator:
@@ -373,8 +371,17 @@ class Simulator:
             raise SimulatorError(f"{node} is {n.ami}, not down")
         n.boot_time = n.reload_time = time.time()
         n.reset_calls()
+        waiting = n.reload_contacts()
         await n.listen()
         n.emit([n.fully_booted_broadcast()])
+        if waiting:
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.config.boot_qualify_delay, self._first_qualify, node, n.boot_time, waiting)
+
+    def _first_qualify(self, node: str, boot_time: float, phones: list[int]) -> None:
+        n = self.nodes.get(node)
+        if n is not None and n.ami == "up" and n.boot_time == boot_time:  # not restarted again meanwhile
+            n.first_qualify(phones)
 
     async def astdb_read_only(self, node: str, read_only: bool = True) -> None:
         """The node's AstDB refuses writes (disk full): DBPut answers ``Failed to update entry``,

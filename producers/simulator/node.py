@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 
 from .astdb import AstDB
 from .config import SimConfig
+from .details import detail
 from .state import (
     ALL_CLASSES,
     HUMAN_STATE,
@@ -218,6 +219,21 @@ class AmiNode:
         self.stats_bad_input = 0
         self.stats_slow_dropped = 0
         self._call_ids = 0
+        # What ModuleCheck finds loaded: an Asterisk 22 (no chan_sip) with what astreg uses.
+        self.modules = frozenset({"res_pjsip", "res_pjsip_registrar", "chan_pjsip", "res_pjsip_session",
+                                  "res_odbc", "func_odbc", "func_db", "res_curl", "func_curl", "app_dial"})
+
+    def phone_of(self, endpoint: str) -> int | None:
+        """The phone whose endpoint name is ``endpoint`` (``PJSIP/`` prefix allowed), if any."""
+        name = endpoint.removeprefix("PJSIP/")
+        if self.config.endpoint_format == "{n}":
+            if name.isdigit() and 1 <= int(name) - 1000 <= self.phones:
+                return int(name) - 1000
+            return None
+        for phone in range(1, self.phones + 1):
+            if self.endpoint(phone) == name:
+                return phone
+        return None
 
     def _astdb_path(self) -> str:
         if self.config.astdb == ":memory:":
@@ -342,7 +358,7 @@ class AmiNode:
         old = self.contacts.get(phone)
         if old is not None and (old.ip == ip and old.port == port and old.transport == transport):
             # A refresh REGISTER: Asterisk emits only the auth noise.
-            old.reg_time, old.expires, old.alive = now, expires, keepalive
+            old.reg_time, old.expires, old.alive, old.reg_seq = now, expires, keepalive, self._next_seq()
             self._track_quiet(phone, keepalive)
             if user_agent is not None:
                 old.user_agent = user_agent
@@ -389,7 +405,10 @@ class AmiNode:
         if c is None:
             return False
         now = time.time()
-        c.reg_time = now
+        # A REGISTER the node accepts: the contact is as recent as a new one (SPEC item 3), and a
+        # phone that comes back to a contact it had left keeps it alive again.
+        c.reg_time, c.reg_seq, c.alive = now, self._next_seq(), True
+        self._track_quiet(phone, True)
         out: list[Ev] = []
         self._sip_noise(phone, c, out, now)
         self.emit(out)
@@ -492,6 +511,34 @@ class AmiNode:
     def shutdown_event(self, restart: bool) -> Ev:
         return SYSTEM, b"Event: Shutdown\r\nPrivilege: system,all\r\n", (
             f"Shutdown: Cleanly\r\nRestart: {'True' if restart else 'False'}\r\n\r\n".encode())
+
+    def reload_contacts(self) -> list[int]:
+        """A (re)boot: contacts come back from the AstDB unqualified (listed ``NonQualified``, RTT
+        ``N/A``) and their devices ``UNAVAILABLE`` until the first qualify. Returns the qualified
+        phones waiting for it."""
+        waiting = []
+        for phone, c in self.contacts.items():
+            if c.qualify:
+                c.status, c.rtt = NONQUALIFIED, 0
+                self.states.pop(phone, None)
+                waiting.append(phone)
+        return waiting
+
+    def first_qualify(self, phones: list[int]) -> None:
+        """The node's first qualify after a boot: each reloaded contact that still answers is
+        Reachable again (PeerStatus, ContactStatus, DeviceStateChange, as for 06's recovery)."""
+        out: list[Ev] = []
+        for phone in phones:
+            c = self.contacts.get(phone)
+            if c is None or c.status != NONQUALIFIED or not c.alive:
+                continue
+            ep = self.endpoint(phone)
+            c.status, c.rtt = REACHABLE, self.rng.randint(300, 1200)
+            out.append(peer_status(ep, "Reachable"))
+            out.append(contact_status(ep, c.uri(ep), "Reachable", c.rtt))
+            self._set_state(phone, "NOT_INUSE", out)
+        if out:
+            self.emit(out)
 
     def fully_booted_broadcast(self) -> Ev:
         up = self.uptime()
@@ -658,18 +705,61 @@ async def _inbound_contact_statuses(node: AmiNode, s: AmiSession, a: Action) -> 
     def items() -> Iterator[bytes]:
         now = time.time()
         for phone, c in list(node.contacts.items()):
-            ep = node.endpoint(phone)
-            rtt = str(c.rtt) if c.status == REACHABLE else ("N/A" if c.status == NONQUALIFIED else "0")
-            yield encode([("Event", "ContactStatusDetail"), *aid, ("AOR", ep), ("URI", c.uri(ep)),
-                          ("UserAgent", c.user_agent or f"simphone-{ep}"), ("RegExpire", str(c.expires_at(now))),
-                          ("ViaAddress", f"{c.address()}:{c.port}"), ("CallID", f"{c.call_id}-{phone}@{c.address()}"),
-                          ("Status", STATUS_NAMES[c.status]), ("RoundtripUsec", rtt), ("EndpointName", ep),
-                          ("ID", c.object_name(ep)), ("AuthenticateQualify", "0"), ("OutboundProxy", ""), ("Path", ""),
-                          ("QualifyFrequency", "5" if c.qualify else "0"), ("QualifyTimeout", "3.000"),
-                          ("Qualify2xxOnly", "0")])
+            yield _contact_status_detail(node, phone, c, aid, now)
 
     n = await node._stream(s, items())
     s.send(encode([("Event", "ContactStatusDetailComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
+
+
+def _contact_status_detail(node: AmiNode, phone: int, c: Contact, aid: list[tuple[str, str]], now: float) -> bytes:
+    ep = node.endpoint(phone)
+    rtt = str(c.rtt) if c.status == REACHABLE else ("N/A" if c.status == NONQUALIFIED else "0")
+    return encode([("Event", "ContactStatusDetail"), *aid, ("AOR", ep), ("URI", c.uri(ep)),
+                   ("UserAgent", c.user_agent or f"simphone-{ep}"), ("RegExpire", str(c.expires_at(now))),
+                   ("ViaAddress", f"{c.address()}:{c.port}"), ("CallID", f"{c.call_id}-{phone}@{c.address()}"),
+                   ("Status", STATUS_NAMES[c.status]), ("RoundtripUsec", rtt), ("EndpointName", ep),
+                   ("ID", c.object_name(ep)), ("AuthenticateQualify", "0"), ("OutboundProxy", ""), ("Path", ""),
+                   ("QualifyFrequency", "5" if c.qualify else "0"), ("QualifyTimeout", "3.000"),
+                   ("Qualify2xxOnly", "0")])
+
+
+async def _show_endpoint(node: AmiNode, s: AmiSession, a: Action) -> None:
+    """One endpoint's details (10_actions_snapshot): EndpointDetail, AorDetail, one
+    ContactStatusDetail per contact, EndpointDetailComplete; an unknown endpoint gets Asterisk's
+    error, whose Message line ends in a bare LF."""
+    name = a.get("Endpoint")
+    aid = _aid(a)
+    phone = node.phone_of(name) if name else None
+    if phone is None:
+        head = b"Response: Error\r\n" + b"".join(f"{k}: {v}\r\n".encode() for k, v in aid)
+        s.send(head + f"Message: Unable to retrieve endpoint {name}\n\r\n\r\n".encode())
+        return
+    ep = node.endpoint(phone)
+    c = node.contacts.get(phone)
+    now = time.time()
+    s.respond(a, "Success", [("EventList", "start"),
+                             ("Message", "Following are Events for each object associated with the Endpoint")])
+    state = node.states.get(phone, "UNAVAILABLE")
+    contacts = f"{ep}/{c.uri(ep)}" if c is not None else ""
+    values = {"ep": ep, "device_state": HUMAN_STATE.get(state, state), "channels": "0",
+              "bind": f"{node.config.host}:{node.sip_port}", "contacts": contacts,
+              "qualify": "5" if c is not None and c.qualify else "0",
+              "default_expiration": str(node.config.expires), "total": "1" if c is not None else "0"}
+    items = [encode([("Event", event), *aid, *detail(event, **values)])
+             for event in ("EndpointDetail", "AuthDetail", "TransportDetail", "AorDetail")]
+    if c is not None:
+        items.append(_contact_status_detail(node, phone, c, aid, now))
+    n = await node._stream(s, iter(items))
+    s.send(encode([("Event", "EndpointDetailComplete"), *aid, ("EventList", "Complete"), ("ListItems", str(n))]))
+
+
+async def _module_check(node: AmiNode, s: AmiSession, a: Action) -> None:
+    """``ModuleCheck``: Asterisk 22 has no chan_sip; res_pjsip and the modules astreg uses are loaded."""
+    module = a.get("Module").removesuffix(".so")
+    if module not in node.modules:
+        s.respond(a, "Error", [("Message", "Module not loaded")])
+        return
+    s.respond(a, "Success", [("Version", "")])
 
 
 def _all_phones(node: AmiNode) -> Iterator[int]:
@@ -775,7 +865,8 @@ async def _db_del_tree(node: AmiNode, s: AmiSession, a: Action) -> None:
 
 _ACTIONS = {
     "ping": _ping, "events": _events, "coresettings": _core_settings, "corestatus": _core_status,
-    "pjsipshowcontacts": _show_contacts, "pjsipshowendpoints": _show_endpoints,
+    "pjsipshowcontacts": _show_contacts, "pjsipshowendpoints": _show_endpoints, "pjsipshowendpoint": _show_endpoint,
+    "modulecheck": _module_check,
     "devicestatelist": _device_state_list,
     "pjsipshowregistrationinboundcontactstatuses": _inbound_contact_statuses, "dbput": _db_put, "dbget": _db_get, "dbgettree": _db_get_tree,
     "dbdel": _db_del, "dbdeltree": _db_del_tree,

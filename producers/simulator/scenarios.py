@@ -21,7 +21,9 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .core import Simulator, SimulatorError
+from astreg.errors import SimulatorError
+
+from .core import Simulator
 
 __all__ = [
     "run_scenario", "SCENARIOS", "steady", "churn", "move", "calls", "storm", "crash", "restart",

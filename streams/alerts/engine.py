@@ -38,8 +38,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from astreg.settings import AstregSettings
 from schemas.models import ContactStatus, EventKind, NodeEventKind, NodeStatus, RegistrationEvent, Source
 from schemas.quality import Alert, AlertKind, AlertSeverity, AlertState, QualityKind, QualitySample
 from streams.alerts.windows import QualitySummary, QualityWindow
@@ -61,12 +61,8 @@ SEVERITY = {
 }
 
 
-class AlertSettings(BaseSettings):
+class AlertSettings(AstregSettings):
     """Alert thresholds and windows (every field is an ``--alert-*`` option / ``ASTREG_ALERT_*``)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True
-    )
 
     alert_node_stale_s: float = Field(
         30.0, gt=0, description="Silence of a node's producer before NODE_STALE (s)."

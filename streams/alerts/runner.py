@@ -26,18 +26,18 @@ from typing import Any
 from aiohttp import web
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
-from astreg.settings import KafkaSettings, TopicSettings
+from astreg.patches.aiokafka import refresh_metadata
+from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
 from schemas.codec import Codec
 from schemas.models import NodeStatus, RegistrationEvent
 from schemas.quality import Alert, AlertState, QualitySample
 from streams.alerts.engine import AlertEngine, AlertSettings
+from streams.alerts.metrics import AlerterMetrics
 from streams.alerts.webhook import WebhookSender
 
 __all__ = [
@@ -50,12 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class AlerterSettings(BaseSettings):
+class AlerterSettings(AstregSettings):
     """How the alerter runs (``ASTREG_ALERT_*``)."""
-
-    model_config = SettingsConfigDict(
-        env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True
-    )
 
     alert_webhook: str | None = Field(
         None, description="Alertmanager-compatible URL to POST alerts to (e.g. http://am:9093/api/v2/alerts)."
@@ -153,86 +149,11 @@ def active_alerts(alerts: Iterable[Alert]) -> list[Alert]:
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
     parts = consumer.partitions_for_topic(topic)
     if not parts:
-        await consumer._client.force_metadata_update()  # first metadata may not list it yet
+        await refresh_metadata(consumer)  # first metadata may not list it yet
         parts = consumer.partitions_for_topic(topic) or set()
     if not parts:
         raise KafkaError(f"topic {topic} does not exist (astreg topics create)")
     return [TopicPartition(topic, p) for p in sorted(parts)]
-
-
-# ---------------------------------------------------------------- metrics
-
-
-class _Metrics:
-    """The alerter's Prometheus series, in a registry of its own (several alerters per test process)."""
-
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.records = Counter("astreg_alerter_records_total", "Records consumed.", ["topic"], registry=r)
-        self.undecodable = Counter(
-            "astreg_alerter_undecodable_total", "Records that could not be decoded.", ["topic"], registry=r
-        )
-        self.transitions = Counter(
-            "astreg_alerts_total", "Alert transitions published.", ["kind", "state"], registry=r
-        )
-        self.active = Gauge("astreg_alerts_active", "Active alerts.", ["kind"], registry=r)
-        self.webhook_sent = Counter(
-            "astreg_alert_webhook_sent_total", "Alerts the webhook accepted.", registry=r
-        )
-        self.webhook_failures = Counter(
-            "astreg_alert_webhook_failures_total", "Failed webhook POSTs.", registry=r
-        )
-        self.webhook_dropped = Counter(
-            "astreg_alert_webhook_dropped_total", "Alerts never delivered.", registry=r
-        )
-        self.webhook_queue = Gauge(
-            "astreg_alert_webhook_queue", "Alerts waiting for the webhook.", registry=r
-        )
-        self.jitter = Gauge(
-            "astreg_quality_jitter_ms",
-            "RTCP interarrival jitter over the window (ms).",
-            ["node", "endpoint", "stat"],
-            registry=r,
-        )
-        self.loss = Gauge(
-            "astreg_quality_loss_ratio",
-            "RTCP fraction lost over the window (0..1).",
-            ["node", "endpoint", "stat"],
-            registry=r,
-        )
-        self.rtt = Gauge(
-            "astreg_quality_rtt_ms", "RTCP round trip (last, ms).", ["node", "endpoint"], registry=r
-        )
-        self._quality_labels: set[tuple[str, str]] = set()
-
-    def set_quality(self, engine: AlertEngine, now_ms: int) -> None:
-        seen: set[tuple[str, str]] = set()
-        for s in engine.summaries(now_ms):
-            if s.samples == 0 or s.node is None:
-                continue
-            key = (s.node, s.endpoint)
-            seen.add(key)
-            for stat, value in (
-                ("last", s.jitter_last_ms),
-                ("mean", s.jitter_mean_ms),
-                ("p95", s.jitter_p95_ms),
-            ):
-                if value is not None:
-                    self.jitter.labels(*key, stat).set(value)
-            for stat, value in (("last", s.loss_last), ("mean", s.loss_mean), ("p95", s.loss_p95)):
-                if value is not None:
-                    self.loss.labels(*key, stat).set(value)
-            if s.rtt_last_ms is not None:
-                self.rtt.labels(*key).set(s.rtt_last_ms)
-        for key in self._quality_labels - seen:  # endpoints without samples in the window: no stale series
-            for stat in ("last", "mean", "p95"):
-                with contextlib.suppress(KeyError):
-                    self.jitter.remove(*key, stat)
-                with contextlib.suppress(KeyError):
-                    self.loss.remove(*key, stat)
-            with contextlib.suppress(KeyError):
-                self.rtt.remove(*key)
-        self._quality_labels = seen
 
 
 # ---------------------------------------------------------------- the runner
@@ -248,13 +169,14 @@ class Alerter:
         alerts: AlertSettings | None = None,
         settings: AlerterSettings | None = None,
         clock: Callable[[], float] = time.time,
+        metrics: AlerterMetrics | None = None,
     ) -> None:
         self.kafka = kafka
         self.topics = topics
         self.settings = settings or AlerterSettings()
         self.engine = AlertEngine(alerts or AlertSettings())
         self.clock = clock
-        self.metrics = _Metrics()
+        self.metrics = metrics or AlerterMetrics()
         self._codecs: dict[str, Codec[Any]] = {
             topics.topic_registrations: Codec.for_model(RegistrationEvent),
             topics.topic_nodes: Codec.for_model(NodeStatus),
@@ -495,7 +417,7 @@ class Alerter:
     async def _metrics_view(self, request: web.Request) -> web.Response:
         self.metrics.set_quality(self.engine, self.now_ms())
         return web.Response(
-            body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=self.metrics.exposition(), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def _quality_view(self, request: web.Request) -> web.Response:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
+from astreg.errors import BadQuery
 from schemas.models import (
     Contact,
     DeviceState,
@@ -38,7 +39,6 @@ from schemas.models import (
 from streams.web.settings import DEFAULT_TECHNOLOGIES
 
 __all__ = [
-    "BadQuery",
     "DEFAULT_LIMIT",
     "DEFAULT_TECHNOLOGIES",
     "EndpointQuery",
@@ -83,10 +83,6 @@ SORT_FIELDS: dict[str, str] = {
     "user_agent": "user_agent",
     "last_change": "updated_at_ms",
 }
-
-
-class BadQuery(ValueError):
-    """A query parameter the API cannot use; the message names it (answered as HTTP 400)."""
 
 
 # ------------------------------------------------------------------ rows → JSON

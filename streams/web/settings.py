@@ -7,7 +7,8 @@ Faust. Every field is also an ``ASTREG_*`` environment variable (``ASTREG_API_TO
 from __future__ import annotations
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from astreg.settings import AstregSettings
 
 __all__ = ["WebSettings", "DEFAULT_TECHNOLOGIES"]
 
@@ -15,10 +16,8 @@ __all__ = ["WebSettings", "DEFAULT_TECHNOLOGIES"]
 DEFAULT_TECHNOLOGIES: tuple[str, ...] = ("PJSIP", "SIP", "IAX2")
 
 
-class WebSettings(BaseSettings):
+class WebSettings(AstregSettings):
     """How the page and API answer."""
-
-    model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True)
 
     api_token: SecretStr | None = Field(
         None,
@@ -42,7 +41,8 @@ class WebSettings(BaseSettings):
     @field_validator("api_token", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
-        # ASTREG_API_TOKEN= (empty) must mean "no token", not "the empty token".
+        # A blank token (--api-token "", or spaces) means "no token", not "the empty token";
+        # an empty ASTREG_API_TOKEN= never gets here (AstregSettings: empty = unset).
         if value is None or (isinstance(value, str | SecretStr) and not str(
             value.get_secret_value() if isinstance(value, SecretStr) else value
         ).strip()):

@@ -35,17 +35,19 @@ import aiohttp
 import faust
 from faust.types import TP
 from faust.web import Request, Response, View
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, generate_latest
-from prometheus_client.registry import CollectorRegistry
+from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
+from astreg.errors import BadQuery, WorkerUnavailable
 from astreg.partition import partition_for
+from astreg.patches.web import drop_blueprints
 from schemas.models import EndpointLocation
+from streams.metrics import StreamMetrics
 from streams.web import api
 from streams.web.settings import WebSettings
 
 __all__ = [
-    "WebSettings", "WebService", "install", "register", "CSP", "Unavailable", "Lookup", "Snapshot",
+    "WebSettings", "WebService", "install", "register", "CSP", "Lookup", "Snapshot",
     "EndpointView", "quality_of", "EndpointNodeView", "EndpointListView", "LocalEndpointsView",
     "LocalCountsView", "NodesView", "HealthView", "ReadyView", "MetricsView", "IndexView", "ScriptView",
     "StyleView",
@@ -73,15 +75,6 @@ _FAUST_BLUEPRINTS_REPLACED = {
     "faust.web.apps.stats:blueprint",
     "faust.web.apps.metrics:blueprint",
 }
-
-WEB_REQUESTS = Counter("astreg_web_requests_total", "HTTP requests answered by the API", ["view", "status"])
-WEB_FORWARDED = Counter("astreg_web_forwarded_total", "Requests this worker sent to other workers", ["kind", "outcome"])
-WEB_LOCAL_ROWS = Gauge("astreg_web_local_rows", "Rows of the locations table in this worker's active partitions")
-
-
-class Unavailable(Exception):
-    """This worker cannot answer correctly right now (rebalance, recovery, peer down): 503."""
-
 
 @dataclass
 class Lookup:
@@ -129,7 +122,7 @@ class WebService:
         settings: WebSettings,
         location_of: Callable[[Any], EndpointLocation | None],
         node_view: Callable[[Any], dict[str, Any]],
-        registries: tuple[CollectorRegistry, ...] = (),
+        metrics: StreamMetrics,
         node_grace_s: float | None = None,
     ) -> None:
         self.app = app
@@ -138,7 +131,7 @@ class WebService:
         self.settings = settings
         self.location_of = location_of
         self.node_view = node_view
-        self.registries = (REGISTRY, *[r for r in registries if r is not REGISTRY])
+        self.metrics = metrics  # the worker's registry: /metrics serves it whole
         self.node_grace_ms = None if node_grace_s is None else int(node_grace_s * 1000)
         self._snapshot: Snapshot | None = None
         self._snapshot_lock = asyncio.Lock()
@@ -208,12 +201,12 @@ class WebService:
         if not forwarded:
             try:
                 owner = self.owner_of(part)
-            except Unavailable:
+            except WorkerUnavailable:
                 owner = None
             if owner and _ident(owner) != _ident(self.url):
                 try:
                     return await self._lookup_remote(owner, endpoint_id, request)
-                except Unavailable:
+                except WorkerUnavailable:
                     if not self.app.assignor.is_standby(tp):
                         raise
         if self.app.assignor.is_standby(tp):
@@ -221,7 +214,7 @@ class WebService:
             if row is not None:
                 row["stale"] = True
             return Lookup(row, True, self.url)
-        raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
+        raise WorkerUnavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
 
     async def lookup_node(self, endpoint_id: str, request: Request) -> tuple[int, str | None, str]:
         """(status, primary node, served by) of a full id: never from a standby copy."""
@@ -235,14 +228,14 @@ class WebService:
             return (200 if node else 404), node, self.url
         owner = None if request.headers.get(FORWARDED) == "1" else self.owner_of(part)
         if owner is None or _ident(owner) == _ident(self.url):
-            raise Unavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
+            raise WorkerUnavailable(f"partition {part} of {endpoint_id} is not served right now ({reason or 'moving'})")
         url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}/node"
         status, body, headers = await self._peer_get(url, request, kind="node")
         if status == 200 and body:
             return 200, body, headers.get(SERVED_BY, owner)
         if status == 404:
             return 404, None, owner
-        raise Unavailable(f"owner {owner} answered {status} for {endpoint_id}")
+        raise WorkerUnavailable(f"owner {owner} answered {status} for {endpoint_id}")
 
     async def _lookup_remote(self, owner: str, endpoint_id: str, request: Request) -> Lookup:
         url = f"{owner}/api/v1/endpoints/{quote(endpoint_id, safe='')}"
@@ -252,7 +245,7 @@ class WebService:
             return Lookup(row, bool(row.get("stale")), headers.get(SERVED_BY, owner))
         if status == 404:
             return Lookup(None, False, headers.get(SERVED_BY, owner))
-        raise Unavailable(f"owner {owner} answered {status} for {endpoint_id}")
+        raise WorkerUnavailable(f"owner {owner} answered {status} for {endpoint_id}")
 
     async def find(self, raw: str, request: Request) -> tuple[api.Resolution, Lookup | None]:
         """Resolve ``raw`` (full id or bare resource) and look the endpoint up."""
@@ -271,7 +264,7 @@ class WebService:
     async def snapshot(self) -> Snapshot:
         reason = self.not_ready_reason()
         if reason is not None:
-            raise Unavailable(reason)
+            raise WorkerUnavailable(reason)
         generation = int(getattr(self.app, "consumer_generation_id", 0) or 0)
         async with self._snapshot_lock:
             snap = self._snapshot
@@ -291,7 +284,7 @@ class WebService:
             loc = self.location_of(value)
             if loc is not None:
                 rows.append(loc)
-        WEB_LOCAL_ROWS.set(len(rows))
+        self.metrics.web.local_rows.set(len(rows))
         return Snapshot(rows, sorted(actives), generation, time.monotonic(), api.count_by_node(rows),
                         api.RowIndex(rows))
 
@@ -314,7 +307,7 @@ class WebService:
             if parts:
                 out[str(url).rstrip("/")] = parts
         if not out:
-            raise Unavailable("no partition assignment known yet")
+            raise WorkerUnavailable("no partition assignment known yet")
         return out
 
     async def gather(
@@ -330,13 +323,13 @@ class WebService:
             query = "&".join(f"{quote(k)}={quote(v, safe='')}" for k, v in params.items())
             status, body, _ = await self._peer_get(f"{url}{path}?{query}", request, kind=path.rsplit("/", 1)[-1])
             if status != 200:
-                raise Unavailable(f"worker {url} answered {status} for its partitions")
+                raise WorkerUnavailable(f"worker {url} answered {status} for its partitions")
             return dict(json.loads(body))
 
         answers = await asyncio.gather(*(ask(url) for url in members))
         for (url, expected), answer in zip(members.items(), answers, strict=True):
             if set(answer.get("partitions", ())) != expected:
-                raise Unavailable(f"worker {url} serves partitions {answer.get('partitions')}, expected {sorted(expected)}")
+                raise WorkerUnavailable(f"worker {url} serves partitions {answer.get('partitions')}, expected {sorted(expected)}")
         return answers
 
     async def _peer_get(self, url: str, request: Request, kind: str) -> tuple[int, str, Mapping[str, str]]:
@@ -351,12 +344,12 @@ class WebService:
             # Faust's own client session: opened and closed with the app.
             async with self.app.http_client.get(URL(url, encoded=True), headers=headers, timeout=timeout) as resp:
                 body = await resp.text()
-                WEB_FORWARDED.labels(kind, str(resp.status)).inc()
+                self.metrics.web.forwarded.labels(kind, str(resp.status)).inc()
                 return resp.status, body, dict(resp.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
-            WEB_FORWARDED.labels(kind, "error").inc()
+            self.metrics.web.forwarded.labels(kind, "error").inc()
             logger.warning("worker at %s did not answer: %s", url, exc)
-            raise Unavailable(f"worker at {URL(url).origin()} did not answer ({type(exc).__name__})") from exc
+            raise WorkerUnavailable(f"worker at {URL(url).origin()} did not answer ({type(exc).__name__})") from exc
 
     # ------------------------------------------------------------ nodes
 
@@ -411,11 +404,11 @@ class _Base(View):
         else:
             try:
                 response = await super().dispatch(request)
-            except api.BadQuery as exc:
+            except BadQuery as exc:
                 response = self._error(400, str(exc))
-            except Unavailable as exc:
+            except WorkerUnavailable as exc:
                 response = self._error(503, str(exc), {"Retry-After": str(RETRY_AFTER_S)})
-        WEB_REQUESTS.labels(name, str(response.status)).inc()
+        self.service.metrics.web.requests.labels(name, str(response.status)).inc()
         return response
 
     def _error(self, status: int, message: str, headers: Mapping[str, str] | None = None, **extra: Any) -> Response:
@@ -468,12 +461,12 @@ class EndpointNodeView(_Base):
         if "/" in endpoint:  # full id: the short path (no JSON row on the way)
             try:
                 status, node, served_by = await self.service.lookup_node(endpoint, request)
-            except Unavailable:
+            except WorkerUnavailable:
                 return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
             return self._text(node or "", status, {SERVED_BY: served_by} if status == 200 else None)
         try:
             resolution, found = await self.service.find(endpoint, request)
-        except Unavailable:
+        except WorkerUnavailable:
             return self._text("", 503, {"Retry-After": str(RETRY_AFTER_S)})
         if resolution.ambiguous:
             return self._text("", 409)
@@ -543,9 +536,9 @@ class MetricsView(_Base):
     async def get(self, request: Request) -> Response:
         try:
             await self.service.snapshot()  # refreshes the row gauge
-        except Unavailable:
+        except WorkerUnavailable:
             pass
-        body = b"".join(generate_latest(r) for r in self.service.registries)
+        body = self.service.metrics.exposition()
         return self.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
 
@@ -599,25 +592,28 @@ def install(
     settings: WebSettings | None = None,
     location_of: Callable[[Any], EndpointLocation | None] | None = None,
     node_view: Callable[[Any], dict[str, Any]] | None = None,
-    registries: tuple[CollectorRegistry, ...] = (),
+    metrics: StreamMetrics | None = None,
     node_grace_s: float | None = None,
     faust_metrics: bool = True,
 ) -> WebService:
-    """Add the page and API to ``app`` (call before the app starts)."""
+    """Add the page and API to ``app`` (call before the app starts).
+
+    ``metrics``: the worker's (its registry gets the web series and, with ``faust_metrics``,
+    Faust's sensor; ``/metrics`` serves it); None: a registry of the views' own."""
     if location_of is None or node_view is None:
         from streams import tables  # the stream app's converters, unless a caller brings its own
 
         location_of = location_of or tables.location_of
         node_view = node_view or tables.node_view
     settings = settings or WebSettings()
-    service = WebService(app, locations, nodes, settings, location_of, node_view, registries, node_grace_s)
-    enabled = app.web.blueprints._enabled  # no public API to drop built-in blueprints
-    enabled[:] = [(prefix, bp) for prefix, bp in enabled if bp not in _FAUST_BLUEPRINTS_REPLACED]
+    metrics = metrics or StreamMetrics()
+    service = WebService(app, locations, nodes, settings, location_of, node_view, metrics, node_grace_s)
+    drop_blueprints(app, _FAUST_BLUEPRINTS_REPLACED)
     for path, view in ROUTES:
         bound = type(view.__name__, (view,), {"service": service})
         app.page(path, name=view.__name__)(bound)
     if faust_metrics:
-        _install_faust_metrics(app)
+        _install_faust_metrics(app, metrics)
     if settings.api_token is None and not _is_loopback(str(app.conf.web_bind)):
         logger.warning(
             "web API on %s:%s without --api-token: anyone who can reach it can read every "
@@ -628,22 +624,16 @@ def install(
     return service
 
 
-def _install_faust_metrics(app: faust.App) -> None:
-    """Faust's own Prometheus sensor (messages, lag, rebalances) into the default registry."""
-    from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+def _install_faust_metrics(app: faust.App, metrics: StreamMetrics) -> None:
+    """Faust's own Prometheus sensor (messages, lag, rebalances) into the worker's registry."""
+    from faust.sensors.prometheus import PrometheusMonitor
 
-    if isinstance(app.monitor, PrometheusMonitor):
-        return
-    try:
-        from streams.metrics import lean_prometheus_monitor  # same metrics, labelled children cached
-
-        app.monitor = lean_prometheus_monitor(FaustMetrics.create(REGISTRY, "astreg_faust"))
-    except ValueError as exc:  # already registered in this process (tests build several apps)
-        logger.debug("Faust Prometheus metrics not installed: %s", exc)
+    if not isinstance(app.monitor, PrometheusMonitor):
+        app.monitor = metrics.faust_monitor()
 
 
 def register(stream: Any, settings: WebSettings | None = None) -> WebService:
-    """Attach the page and API to a :class:`streams.app.StreamApp` (``astreg worker`` calls this)."""
+    """Attach the page and API to a :class:`streams.stream_app.StreamApp` (``astreg worker`` calls this)."""
     from streams import tables
 
     worker = stream.settings
@@ -654,6 +644,6 @@ def register(stream: Any, settings: WebSettings | None = None) -> WebService:
         settings=settings,
         location_of=tables.location_of,
         node_view=functools.partial(tables.node_view, node_timeout=worker.node_timeout),
-        registries=(stream.metrics.registry,),
+        metrics=stream.metrics,
         node_grace_s=worker.node_grace,
     )

@@ -30,6 +30,8 @@ ACTION_CLASSES: dict[str, set[str]] = {
     "DeviceStateList": {"call", "reporting"},
     "PJSIPShowContacts": {"system"},
     "PJSIPShowEndpoints": {"system"},
+    "PJSIPShowEndpoint": {"system"},
+    "ModuleCheck": {"system"},
     "DBGet": {"system", "reporting"},
     "DBGetTree": {"system", "reporting"},
     "DBPut": {"system"},
@@ -37,11 +39,11 @@ ACTION_CLASSES: dict[str, set[str]] = {
     "DBDelTree": {"system"},
 }
 PRODUCER_ACTIONS = ["Login", "Challenge", "Ping", "CoreSettings", "CoreStatus", "PJSIPShowContacts",
-                    "PJSIPShowEndpoints", "DeviceStateList"]
+                    "PJSIPShowEndpoints", "PJSIPShowEndpoint", "ModuleCheck", "DeviceStateList"]
 ASTDB_SINK_ACTIONS = ["Login", "Challenge", "Ping", "DBPut", "DBDel", "DBDelTree", "DBGetTree"]
 PRODUCER_EVENTS = {"ContactStatus": "system", "PeerStatus": "system", "FullyBooted": "system",
                    "Shutdown": "system", "DeviceStateChange": "call", "RTCPSent": "reporting",
-                   "RTCPReceived": "reporting"}
+                   "RTCPReceived": "reporting", "SuccessfulAuth": "security"}
 MANAGER_CLASSES = {"system", "call", "log", "verbose", "command", "agent", "user", "config", "dtmf",
                    "reporting", "cdr", "dialplan", "originate", "agi", "cc", "aoc", "test", "security",
                    "message", "all"}

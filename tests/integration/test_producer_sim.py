@@ -19,6 +19,7 @@ from producers.node import NodeProducer, ProducerSettings
 from producers.simulator import SimConfig, Simulator
 from schemas.models import ContactStatus, DeviceState, EventKind, NodeEventKind, Source
 from tests.support.topic_reader import Consumed, TopicReader, completed_snapshots, fold_contacts
+from tests.support.wait import until
 
 pytestmark = pytest.mark.integration
 
@@ -89,8 +90,10 @@ async def test_registrations_moves_expiries_and_device_states(
                                   and any(e.endpoint == "PJSIP/1004" and e.node == "node2"
                                           and e.contact_status is ContactStatus.REMOVED for e in d.events()))
         # live events alone already give the truth (no snapshot needed for announced changes)
-        await asyncio.sleep(0.5)
-        await reader.poll()
+        await reader.until(
+            lambda d: all(folded(d, n) == truth_contacts(sim, n) for n in producers), timeout=10,
+            explain=lambda d: {n: (folded(d, n), truth_contacts(sim, n)) for n in producers
+                               if folded(d, n) != truth_contacts(sim, n)})
         for node in producers:
             assert truth_contacts(sim, node)
             assert folded(reader.data, node) == truth_contacts(sim, node), node
@@ -178,11 +181,8 @@ async def test_kafka_outage_buffers_and_resnapshots(
         await sim.register("1011", "node1")
         await sim.unregister("1003", "node1")
         await sim.device_state("1005", "node1", "RINGING")
-        for _ in range(100):
-            if not p.publisher.kafka_up:
-                break
-            await asyncio.sleep(0.1)
-        assert not p.publisher.kafka_up and p.publisher.depth > 0
+        await until(lambda: not p.publisher.kafka_up, 10, what="the producer to notice Kafka is down")
+        assert p.publisher.depth > 0
         own_broker.start()
         await recreate_topics(kafka, topics)
         reader = await TopicReader(kafka, topics).start()
@@ -269,7 +269,9 @@ async def test_asterisk_restart_shutdown_booted_and_resnapshot(
     try:
         await p.start()
         await reader.until(lambda d: bool(completed_snapshots(d, "node1")))
-        await asyncio.sleep(1.1)  # a boot time visibly later than the first one
+        # Asterisk's boot time has a resolution of one second: the clock itself must move on for
+        # the second boot time to be later (time passing, not a condition of the system).
+        await asyncio.sleep(1.1)
         await sim.restart("node1")
         data = await reader.until(lambda d: any(n.kind is NodeEventKind.SHUTDOWN for n in d.nodes)
                                   and len(completed_snapshots(d, "node1")) >= 2, timeout=20)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from astreg.errors import SimulatorError
 from producers.quality import rtcp_samples
 from producers.simulator import SimConfig, Simulator
-from producers.simulator.core import SimulatorError
 from producers.simulator.scenarios import run_scenario
 from schemas.quality import ReportDirection
 from tests.support.amiclient import RawAmi

@@ -12,7 +12,7 @@ import pytest
 from producers.simulator import SimConfig, Simulator
 from schemas.models import DeviceState
 from sinks.astdb import AstDbSink, entries
-from sinks.base import UNAVAILABLE
+from sinks.metrics import SinkMetrics
 from sinks.settings import AstDbSettings
 from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
 
@@ -73,7 +73,7 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
             ami_secret="astreg", timeout=3,
         )
         sink = AstDbSink(settings)
-        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5) as runner:
             got = await eventually(lambda: trees(sim), lambda t: t == [want, want])
             assert got == [want, want]
             assert sim.node("node1").astdb.get("other", "keep") == "me"
@@ -112,12 +112,13 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
 
             # A hung node (TCP open, no answers): the write times out, is retried, and lands
             # once the node talks again.
-            before = UNAVAILABLE.labels("astdb")._value.get()
+            unavailable = runner.metrics.unavailable.labels("astdb")
+            before = unavailable._value.get()
             await sim.crash("node1", mode="halfopen")
             last = [("PJSIP/1004", location("PJSIP/1004", "node3", version=10))]
             await produce(kafka, topics.topic_locations, last)
-            await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before)
-            assert UNAVAILABLE.labels("astdb")._value.get() > before
+            await eventually(lambda: _value(unavailable._value.get()), lambda v: v > before)
+            assert unavailable._value.get() > before
             await sim.recover("node1")
             want3 = expected(items + more + last)
             got = await eventually(lambda: trees(sim), lambda t: t == [want3, want3])
@@ -128,10 +129,10 @@ async def test_astdb_two_nodes_equal_topic_survive_restart_and_hostile_names(kaf
 
 @contextlib.asynccontextmanager
 async def synced_sink(kafka: Any, topics: Any, group: str, sim: Simulator, settings: AstDbSettings,
-                      items: list[Any]) -> AsyncIterator[AstDbSink]:
+                      items: list[Any], metrics: SinkMetrics | None = None) -> AsyncIterator[AstDbSink]:
     """A running AstDB sink, once both nodes hold ``items``."""
     sink = AstDbSink(settings)
-    async with running(sink, kafka, topics, group=group, backoff_max=0.5):
+    async with running(sink, kafka, topics, metrics=metrics, group=group, backoff_max=0.5):
         want = expected(items)
         await eventually(lambda: trees(sim), lambda t: t == [want, want])
         yield sink
@@ -175,12 +176,14 @@ async def test_astdb_node_refusing_writes_is_retried_and_a_too_long_key_is_a_dea
 
     items: list[Any] = [(f"PJSIP/{3000 + i}", location(f"PJSIP/{3000 + i}", "node1")) for i in range(5)]
     await produce(kafka, topics.topic_locations, items)
-    async with two_nodes() as (sim, settings), synced_sink(kafka, topics, f"g-{unique}", sim, settings, items):
-        before = UNAVAILABLE.labels("astdb")._value.get()
+    metrics = SinkMetrics()
+    unavailable = metrics.unavailable.labels("astdb")
+    async with two_nodes() as (sim, settings), synced_sink(kafka, topics, f"g-{unique}", sim, settings, items, metrics):
+        before = unavailable._value.get()
         await sim.astdb_read_only("node2")
         moved = [("PJSIP/3001", location("PJSIP/3001", "node2", version=2)), ("PJSIP/3002", None)]
         await produce(kafka, topics.topic_locations, moved)
-        await eventually(lambda: _value(UNAVAILABLE.labels("astdb")._value.get()), lambda v: v > before + 1)
+        await eventually(lambda: _value(unavailable._value.get()), lambda v: v > before + 1)
         assert (await tree(sim, "node1"))["/astreg/node/3001"] == "node2"  # node1 took it
         assert (await tree(sim, "node2"))["/astreg/node/3001"] == "node1"  # refused, retried
         assert "/astreg/node/3002" not in await tree(sim, "node1")

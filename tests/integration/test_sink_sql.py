@@ -112,7 +112,7 @@ async def test_postgres_blocked_mid_run_loses_nothing(kafka, topics, unique, pg_
     admin = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
     sink = SqlSink(SqlSettings(url=pg_url, write_timeout=2))
     try:
-        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+        async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5) as runner:
             await produce(kafka, topics.topic_locations, first)
             await eventually(lambda: table_rows(pg_url), lambda r: r == expected_rows(first))
             await admin.execute(f'ALTER DATABASE "{unique}" ALLOW_CONNECTIONS false')
@@ -120,11 +120,10 @@ async def test_postgres_blocked_mid_run_loses_nothing(kafka, topics, unique, pg_
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1", unique
             )
             await produce(kafka, topics.topic_locations, second)
-            from sinks.base import UNAVAILABLE
-
-            before = UNAVAILABLE.labels("sql")._value.get()
-            await eventually(lambda: _true(UNAVAILABLE.labels("sql")._value.get()), lambda v: v > before)
-            assert UNAVAILABLE.labels("sql")._value.get() > before
+            unavailable = runner.metrics.unavailable.labels("sql")
+            before = unavailable._value.get()
+            await eventually(lambda: _true(unavailable._value.get()), lambda v: v > before)
+            assert unavailable._value.get() > before
             await admin.execute(f'ALTER DATABASE "{unique}" ALLOW_CONNECTIONS true')
             rows = await eventually(lambda: table_rows(pg_url), lambda r: r == expected_rows(first + second))
     finally:
@@ -140,7 +139,7 @@ async def test_mariadb_locked_and_killed_mid_run_loses_nothing(kafka, topics, un
     second = [(f"PJSIP/{4000 + i}", location(f"PJSIP/{4000 + i}", "node3", version=2)) for i in range(30)]
     second += [("PJSIP/4000", None)]
     sink = SqlSink(SqlSettings(url=mysql_url, write_timeout=2))
-    async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5):
+    async with running(sink, kafka, topics, group=f"g-{unique}", backoff_max=0.5) as runner:
         await produce(kafka, topics.topic_locations, first)
         await eventually(lambda: table_rows(mysql_url), lambda r: r == expected_rows(first))
         locker = await asyncmy.connect(host="127.0.0.1", port=3306, user="root", password="", db=unique)
@@ -149,10 +148,9 @@ async def test_mariadb_locked_and_killed_mid_run_loses_nothing(kafka, topics, un
                 # A table lock held by another session: only this test's database is affected.
                 await cur.execute("LOCK TABLES astreg_locations WRITE")
                 await produce(kafka, topics.topic_locations, second)
-                from sinks.base import UNAVAILABLE
-
-                before = UNAVAILABLE.labels("sql")._value.get()
-                await eventually(lambda: _true(UNAVAILABLE.labels("sql")._value.get()), lambda v: v > before)
+                unavailable = runner.metrics.unavailable.labels("sql")
+                before = unavailable._value.get()
+                await eventually(lambda: _true(unavailable._value.get()), lambda v: v > before)
                 await cur.execute(
                     "SELECT id FROM information_schema.processlist WHERE db = %s AND id <> CONNECTION_ID()", (unique,)
                 )

@@ -52,7 +52,7 @@ class TopicReader:
                 if parts:
                     break
                 await c._client.force_metadata_update()
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.1)  # poll interval: metadata of a topic just created may lag
                 parts = c.partitions_for_topic(name)
             tps += [TopicPartition(name, p) for p in sorted(parts or ())]
         c.assign(tps)
@@ -79,17 +79,35 @@ class TopicReader:
                     self.data.deadletters.append((r.key, r.value, dict(r.headers or ())))
         return n
 
-    async def until(self, predicate: Callable[[Consumed], bool], timeout: float = 20.0) -> Consumed:
-        """Poll until ``predicate(data)`` holds; fail with what was seen on timeout."""
+    async def until(self, predicate: Callable[[Consumed], bool], timeout: float = 20.0,
+                    explain: Callable[[Consumed], object] | None = None) -> Consumed:
+        """Poll until ``predicate(data)`` holds; fail with what was seen on timeout (and with
+        ``explain(data)``, when given, saying what differs)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while not predicate(self.data):
             if asyncio.get_running_loop().time() > deadline:
                 raise AssertionError(
                     f"timed out: {len(self.data.registrations)} registrations, {len(self.data.nodes)} node records "
                     f"({[n.kind.value for n in self.data.nodes[-8:]]}), {len(self.data.deadletters)} dead letters"
+                    + (f"; {explain(self.data)}" if explain is not None else "")
                 )
             await self.poll()
+        await self.catch_up(deadline)
         return self.data
+
+    async def catch_up(self, deadline: float) -> None:
+        """Read every partition up to its end as of now: a marker seen on the nodes topic does
+        not mean the rows it follows (other topic, other partitions) were read already."""
+        assert self._consumer is not None
+        c = self._consumer
+        ends = await c.end_offsets(list(c.assignment()))
+        while True:
+            behind = [tp for tp, end in ends.items() if await c.position(tp) < end]
+            if not behind:
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out reading up to the end offsets {ends}")
+            await self.poll()
 
 
 def completed_snapshots(data: Consumed, node: str | None = None) -> list[NodeStatus]:
@@ -119,14 +137,18 @@ def fold_contacts(data: Consumed) -> dict[str, dict[tuple[str, str], dict[str, A
                     contacts = {k: c for k, c in contacts.items() if c["confirmed"] >= begin}
                 continue
             ev = item
-            if ev.kind is not EventKind.CONTACT or not ev.contact_uri:
+            if ev.kind not in (EventKind.CONTACT, EventKind.REFRESH) or not ev.contact_uri:
                 continue
             key = (ev.endpoint, ev.contact_uri)
             if ev.contact_status is ContactStatus.REMOVED:
                 contacts.pop(key, None)
                 continue
+            if ev.contact_status is None and key not in contacts:
+                continue  # a refresh or the node's details never create a contact (streams/rules.py)
             c = contacts.setdefault(key, {})
-            c.update(status=ev.contact_status, confirmed=pos, ip=ev.ip, port=ev.port)
+            c.update(confirmed=pos, ip=ev.ip, port=ev.port)
+            if ev.contact_status is not None:
+                c["status"] = ev.contact_status
             if ev.user_agent is not None:
                 c["user_agent"] = ev.user_agent
         out[node] = contacts

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from astreg.errors import BadQuery
 from schemas.models import Contact, ContactStatus, DeviceState, EndpointLocation, LocationStatus
 from streams.web import api
-from streams.web.api import BadQuery, LocalPage
+from streams.web.api import LocalPage
 
 
 def loc(

@@ -24,7 +24,7 @@ async def test_each_endpoint_waits_once_in_arrival_order() -> None:
     assert len(q) == 2
     assert [await q.next(), await q.next()] == ["PJSIP/1", "PJSIP/2"]
     waiter = asyncio.ensure_future(q.next())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one turn of the loop: the waiter runs up to its wait (nothing to await)
     assert not waiter.done()
     q.add("PJSIP/3")
     assert await asyncio.wait_for(waiter, 1.0) == "PJSIP/3"

@@ -1,0 +1,51 @@
+"""What a stream worker is made of: :class:`StreamApp`, built by ``streams.app.create_app``.
+
+The agent and timers (``streams/agents.py``, ``streams/timers.py``) take a StreamApp and add
+themselves to its Faust app; the web views read its table and node book; tests use
+``stream.app`` in Faust's ``test_context``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.types import AgentT
+
+from astreg.settings import KafkaSettings
+
+from .metrics import StreamMetrics
+from .outputs import Outputs
+from .settings import WorkerSettings
+from .tables import LocationsTable, NodeBook
+from .topics import StreamTopics
+
+__all__ = ["StreamApp", "ApplyBatch"]
+
+# One batch of Faust events (or the bulk ingest's records wrapped alike: ``event.message``)
+# applied to the table and published.
+ApplyBatch = Callable[[list[Any]], Awaitable[None]]
+
+
+@dataclass
+class StreamApp:
+    """A worker's Faust app with its table, node book, topics, settings, outputs and metrics.
+
+    ``agent`` and ``apply_batch`` are the registrations agent and its batch step, set when
+    ``streams.agents.attach`` declares the agent on ``app`` (``create_app`` does)."""
+
+    app: faust.App
+    locations: LocationsTable
+    nodes: NodeBook
+    topics: StreamTopics
+    kafka: KafkaSettings
+    settings: WorkerSettings
+    outputs: Outputs
+    metrics: StreamMetrics
+    # Highest registrations offset this worker applied, per partition (timers: is a synthetic
+    # event it sent applied yet?).
+    applied: dict[int, int] = field(default_factory=dict)
+    agent: AgentT[int] = field(init=False)
+    apply_batch: ApplyBatch = field(init=False)
