@@ -274,6 +274,10 @@ class AstDbSink:
 
     kind = "astdb"
     full_replay = True
+    # Retries of an unavailable node every half second at most, however long it was down: a
+    # refused connect costs nothing, and every second of a restarted node's AstDB holding old
+    # routing keys is a second of calls sent to the wrong node.
+    retry_cap = 0.5
 
     def __init__(self, settings: AstDbSettings):
         self.settings = settings
@@ -287,11 +291,20 @@ class AstDbSink:
         self.ready = False  # the mirror holds the whole topic (first rebuild finished)
         self.reconciles = 0
         self.actions_sent = 0  # DBPut + DBDel sent to all nodes
+        self.default_group: str | None = None  # set by setup(): astreg-sink-astdb-<node ids>
 
     # ----------------------------------------------------------------- contract
 
     async def setup(self) -> None:
         await asyncio.gather(*(self._connected(n) for n in self.nodes))
+        names = []
+        for node in self.nodes:
+            answer = await node.client.action("CoreSettings")
+            names.append(answer[0].get("SystemName", "").strip() or node.client.name.replace(":", "-"))
+        # Each node's AstDB needs every endpoint: a sink per node, each in its own group. The
+        # default group names the node(s) it writes, so running the same command on every node
+        # is right without flags (a shared group would split the partitions between the nodes).
+        self.default_group = "astreg-sink-astdb-" + "+".join(sorted(names))
 
     async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
         changes: dict[str, Change] = {ep: (all_keys(ep.partition("/")[2] or ep), {}) for ep in deletes}

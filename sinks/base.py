@@ -181,6 +181,10 @@ class SinkRunner:
         if self.settings.metrics_port:
             self.metrics.serve(self.settings.metrics_port)
         await self._retrying(self.sink.setup, "setup")
+        if not self.settings.group:
+            # A sink may name its own group once set up (the AstDB sink: after the node ids it
+            # writes to, so one sink per node needs no flag; docs/sinks.md).
+            self.group = getattr(self.sink, "default_group", None) or self.group
         if not await self._intact():
             logger.info("sink %s: the store does not hold what an earlier run wrote: rebuilding it", self.sink.kind)
             self._rebuild_next = True
@@ -365,8 +369,9 @@ class SinkRunner:
                 log("sink %s: %s failed, retrying: %s", self.sink.kind, what, exc.reason)
                 if self._consumer is not None:
                     self._consumer.pause(*self._consumer.assignment())
-                wait = min(max(exc.retry_after, delay), self.settings.backoff_max)
-                delay = min(delay * 2, self.settings.backoff_max)
+                cap = min(self.settings.backoff_max, getattr(self.sink, "retry_cap", self.settings.backoff_max))
+                wait = min(max(exc.retry_after, delay), cap)
+                delay = min(delay * 2, cap)
                 try:
                     await asyncio.wait_for(self._stop.wait(), wait)
                 except TimeoutError:

@@ -19,7 +19,7 @@ class RunnerSettings(AstregSettings):
 
     model_config = SettingsConfigDict(env_prefix="ASTREG_SINK_")
 
-    group: str | None = Field(None, description="Consumer group (default astreg-sink-<kind>).")
+    group: str | None = Field(None, description="Consumer group (default astreg-sink-<kind>; the AstDB sink: astreg-sink-astdb-<node ids>, one group per node).")
     rebuild: bool = Field(False, description="Read the whole topic again and remove stale keys from the store.")
     batch_size: int = Field(5000, ge=1, description="Most records written in one batch.")
     batch_linger_ms: int = Field(50, ge=0, description="How long to wait for a batch to fill (ms).")

@@ -40,7 +40,7 @@ ACTION_CLASSES: dict[str, set[str]] = {
 }
 PRODUCER_ACTIONS = ["Login", "Challenge", "Ping", "CoreSettings", "CoreStatus", "PJSIPShowContacts",
                     "PJSIPShowEndpoints", "PJSIPShowEndpoint", "ModuleCheck", "DeviceStateList"]
-ASTDB_SINK_ACTIONS = ["Login", "Challenge", "Ping", "DBPut", "DBDel", "DBDelTree", "DBGetTree"]
+ASTDB_SINK_ACTIONS = ["Login", "Challenge", "Ping", "CoreSettings", "DBPut", "DBDel", "DBDelTree", "DBGetTree"]
 PRODUCER_EVENTS = {"ContactStatus": "system", "PeerStatus": "system", "FullyBooted": "system",
                    "Shutdown": "system", "DeviceStateChange": "call", "RTCPSent": "reporting",
                    "RTCPReceived": "reporting", "SuccessfulAuth": "security"}
