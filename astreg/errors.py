@@ -4,6 +4,8 @@
     └── AstregError                  base of every error astreg raises on purpose
         ├── ConfigError              bad settings or a broken deployment layout (e.g. topics)
         ├── MalformedAmiEvent        an AMI message that cannot become a RegistrationEvent
+        ├── InvalidSipUri (ValueError)
+        │                            text that is not a SIP/SIPS URI by RFC 3261's grammar
         ├── UndecodableRecord        Kafka bytes that are not a record of the expected schema
         ├── SchemaRegistryError      the Schema Registry refused or could not be reached
         ├── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
@@ -18,10 +20,10 @@
                                      a request the AMI simulator cannot carry out (unknown
                                      node or phone, bad parameters): HTTP 400 on its control port
 
-``BadQuery`` and ``SimulatorError`` are ``ValueError`` too: they are bad input, and callers
-that validate input catch ``ValueError``. The only exceptions defined elsewhere are private
-control flow that never leaves its module (``schemas.codec``'s generated Avro reader: a bad
-body becomes :class:`UndecodableRecord`, an unsupported shape selects fastavro).
+``InvalidSipUri``, ``BadQuery`` and ``SimulatorError`` are ``ValueError`` too: they are bad
+input, and callers that validate input catch ``ValueError``. The only exceptions defined
+elsewhere are private control flow that never leaves its module (``schemas.codec``'s generated
+Avro reader: a bad body becomes :class:`UndecodableRecord`, an unsupported shape selects fastavro).
 
 Every error says what was wrong and where; wrap lower-level errors with ``raise ... from exc``.
 This module imports nothing from the rest of astreg, so every package may use it.
@@ -33,6 +35,7 @@ __all__ = [
     "AstregError",
     "ConfigError",
     "MalformedAmiEvent",
+    "InvalidSipUri",
     "UndecodableRecord",
     "SchemaRegistryError",
     "SinkUnavailable",
@@ -61,6 +64,15 @@ class MalformedAmiEvent(AstregError):
         self.event = event
         self.headers = dict(headers or {})
         super().__init__(f"malformed AMI event {event or '?'}: {reason}")
+
+
+class InvalidSipUri(AstregError, ValueError):
+    """Text that is not a SIP or SIPS URI by RFC 3261's grammar; ``reason`` names the part."""
+
+    def __init__(self, reason: str, uri: str = ""):
+        self.reason = reason
+        self.uri = uri
+        super().__init__(f"not a SIP URI ({reason}): {uri[:80]!r}")
 
 
 class UndecodableRecord(AstregError):

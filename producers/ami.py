@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from astreg.errors import MalformedAmiEvent
+from astreg.errors import InvalidSipUri, MalformedAmiEvent
+from producers import sipuri
 from schemas.models import (
     ContactStatus,
     DeviceState,
@@ -99,6 +100,8 @@ _PEER_TO_CONTACT = {
 
 _DEVICE_STATE = {s.value: s for s in DeviceState}
 
+_CONTACT_SCHEMES = sipuri.SIP_SCHEMES | {"iax2"}
+
 _SURROGATE = re.compile("[\udc80-\udcff\ufffd]")
 _SIPPEER_OK = re.compile(r"OK \((\d+) ms\)")
 
@@ -118,6 +121,9 @@ class ContactInfo:
 
 @dataclass(frozen=True, slots=True)
 class SipUri:
+    """What a record keeps of a contact URI (see :class:`producers.sipuri.SipUri` for all of it);
+    all None when the text is not a SIP URI."""
+
     host: str | None
     port: int | None
     transport: str | None
@@ -140,23 +146,21 @@ def parse_hostport(text: str) -> tuple[str | None, int | None]:
 
 
 def parse_uri(uri: str) -> SipUri:
-    """Host, port and transport of a contact URI (``sip:1001@1.2.3.4:5060;transport=tcp``)."""
-    uri = uri.strip().strip("<>")
-    scheme, _, rest = uri.partition(":")
-    if not rest:
+    """Host, port and transport of a contact URI (``sip:1001@1.2.3.4:5060;transport=tcp``).
+
+    Total: text that is not a SIP URI by RFC 3261 (:func:`producers.sipuri.parse`) gives no
+    host, and the record keeps the URI without an address. Surrounding blanks and one pair of
+    ``<...>`` are dropped; a display name is refused (Asterisk sends bare URIs). The producer
+    writes IAX2 peers' contacts as ``iax2:<peer>@<host>:<port>``, read the same way.
+    """
+    text = uri.strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    try:
+        parsed = sipuri.parse(text, schemes=_CONTACT_SCHEMES)
+    except InvalidSipUri:
         return SipUri(None, None, None)
-    rest, _, params = rest.partition(";")
-    rest = rest.split("?", 1)[0]
-    hostport = rest.rpartition("@")[2]
-    host, port = parse_hostport(hostport)
-    transport = None
-    for param in params.split(";") if params else ():
-        key, _, value = param.partition("=")
-        if key.strip().lower() == "transport" and value:
-            transport = value.strip().lower()
-    if transport is None and scheme.lower() == "sips":
-        transport = "tls"
-    return SipUri(host, port, transport)
+    return SipUri(parsed.host, parsed.port or None, parsed.transport)  # port 0: none, as parse_hostport
 
 
 def event_time_ms(msg: Mapping[str, Any], now_ms: int) -> int:

@@ -255,6 +255,32 @@ def test_uri_and_hostport_parsing() -> None:
     assert parse_hostport("1.2.3.4:99999") == ("1.2.3.4", None)
 
 
+def test_contact_uri_user_part_never_becomes_the_ip() -> None:
+    # RFC 3261 lets a user part hold ';' and "'": the address is what follows the '@'.
+    uri = "sip:x;y@10.0.0.1:5070;transport=TCP"
+    msg = {"Event": "ContactStatus", "URI": uri, "ContactStatus": "Reachable", "AOR": "1001",
+           "EndpointName": "1001", "RoundtripUsec": "1200"}
+    ev = to_event(msg, node="n", now_ms=NOW)
+    assert ev is not None
+    assert (ev.contact_uri, ev.ip, ev.port, ev.transport) == (uri, "10.0.0.1", 5070, "tcp")
+    row = {"Event": "ContactList", "Uri": "sip:o'brien;x=1@10.0.0.2:5080", "Endpoint": "1002", "Status": "Unknown",
+           "RegServer": ""}
+    ev = to_event(row, node="n", now_ms=NOW, source=Source.SNAPSHOT)
+    assert ev is not None and (ev.ip, ev.port) == ("10.0.0.2", 5080)
+    # Not a SIP URI: the contact is kept, without an address (never a guessed one).
+    for bad in ("sip:x;y@999.1.1.1", "sip:x@10.0.0.1:99999", "sip:<script>@10.0.0.1"):
+        ev = to_event({**msg, "URI": bad}, node="n", now_ms=NOW)
+        assert ev is not None and ev.contact_uri == bad and (ev.ip, ev.port, ev.transport) == (None, None, None)
+
+
+def test_iax2_peer_keeps_its_address_from_the_last_known_contact() -> None:
+    # The producer writes IAX2 contacts as iax2:<peer>@host:port; an Unregistered names none.
+    unreg = {"Event": "PeerStatus", "ChannelType": "IAX2", "Peer": "IAX2/trunk", "PeerStatus": "Unregistered"}
+    ev = to_event(unreg, node="n", now_ms=NOW, peer_uris={"IAX2/trunk": "iax2:trunk@[2001:db8::1]:4569"})
+    assert ev is not None and ev.contact_status is ContactStatus.REMOVED
+    assert (ev.ip, ev.port) == ("2001:db8::1", 4569)
+
+
 def test_event_time_from_timestamp_header() -> None:
     assert event_time_ms({"Timestamp": "1795742196.123456"}, NOW) == 1795742196123
     assert event_time_ms({"Timestamp": "junk"}, NOW) == NOW
