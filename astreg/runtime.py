@@ -8,13 +8,13 @@ __all__ = ["tune_gc", "GC_THRESHOLDS"]
 
 # Python's default (700, 10, 10) runs a young collection every 700 new container objects and
 # a full one whenever the survivors reach a quarter of the long-lived objects. A worker keeps
-# ~100,000 decoded rows (about a million objects) and replaces thousands per second, so it ran
-# ~2,300 collections for 200,000 events and spent 1.46 s in them: ~7 of its ~38 CPU-µs per
-# event (astreg.tools.bench.stream, 200,000 churn events, 2026-11-27). With these thresholds: 12
-# collections, 0.14 s. astreg's own objects hold no reference cycles (frozen dataclasses of
-# strings, ints and tuples), so the cyclic collector only has the libraries' occasional
-# cycles to find; 50,000 is still a small bound on what can wait for it. The producer gains
-# 6-10 % AMI events per CPU-second with the same settings (astreg.tools.bench.producer, A/B).
+# ~100,000 decoded rows (about a million objects) and replaces thousands per second, so with
+# the defaults it collects about once per hundred events, each time walking the cached rows:
+# a sizeable share of its CPU per event (docs/benchmarks.md, section "Stream worker").
+# astreg's own objects hold no reference cycles (frozen dataclasses of strings, ints and
+# tuples), so the cyclic collector only has the libraries' occasional cycles to find; 50,000
+# is still a small bound on what can wait for it. The producer, which allocates a record per
+# AMI event, gains from the same settings (docs/benchmarks.md, section "Producer").
 GC_THRESHOLDS = (50_000, 20, 20)
 
 

@@ -32,7 +32,7 @@ def producer(**kw: object) -> None:
     """Stream one Asterisk node's registrations from the AMI to Kafka."""
     settings, kafka, topics = build(kw, ProducerSettings, KafkaSettings, TopicSettings)
     preflight(kafka, [topics.topic_registrations, topics.topic_nodes, topics.topic_deadletter])
-    tune_gc()  # 67.5-67.8k -> 71.6-74.9k AMI events per CPU-s (astreg.tools.bench.producer, A/B, 2026-11-27)
+    tune_gc()  # a record per AMI event: fewer GC runs, more events per CPU-s (docs/benchmarks.md)
     asyncio.run(_main(settings, kafka, topics))
 
 

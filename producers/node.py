@@ -71,8 +71,8 @@ SEND_LOW = 4_000
 MAX_PENDING = 1 << 20  # an AMI message without its terminating blank line beyond this is junk
 RECONNECT_MIN = 0.5
 # A refused or failed connect to AMI costs nothing, while every second of waiting after Asterisk
-# is back is a second of registrations the cluster does not see (measured: a node back after an
-# 8 s outage was reconnected 10 s late with a 30 s cap).
+# is back is a second of registrations the cluster does not see: with a long cap, a node back
+# after a few seconds' outage would wait out most of the cap before the next attempt.
 RECONNECT_MAX = 5.0
 ACTION_TIMEOUT = 30.0
 SNAPSHOT_LISTS = (

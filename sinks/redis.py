@@ -49,7 +49,7 @@ def hash_of(key: str, loc: EndpointLocation) -> dict[str, str]:
 
 # One script call per chunk: Redis runs a script atomically (like MULTI/EXEC), and the chunk
 # travels as one JSON argument decoded by Redis' built-in cjson, so the client packs one argument
-# instead of ~35 per endpoint (redis-py's per-argument packing was the bottleneck with MULTI).
+# instead of ~35 per endpoint (with MULTI, redis-py's per-argument packing costs more than the write).
 # Payload: {"u": [[loc key, node key, node or "", [field, value, ...]], ...], "d": [[loc key, node key], ...]}.
 _BATCH_SCRIPT = """
 local b = cjson.decode(ARGV[1])

@@ -53,9 +53,9 @@ def leave_groups_at_generation_zero() -> None:
     Tansu numbers a group's first generation 0, Kafka 1. aiokafka sends LeaveGroup on close
     only when ``generation > 0``, so on Tansu a consumer stopped in its group's first generation
     stays a member until its session times out: the next member's join then waits for it (a
-    worker restarted right after the first one stopped took 12.9 s to own its partitions
-    instead of ~5 s: ``astreg bench`` recovery). Apache Kafka never hands out generation 0, so
-    nothing changes there. Idempotent."""
+    worker restarted right after the first one stopped waits the whole session timeout
+    before it owns its partitions). Apache Kafka never hands out generation 0, so nothing
+    changes there. Idempotent."""
     cls: Any = group_coordinator.GroupCoordinator
     if getattr(cls, "_astreg_leaves_at_zero", False):
         return
