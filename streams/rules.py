@@ -15,10 +15,13 @@ it and moves to the offset of every ``REFRESH`` of it. Two exceptions, both deci
 - a contact its node qualifies, listed ``NonQualified``/``Unknown`` where it was qualified before
   (the node restarted and reloaded it from its AstDB) waits for its first ``Reachable``: it ranks
   below the routable contacts of other nodes (``awaiting_qualify``);
-- a contact learned late (first seen in a snapshot, or a snapshot showing its expiration moved
-  while its registration was not seen live: an AMI or Kafka outage) is placed among the other
-  contacts by the nodes' expiration times, compared only when they differ by more than the
-  maximum clock skew (``skew_ms``, default 2 s); within it, partition order decides.
+- a contact learned late (first seen in a snapshot: its registration happened during an AMI or
+  Kafka outage) is placed among the other nodes' contacts by their expiration times, and every
+  snapshot row checks a known contact's place the same way (events buffered in an outage can
+  reach the log in the wrong order across nodes). Expirations are compared only when they differ
+  by more than the maximum clock skew (``skew_ms``, default 2 s); within it, partition order
+  decides. This assumes the nodes of a cluster give a phone the same Expires (they serve the
+  same phones with the same configuration).
 """
 
 from __future__ import annotations
@@ -399,12 +402,14 @@ def _upsert(
     if ev.kind is EventKind.REFRESH:
         # A REGISTER the node accepted, seen live: the contact is as recent as this event.
         position, registered_at, late = offset, ev.event_time_ms, False
-    elif (snapshot and expires is not None and old.expires_at_ms is not None and expires > old.expires_at_ms + skew_ms
-          and any(c.node != ev.node for c in contacts)):
-        # Refreshed while the pipeline did not see it (no security event, an outage) and another
-        # node holds the endpoint too: placed by the node's expiration time among its contacts.
+    elif snapshot and expires is not None and any(c.node != ev.node for c in contacts):
+        # A snapshot (after an AMI or Kafka outage, or periodic) says when the node expires it:
+        # where partition order contradicts the nodes' expirations beyond the skew (an event
+        # buffered in an outage, a refresh nobody announced), the expirations decide.
         others = tuple(c for c in contacts if c is not old)
-        position, late = _late_position(others, ev.node, expires, offset, skew_ms), True
+        moved = _placed(others, ev.node, position, expires, offset, skew_ms)
+        if moved != position:
+            position, late = moved, True
     if st is ContactStatus.REACHABLE or ev.kind is EventKind.REFRESH:
         awaiting = False
     elif st in _UNQUALIFIED and qualify_s and (old.awaiting_qualify or old.status not in _UNQUALIFIED):
@@ -432,6 +437,20 @@ def _upsert(
         late=late,
     )
     return tuple(new if c is old else c for c in contacts)
+
+
+def _placed(others: tuple[ContactState, ...], node: str, position: int, expires: int, offset: int,
+            skew_ms: int) -> int:
+    """A known contact's position, checked against the other nodes' expirations: kept when it is
+    below every contact expiring later by more than ``skew_ms`` and above every one expiring
+    earlier by more than that; else placed again (:func:`_late_position`)."""
+    later = [c.reg_offset for c in others if c.node != node and c.expires_at_ms is not None
+             and expires < c.expires_at_ms - skew_ms]
+    earlier = [c.reg_offset for c in others if c.node != node and c.expires_at_ms is not None
+               and expires > c.expires_at_ms + skew_ms]
+    if all(position < p for p in later) and all(position > p for p in earlier):
+        return position
+    return _late_position(others, node, expires, offset, skew_ms)
 
 
 def _late_position(others: tuple[ContactState, ...], node: str, expires: int | None, offset: int,

@@ -484,3 +484,28 @@ def test_rows_of_the_previous_format_are_read() -> None:
     (c,) = row.contacts
     assert (c.node, c.reg_offset, c.qualify_s, c.awaiting_qualify, c.late, row.offset) == ("A", 3, None, False, False, 7)
     assert Row.from_bytes(row.to_bytes()) == row
+
+
+def test_registrations_buffered_in_a_kafka_outage_are_reordered_by_the_snapshot_after_it() -> None:
+    """The phone moved to A, then to B, while Kafka was down: B's producer flushed first, so A's
+    older registration is later in the partition. The snapshots sent once Kafka is back carry the
+    expirations: B's is later by more than the skew, so B is primary again."""
+    b = contact("B", 1, ContactStatus.REACHABLE, expires=160_000)
+    a = contact("A", 1, ContactStatus.REACHABLE, expires=130_000)
+    row = run(b, a)
+    assert primary(row) == "A"  # partition order alone
+    healed = apply(row, contact("A", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=130_000), 2)
+    assert primary(healed) == "B"
+    # the next snapshots of either node leave it so
+    again = apply(healed, contact("B", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=160_000), 3)
+    again = apply(again, contact("A", 3, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=130_000), 4)
+    assert primary(again) == "B"
+
+
+def test_a_snapshot_within_the_clock_skew_keeps_partition_order() -> None:
+    row = run(contact("A", 1, ContactStatus.REACHABLE, expires=100_000),
+              contact("B", 1, ContactStatus.REACHABLE, expires=101_500))
+    assert primary(row) == "B"
+    after = apply(row, contact("A", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=100_000), 2)
+    after = apply(after, contact("B", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=101_500), 3)
+    assert primary(after) == "B" and visible_key(after) == visible_key(row)
