@@ -402,14 +402,16 @@ def _upsert(
     if ev.kind is EventKind.REFRESH:
         # A REGISTER the node accepted, seen live: the contact is as recent as this event.
         position, registered_at, late = offset, ev.event_time_ms, False
-    elif snapshot and expires is not None and any(c.node != ev.node for c in contacts):
+    elif expires is not None and (snapshot or status is None) and any(c.node != ev.node for c in contacts):
         # A snapshot (after an AMI or Kafka outage, or periodic) says when the node expires it:
         # where partition order contradicts the nodes' expirations beyond the skew (an event
-        # buffered in an outage, a refresh nobody announced), the expirations decide.
-        others = tuple(c for c in contacts if c is not old)
+        # buffered in an outage, a refresh nobody announced), the expirations decide. The node's
+        # details of a live contact (its expiration, known a moment after its ContactStatus) are
+        # checked the same way against the contacts learned late, placed before it was known.
+        others = tuple(c for c in contacts if c is not old and (snapshot or old.late or c.late))
         moved = _placed(others, ev.node, position, expires, offset, skew_ms)
         if moved != position:
-            position, late = moved, True
+            position, late = moved, snapshot or old.late
     if st is ContactStatus.REACHABLE or ev.kind is EventKind.REFRESH:
         awaiting = False
     elif st in _UNQUALIFIED and qualify_s and (old.awaiting_qualify or old.status not in _UNQUALIFIED):

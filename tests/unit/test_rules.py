@@ -509,3 +509,17 @@ def test_a_snapshot_within_the_clock_skew_keeps_partition_order() -> None:
     after = apply(row, contact("A", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=100_000), 2)
     after = apply(after, contact("B", 2, ContactStatus.REACHABLE, source=Source.SNAPSHOT, expires=101_500), 3)
     assert primary(after) == "B" and visible_key(after) == visible_key(row)
+
+
+def test_a_late_contact_placed_before_the_others_expiration_was_known_is_placed_again() -> None:
+    """B's live registration is in the table before its expiration (its details follow); A's
+    snapshot after an outage lists A's leftover, which goes on top for want of a comparison. B's
+    details bring B's later expiration: B is primary again."""
+    row = run(contact("B", 1, ContactStatus.NON_QUALIFIED),
+              contact("A", 1, ContactStatus.NON_QUALIFIED, source=Source.SNAPSHOT, expires=163_000))
+    assert primary(row) == "A"
+    details = contact("B", 2, None, expires=209_000)
+    assert primary(apply(row, details, 2)) == "B"
+    # between two live contacts the details change nothing (partition order)
+    live = run(contact("B", 1, ContactStatus.NON_QUALIFIED), contact("A", 1, ContactStatus.NON_QUALIFIED, expires=163_000))
+    assert primary(apply(live, contact("B", 2, None, expires=209_000), 2)) == "A"
