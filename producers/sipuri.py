@@ -20,8 +20,11 @@ What is checked beyond the bare character sets, and why:
 
 The telephone-subscriber form of the user (RFC 2806) needs no rule of its own: RFC 3261 asks that
 its characters outside ``user`` be escaped, so every one is a ``user`` here (``user=phone`` says
-which it is). URIs are ASCII: anything else, whitespace included, is refused; a caller holding an
-AMI value strips it first. Only a bare URI is read: no display name, no ``<...>``
+which it is). URIs are ASCII except the user part: Asterisk endpoint names, and so the users of
+their contacts, may be UTF-8, and Asterisk reports them unescaped (``sip:jörg@10.0.0.1``), so the
+user part also admits printable non-ASCII characters; everything else must be ASCII (a non-ASCII
+host is written in its punycode form), whitespace and controls are refused everywhere; a caller
+holding an AMI value strips it first. Only a bare URI is read: no display name, no ``<...>``
 (:func:`producers.ami.parse_uri` unwraps the brackets). :func:`parse_host` checks a host alone.
 
 ``schemes`` widens the accepted schemes to others written in the same shape (the producer writes
@@ -45,7 +48,9 @@ SIP_SCHEMES = frozenset({"sip", "sips"})
 # Character sets of RFC 3261 section 25.1 (ASCII only: no \d, no \w, which match Unicode).
 _UNRESERVED = r"A-Za-z0-9\-_.!~*'()"
 _ESCAPED = r"%[0-9A-Fa-f]{2}"
-_USER = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED})+")
+# Printable non-ASCII: not C0/C1 controls, not whitespace (the user part only, see above).
+_NON_ASCII = r"[^\x00-\x9f\s\u2028\u2029]"
+_USER = re.compile(rf"(?:[{_UNRESERVED}&=+$,;?/]|{_ESCAPED}|{_NON_ASCII})+")
 _PASSWORD = re.compile(rf"(?:[{_UNRESERVED}&=+$,]|{_ESCAPED})*")
 _PARAMCHARS = rf"(?:[{_UNRESERVED}\[\]/:&+$]|{_ESCAPED})+"
 _PARAM = re.compile(rf"({_PARAMCHARS})(?:=({_PARAMCHARS}))?")  # name [= value]
@@ -100,9 +105,10 @@ class SipUri:
 
 def parse(text: str, *, schemes: Collection[str] = SIP_SCHEMES) -> SipUri:
     """``text`` read as RFC 3261's SIP-URI / SIPS-URI; raises InvalidSipUri (a ValueError)."""
-    if not text.isascii():
-        raise InvalidSipUri("not ASCII", text)
     scheme, colon, rest = text.partition(":")
+    userinfo_text, at, after = rest.rpartition("@") if "@" in rest else ("", "", rest)
+    if not (scheme.isascii() and after.isascii() and userinfo_text.partition(":")[2].isascii()):
+        raise InvalidSipUri("not ASCII", text)
     if not colon or not _SCHEME.fullmatch(scheme) or scheme.lower() not in schemes:
         raise InvalidSipUri(f"scheme is not one of {'/'.join(sorted(schemes))}", text)
     user = password = None

@@ -56,6 +56,8 @@ VALID = [
     ("sip:a@010.000.0.255;ttl=255", "sip", "a", None, "010.000.0.255", None, None, (("ttl", "255"),), ()),
     ("sip:a@0.0.0.0:05060", "sip", "a", None, "0.0.0.0", 5060, None, (), ()),
     ("sip:h?x=", "sip", None, None, "h", None, None, (), (("x", ""),)),
+    # UTF-8 endpoint names: Asterisk reports their contacts' users unescaped
+    ("sip:j\u00f6rg\u20ac1001@10.0.0.1:5060", "sip", "j\u00f6rg\u20ac1001", None, "10.0.0.1", 5060, None, (), ()),
 ]
 
 
@@ -117,7 +119,10 @@ INVALID = [
     ("sip:1001@" + "a" * 64 + ".com", "bad host"),
     ("sip:1001@" + "a.b" * 85 + ".com", "bad host"),
     ("sip:1001@h\u00e9.example.com", "not ASCII"),
-    ("sip:j\u00f6rg@10.0.0.1", "not ASCII"),
+    ("sip:1001:p\u00e4ss@10.0.0.1", "not ASCII"),
+    ("sip:j\u00f6rg@10.0.0.1;t\u00e4g", "not ASCII"),
+    ("sip:j\u00f6\u0085rg@10.0.0.1", "bad or empty user"),
+    ("sip:j\u00f6\u3000rg@10.0.0.1", "bad or empty user"),
     ("sip:1001@10.0.0.1\r\nX: y", "bad host"),
     ("tel:+123", "scheme"),
     ("sipx:1001@10.0.0.1", "scheme"),
