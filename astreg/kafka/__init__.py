@@ -23,13 +23,11 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import ctypes
 import json
 import logging
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -42,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..proc import die_with_parent
 from .probe import cluster_info
 
 __all__ = ["ApacheKafka", "KafkaRuntime", "kafka_version", "ScramUser"]
@@ -77,13 +76,6 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Child side of Popen: SIGKILL when the starting process dies; own process group."""
-    os.setpgrp()
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 class KafkaRuntime:
@@ -352,8 +344,9 @@ class ApacheKafka:
         argv = [java, f"-Xmx{self.heap}", f"-Xms{min(256, _mb(self.heap))}m", *JVM_OPTS,
                 f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
                 f"-Dkafka.logs.dir={d}", "-cp", cp, "kafka.Kafka", str(d / "server.properties")]
+        # Own process group; SIGKILL when the process (thread) that started it dies.
         node.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent, cwd=d)
+                                     process_group=0, preexec_fn=die_with_parent(), cwd=d)
         log.close()
 
     def wait_ready(self, timeout: float = READY_TIMEOUT) -> None:

@@ -105,8 +105,13 @@ def broker(port: int | None, create_topics: bool, **kw: object) -> None:
     """Run the embedded Kafka-compatible broker (Tansu).
 
     Runs until SIGINT/SIGTERM."""
+    from astreg.errors import ConfigError
+
     (tset,) = build(kw, TopicSettings)
-    b = EmbeddedBroker(port=port).start()
+    try:
+        b = EmbeddedBroker(port=port).start()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     try:
         if create_topics:
             from astreg.topics import ensure_topics

@@ -31,6 +31,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
 from astreg.broker import EmbeddedBroker, free_port
+from astreg.errors import ConfigError
 from astreg.options import build, settings_options
 from astreg.proc import Child, ProcessGroup, astreg_argv
 from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
@@ -39,6 +40,12 @@ from astreg.topics import ensure_topics
 __all__ = ["demo", "DemoSettings", "Stack", "start_stack", "status_view"]
 
 SCENARIOS = "steady,churn,move,calls"
+# Ctrl-C or --duration: every part gets this long to stop cleanly before it is killed.
+STOP_GRACE = 8.0
+# SIGTERM: a supervisor's budget may be a second (docker stop -t 1), so everything is stopped
+# (SIGTERM, then SIGKILL) within this. The children also get a parent-death signal
+# (astreg.proc.die_with_parent), for when the demo itself is killed first.
+TERM_GRACE = 0.5
 
 
 class DemoSettings(AstregSettings):
@@ -72,10 +79,16 @@ class Stack:
     sqlite_path: Path | None = None
     control_url: str | None = None
 
-    def stop(self) -> None:
-        self.procs.stop_all()
+    def stop(self, grace: float = STOP_GRACE) -> None:
+        """Children, then the broker they talk to, all within ``grace`` seconds (then SIGKILL)."""
+        deadline = time.monotonic() + grace
+        self.procs.stop_all(grace)
         if self.broker is not None:
-            self.broker.stop()
+            self.broker.stop(max(0.1, deadline - time.monotonic()))
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the demo: stop everything within TERM_GRACE."""
 
 
 def _wait_lines(child: Child, pattern: str, count: int, timeout: float) -> list[re.Match[str]]:
@@ -116,11 +129,11 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
 
     broker = EmbeddedBroker(log_file=logs / "broker.log")
     logs.mkdir(parents=True, exist_ok=True)
-    broker.start()
     kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
     topics = TopicSettings()
     stack = Stack(broker, kafka, topics, ProcessGroup(log_dir=logs, env={"ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1"}))
     try:
+        broker.start()
         step(f"broker up at {broker.bootstrap}")
         asyncio.run(ensure_topics(kafka, topics))
         step("topics created")
@@ -167,8 +180,8 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
                 raise click.ClickException(f"worker at {url} did not come up; see {logs}")
         step("workers serving")
         return stack
-    except BaseException:
-        stack.stop()
+    except BaseException as exc:
+        stack.stop(TERM_GRACE if isinstance(exc, _Terminated) else STOP_GRACE)
         raise
 
 
@@ -244,17 +257,28 @@ def demo(**kw: Any) -> None:
     stopping = {"now": False}
 
     def on_signal(*_: object) -> None:
-        stopping["now"] = True
+        # The first SIGTERM interrupts whatever runs (start-up, the status loop); once stopping,
+        # a repeated one must not interrupt the stop itself.
+        if not stopping["now"]:
+            stopping["now"] = True
+            raise _Terminated
 
     signal.signal(signal.SIGTERM, on_signal)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
-        progress.add_task("starting astreg demo …")
-        stack = start_stack(cfg, progress)
+    try:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), console=console, transient=True) as progress:
+            progress.add_task("starting astreg demo …")
+            stack = start_stack(cfg, progress)
+    except _Terminated:
+        console.print("stopped.")
+        return
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     console.print(f"[bold]page:[/] {stack.web_urls[0]}/   [bold]API:[/] {stack.web_urls[0]}/api/v1/endpoints")
     console.print(f"[bold]SQLite:[/] {stack.sqlite_path}   [bold]Kafka:[/] {stack.kafka.bootstrap}   [bold]logs:[/] {stack.procs.log_dir}")
     sys.stdout.flush()
     deadline = time.monotonic() + cfg.duration if cfg.duration else None
     rate = _Rate()
+    grace = STOP_GRACE
     try:
         with httpx.Client() as client:
             if cfg.live and console.is_terminal:
@@ -268,7 +292,10 @@ def demo(**kw: Any) -> None:
                     console.print(status_view(stack, client, rate))
     except KeyboardInterrupt:
         pass
+    except _Terminated:
+        grace = TERM_GRACE
     finally:
+        stopping["now"] = True
         console.print("stopping …")
-        stack.stop()
+        stack.stop(grace)
         console.print("stopped.")

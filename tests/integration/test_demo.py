@@ -1,11 +1,15 @@
 """`astreg demo` (the README's run command) brings the whole pipeline up: within a minute the
 page's API shows endpoints on all three simulated nodes and the SQLite file has their rows; Ctrl-C
-(SIGINT) stops every process it started."""
+(SIGINT) stops every process it started, and so do SIGTERM and even SIGKILL of the demo itself
+(its children, the embedded broker included, die with it)."""
 
 from __future__ import annotations
 
+import os
+import re
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import psutil
 import pytest
 
 from astreg.broker import free_port
-from astreg.proc import ProcessGroup, astreg_argv
+from astreg.proc import Child, ProcessGroup, astreg_argv
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -56,3 +60,69 @@ def test_demo_shows_endpoints_on_all_three_nodes_and_stops_cleanly(procs: Proces
     assert demo.proc.wait(60) == 0, demo.log()[-3000:]
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not alive, [p.cmdline() for p in alive]
+
+
+def _gone(p: psutil.Process) -> bool:
+    """Dead: no such process any more, or a zombie waiting for whoever adopted it to reap it."""
+    try:
+        return p.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _alive_after(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    deadline = time.monotonic() + timeout
+    alive = [p for p in procs if not _gone(p)]
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.05)  # poll interval of this bounded wait
+        alive = [p for p in alive if not _gone(p)]
+    return alive
+
+
+def _describe(procs: list[psutil.Process]) -> list[str]:
+    out = []
+    for p in procs:
+        try:
+            out.append(f"{p.pid} {' '.join(p.cmdline())[:120]}")
+        except psutil.Error:
+            out.append(str(p.pid))
+    return out
+
+
+def _started_demo(procs: ProcessGroup, tmp_path: Path) -> tuple[Child, list[psutil.Process]]:
+    """`astreg demo` once it serves (it printed its page URL), and every process under it."""
+    demo = procs.start("demo", astreg_argv("demo", "--phones", "300", "--no-live", "--data-dir", str(tmp_path / "d")))
+    deadline = time.monotonic() + 120
+    while not re.search(r"^page: http://", demo.log(), re.M):
+        assert demo.alive(), demo.log()[-3000:]
+        assert time.monotonic() < deadline, demo.log()[-3000:]
+        time.sleep(0.2)  # poll interval of this bounded wait
+    children = psutil.Process(demo.pid).children(recursive=True)
+    names = [" ".join(p.cmdline()) for p in children]
+    # simulator, 3 producers, 2 workers, the SQL sink, 3 AstDB sinks, the broker
+    assert len(children) >= 11, names
+    assert any("tansu" in n for n in names), names
+    return demo, children
+
+
+def test_children_die_with_a_demo_killed_by_sigkill(procs: ProcessGroup, tmp_path: Path) -> None:
+    demo, children = _started_demo(procs, tmp_path)
+    os.kill(demo.pid, signal.SIGKILL)
+    assert demo.proc.wait(10) == -signal.SIGKILL
+    alive = _alive_after(children, 15)
+    assert not alive, _describe(alive)
+
+
+def test_children_die_with_a_demo_given_sigterm_and_one_second(procs: ProcessGroup, tmp_path: Path) -> None:
+    """A supervisor's stop: SIGTERM, one second, SIGKILL. The demo stops its children within
+    that second (TERM, then KILL); whatever a slow stop leaves dies with the demo's SIGKILL."""
+    demo, children = _started_demo(procs, tmp_path)
+    os.kill(demo.pid, signal.SIGTERM)
+    try:
+        demo.proc.wait(1.0)
+    except subprocess.TimeoutExpired:
+        os.kill(demo.pid, signal.SIGKILL)
+        demo.proc.wait(10)
+    alive = _alive_after(children, 15)
+    assert not alive, (demo.proc.returncode, _describe(alive), demo.log()[-2000:])
+    assert "stopping …" in demo.log(), demo.log()[-2000:]  # it began its own stop at once
