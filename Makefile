@@ -9,7 +9,7 @@ STAMP := $(VENV)/.astreg-installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,plot]'
+	$(PY) -m pip install -q -e '.[test,plot,embedded]'
 	touch $(STAMP)
 
 # Debian packages the tests need (PostgreSQL, MariaDB, Redis, Chromium, a JDK, Maven) and the
