@@ -140,6 +140,16 @@ def many(prefix: str, n: int, node_name: str, seq0: int, status: ContactStatus) 
     return [ev(f"PJSIP/{prefix}{i}", node_name, seq0 + i, status, f"sip:{prefix}{i}@{node_name}") for i in range(n)]
 
 
+LAST_DIFF: list[object] = []  # (count, first ten) of (got, expected) primaries at the last check
+
+
+def worker_story(child: object) -> str:
+    """The lines of a worker's log that tell what its group and recovery did."""
+    log = child.log()  # type: ignore[attr-defined]
+    keep = ("Recovery", "rebalanc", "assigned", "Revoking", "ERROR", "Traceback", "Error", "ready")
+    return "\n".join([line[:200] for line in log.splitlines() if any(k in line for k in keep)][-40:])
+
+
 async def converged(kafka: KafkaSettings, topics: TopicSettings, expect: dict[str, str | None],
                     timeout: float = 60) -> dict:
     """Wait until the locations topic shows exactly ``expect`` (endpoint → primary node)."""
@@ -147,9 +157,8 @@ async def converged(kafka: KafkaSettings, topics: TopicSettings, expect: dict[st
     async def check() -> dict:
         locs = await read_locations(kafka, topics.topic_locations)
         got = {k: v.primary_node for k, v in locs.items()}
-        if got != expect:
-            diff = {k: (got.get(k), expect.get(k)) for k in set(got) | set(expect) if got.get(k) != expect.get(k)}
-            print("DIFF", len(diff), sorted(diff.items())[:20])
+        diff = {k: (got.get(k), expect.get(k)) for k in set(got) | set(expect) if got.get(k) != expect.get(k)}
+        LAST_DIFF[:] = [len(diff), sorted(diff.items())[:10]]
         return locs if got == expect else {}
 
     return await wait_for(check, timeout=timeout)  # type: ignore[return-value]
@@ -177,7 +186,7 @@ async def test_worker_killed_and_restarted_converges(kafka: KafkaSettings, topic
 async def test_two_workers_share_partitions_and_one_leaving_hands_over(
     kafka: KafkaSettings, topics: TopicSettings, procs: ProcessGroup, tmp_path: Path
 ) -> None:
-    start_worker(procs, kafka, topics, "w1", tmp_path / "w1")
+    w1 = start_worker(procs, kafka, topics, "w1", tmp_path / "w1")
     w2 = start_worker(procs, kafka, topics, "w2", tmp_path / "w2")
     n = 200
     await produce(kafka, topics, many("k", n, "A", 1, ContactStatus.NON_QUALIFIED))
@@ -190,7 +199,8 @@ async def test_two_workers_share_partitions_and_one_leaving_hands_over(
         *[e for i, e in enumerate(many("k", n, "B", 1, ContactStatus.NON_QUALIFIED)) if i % 4 == 0],
     ])
     expect = {f"PJSIP/k{i}": ("B" if i % 4 == 0 else "A") for i in range(n) if i % 2 == 0}
-    assert await converged(kafka, topics, expect, timeout=90), "partitions handed over lost rows"
+    assert await converged(kafka, topics, expect, timeout=90), (
+        f"partitions handed over lost rows: {LAST_DIFF}\n{worker_story(w1)}")
 
 
 async def test_broker_outage_longer_than_node_timeout_marks_nothing_stale(

@@ -161,7 +161,13 @@ async def wait_ready(session: aiohttp.ClientSession, workers: list[Worker], part
             if sorted(parts) == list(range(partitions)):
                 return
         await asyncio.sleep(0.5)  # poll interval of this bounded wait
-    raise AssertionError(f"workers not ready in {timeout}s: {last}")
+    stories = []
+    for w, answer in zip(workers, last, strict=False):
+        if not (isinstance(answer, tuple) and answer[0] == 200):
+            lines = [ln[:200] for ln in w.child.log().splitlines()
+                     if any(k in ln for k in ("Recovery", "rebalanc", "assigned", "Revoking", "ERROR", "Error"))]
+            stories.append(f"--- {w.child.name}:\n" + "\n".join(lines[-30:]))
+    raise AssertionError(f"workers not ready in {timeout}s: {last}\n" + "\n".join(stories))
 
 
 async def wait_total(session: aiohttp.ClientSession, cluster: Cluster, total: int, timeout: float = 90,
