@@ -49,6 +49,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 PHONES = 240
 CONVERGE_TIMEOUT = 120.0
 RESULTS: dict[str, float] = {}
+CLOCK_SKEW = 0.5  # seconds, the workers' --max-clock-skew (see where the workers start)
 MOVE_AGAIN = 10.0  # seconds before the load moves the same phone again (see Load._run)
 SLOW: dict[str, Any] = {}  # fault -> the endpoints still wrong after 5 s, truth and worker view
 
@@ -243,7 +244,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             port = free_port()
             s.web[f"worker{i}"] = f"http://127.0.0.1:{port}"
             s.children[f"worker{i}"] = procs.start(f"worker{i}", astreg_argv(
-                "worker", "--web-port", str(port), "--store", "rocksdb", "--data-dir", str(work / f"w{i}")))
+                "worker", "--web-port", str(port), "--store", "rocksdb", "--data-dir", str(work / f"w{i}"),
+                # The simulated nodes share this host's clock: the skew bound is the resolution of
+                # Asterisk's expirations (whole seconds), not the 2 s default meant for NTP'd hosts.
+                "--max-clock-skew", str(CLOCK_SKEW)))
         s.children["sink-sql"] = procs.start("sink-sql", astreg_argv(
             "sink", "sql", "--url", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
         s.children["sink-redis"] = procs.start("sink-redis", astreg_argv(
