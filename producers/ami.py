@@ -222,11 +222,15 @@ def contact_info(msg: Mapping[str, Any], node: str) -> ContactInfo:
 
 
 def contact_detail(
-    msg: Mapping[str, Any], *, node: str, now_ms: int, epoch: int, seq: int, refresh: bool
+    msg: Mapping[str, Any], *, node: str, now_ms: int, epoch: int, seq: int, refresh: bool,
+    source: Source = Source.LIVE,
 ) -> RegistrationEvent:
     """A ``ContactStatusDetail`` (``PJSIPShowEndpoint``) → a REFRESH of that contact (``refresh``:
     its expiration moved forward: a REGISTER renewed it) or its details (``CONTACT`` without a
     status: user agent, expiry, Call-ID, qualify frequency; these never create a contact).
+    ``source``: LIVE when asked right after the node announced the REGISTER (a security event),
+    SNAPSHOT when read from the node's contact list by the periodic scan (the refresh happened
+    some time since the last look: the worker places it by its expiration).
 
     ``ip``/``port`` are the contact URI's, as for every other event (what Asterisk sends requests
     to); the REGISTER's source address (``ViaAddress``) is not part of the contract."""
@@ -244,7 +248,7 @@ def contact_detail(
         seq=seq,
         event_time_ms=event_time_ms(msg, now_ms),
         kind=EventKind.REFRESH if refresh else EventKind.CONTACT,
-        source=Source.LIVE,
+        source=source,
         contact_uri=uri,
         aor=info.aor,
         ip=parsed.host,

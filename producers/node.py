@@ -911,7 +911,8 @@ class NodeProducer:
             return  # nothing new; a contact the scan finds unknown is the next snapshot's
         try:
             ev = ami.contact_detail(item, node=node, now_ms=int(time.time() * 1000), epoch=self.epoch,
-                                    seq=self.seq + 1, refresh=verdict)
+                                    seq=self.seq + 1, refresh=verdict,
+                                    source=Source.SNAPSHOT if scan else Source.LIVE)
         except MalformedAmiEvent as exc:
             self._malformed(item, exc)
             return

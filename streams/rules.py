@@ -399,9 +399,16 @@ def _upsert(
         )
         return (*contacts, new)
     position, registered_at, late = old.reg_offset, old.registered_at_ms, old.late
-    if ev.kind is EventKind.REFRESH:
+    if ev.kind is EventKind.REFRESH and not snapshot:
         # A REGISTER the node accepted, seen live: the contact is as recent as this event.
         position, registered_at, late = offset, ev.event_time_ms, False
+    elif ev.kind is EventKind.REFRESH:
+        # A refresh read from the node's contact list (its expiration moved since the producer
+        # last looked): it happened some time before this record, and only its expiration says
+        # when: placed like a registration learned late.
+        others = tuple(c for c in contacts if c is not old)
+        position = offset if expires is None else _placed(others, ev.node, offset, expires, offset, skew_ms)
+        registered_at, late = ev.event_time_ms, True
     elif expires is not None and (snapshot or status is None) and any(c.node != ev.node for c in contacts):
         # A snapshot (after an AMI or Kafka outage, or periodic) says when the node expires it:
         # where partition order contradicts the nodes' expirations beyond the skew (an event

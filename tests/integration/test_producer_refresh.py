@@ -20,7 +20,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 from producers.node import NodeProducer, ProducerSettings
 from producers.simulator import SimConfig, Simulator
 from producers.simulator.state import successful_auth
-from schemas.models import EventKind, RegistrationEvent
+from schemas.models import EventKind, RegistrationEvent, Source
 from tests.support.amiclient import RawAmi
 from tests.support.topic_reader import TopicReader, completed_snapshots
 from tests.support.transcripts import parse_messages
@@ -117,6 +117,9 @@ async def test_refreshes_without_security_events_are_found_by_the_expiration_sca
         await sim.refresh("1005", "node1")
         await reader.until(lambda d: bool(of(reader, "PJSIP/1005", EventKind.REFRESH)), timeout=4.0)
         assert p.details_asked == 0  # no security event: nothing asked per endpoint
+        # read from the node's contact list, not seen as it happened: the worker places it by its
+        # expiration (rules.py), not as the latest registration
+        assert {e.source for e in of(reader, "PJSIP/1005", EventKind.REFRESH)} == {Source.SNAPSHOT}
     finally:
         await reader.stop()
         await p.stop()

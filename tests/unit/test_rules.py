@@ -523,3 +523,21 @@ def test_a_late_contact_placed_before_the_others_expiration_was_known_is_placed_
     # between two live contacts the details change nothing (partition order)
     live = run(contact("B", 1, ContactStatus.NON_QUALIFIED), contact("A", 1, ContactStatus.NON_QUALIFIED, expires=163_000))
     assert primary(apply(live, contact("B", 2, None, expires=209_000), 2)) == "A"
+
+
+def test_a_refresh_found_by_the_expiration_scan_is_placed_by_its_expiration() -> None:
+    """A refresh the producer found by comparing the node's expirations (no security event, or
+    one lost while the AMI link was down) happened at some time since it last looked: only its
+    expiration says when. It stays below another node's registration expiring later by more
+    than the skew, and goes above one expiring earlier."""
+    row = run(contact("A", 1, ContactStatus.REACHABLE, expires=40_000),
+              contact("B", 1, ContactStatus.REACHABLE, expires=100_000))
+    assert primary(row) == "B"
+    before_b = apply(row, refresh("A", 2, expires=97_000, source=Source.SNAPSHOT), 2)
+    assert primary(before_b) == "B"  # renewed 3 s before B's registration
+    after_b = apply(row, refresh("A", 2, expires=103_000, source=Source.SNAPSHOT), 2)
+    assert primary(after_b) == "A"
+    within = apply(row, refresh("A", 2, expires=99_000, source=Source.SNAPSHOT), 2)
+    assert primary(within) == "A"  # within the skew: partition order
+    live = apply(row, refresh("A", 2, expires=97_000), 2)
+    assert primary(live) == "A"  # seen as it happened: the latest registration, whatever the Expires
