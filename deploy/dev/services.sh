@@ -5,6 +5,9 @@
 #   deploy/dev/services.sh            # install what is missing, start what is down (idempotent)
 #   deploy/dev/services.sh --check    # only say what is missing or down; exit 1 if anything is
 #   deploy/dev/services.sh --stop     # stop the private instances this script started
+#   deploy/dev/services.sh --stop-postgresql / --start-postgresql
+#                                     # stop (fast) and start again whichever PostgreSQL serves
+#                                     # 127.0.0.1:5432, private or a Debian cluster (fault tests)
 #
 # What the tests expect (override with the ASTREG_TEST_* variables the tests read):
 #   PostgreSQL 127.0.0.1:5432, user postgres without password (trust), database `test`
@@ -153,6 +156,37 @@ stop_all() {
   say "stopped the private instances in $DIR"
 }
 
+# Which PostgreSQL serves the tests' port: "private", or "cluster <version> <name>" (Debian's).
+pg_which() {
+  local dd
+  dd="$("$(pg_bin)/psql" -h 127.0.0.1 -p "$PG_PORT" -U postgres -d postgres -tAc 'show data_directory')" || return 1
+  if [ "$dd" = "$DIR/postgresql/data" ]; then echo private; return 0; fi
+  pg_lsclusters -h 2>/dev/null | awk -v p="$PG_PORT" '$3 == p && $4 == "online" {print "cluster", $1, $2; exit}'
+}
+
+stop_pg_only() {
+  local which
+  which="$(pg_which)" || { say "PostgreSQL does not answer on 127.0.0.1:$PG_PORT"; return 1; }
+  [ -n "$which" ] || { say "PostgreSQL on 127.0.0.1:$PG_PORT is neither private nor a Debian cluster"; return 1; }
+  mkdir -p "$DIR"; echo "$which" >"$DIR/postgresql.stopped"
+  if [ "$which" = private ]; then
+    as_user "$(stat -c %U "$DIR/postgresql/data")" "$(pg_bin)/pg_ctl" -D "$DIR/postgresql/data" -m fast -w stop >/dev/null
+  else
+    set -- $which
+    pg_ctlcluster --skip-systemctl-redirect "$2" "$3" stop -m fast
+  fi
+  say "PostgreSQL ($which) stopped"
+}
+
+start_pg_again() {
+  local which
+  which="$(cat "$DIR/postgresql.stopped" 2>/dev/null || echo private)"
+  if [ "$which" = private ]; then start_pg; else set -- $which; pg_ctlcluster --skip-systemctl-redirect "$2" "$3" start; fi
+  wait_for PostgreSQL pg_ok 60
+  rm -f "$DIR/postgresql.stopped"
+  say "PostgreSQL ($which) started"
+}
+
 check_only() {
   local bad=0 p
   for p in $(missing_pkgs); do say "missing package: $p"; bad=1; done
@@ -166,6 +200,8 @@ check_only() {
 case "$MODE" in
   --check) check_only ;;
   --stop) stop_all ;;
+  --stop-postgresql) stop_pg_only ;;
+  --start-postgresql) start_pg_again ;;
   start|--start)
     mkdir -p "$DIR"
     install_missing || exit 1
@@ -173,5 +209,5 @@ case "$MODE" in
     start_mariadb
     start_redis
     ;;
-  *) echo "usage: $0 [--check|--stop]" >&2; exit 2 ;;
+  *) echo "usage: $0 [--check|--stop|--stop-postgresql|--start-postgresql]" >&2; exit 2 ;;
 esac
