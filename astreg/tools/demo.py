@@ -87,7 +87,7 @@ class Stack:
             self.broker.stop(max(0.1, deadline - time.monotonic()))
 
 
-class _Terminated(Exception):
+class _Terminated(Exception):  # private control flow: raised by the SIGTERM handler, caught in demo()
     """SIGTERM reached the demo: stop everything within TERM_GRACE."""
 
 

@@ -52,6 +52,19 @@ def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Proces
     return alive
 
 
+def reap(procs: list[psutil.Process | subprocess.Popen[bytes]]) -> None:
+    """SIGKILL to what this test started and nothing else (the session's broker is a child of
+    this process too)."""
+    for p in procs:
+        try:
+            p.kill()
+        except (psutil.NoSuchProcess, ProcessLookupError):
+            pass
+    for p in procs:
+        if isinstance(p, subprocess.Popen):
+            p.wait(10)
+
+
 def tree(pid: int, size: int, timeout: float = 20.0) -> list[psutil.Process]:
     """The descendants of ``pid`` once there are ``size`` of them (each has started its own child)."""
     deadline = time.monotonic() + timeout
@@ -67,6 +80,7 @@ def tree(pid: int, size: int, timeout: float = 20.0) -> list[psutil.Process]:
 def test_a_killed_starter_takes_its_children_and_grandchildren_with_it(tmp_path: Path) -> None:
     starter = subprocess.Popen([sys.executable, "-c", LEVEL, str(tmp_path), "2", LEVEL],
                                stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    descendants: list[psutil.Process] = []
     try:
         descendants = tree(starter.pid, 2)
         os.kill(starter.pid, signal.SIGKILL)
@@ -74,8 +88,7 @@ def test_a_killed_starter_takes_its_children_and_grandchildren_with_it(tmp_path:
         alive = wait_gone(descendants, 10)
         assert alive == [], [p.cmdline() for p in alive]
     finally:
-        for p in psutil.Process().children(recursive=True):
-            p.kill()
+        reap([starter, *descendants])
 
 
 def test_children_run_in_their_own_process_group_and_stop_all_kills_a_child_ignoring_sigterm(tmp_path: Path) -> None:
@@ -116,8 +129,10 @@ def test_the_death_signal_is_the_one_asked_for(tmp_path: Path) -> None:
         "time.sleep(120)\n"
     )
     starter = subprocess.Popen([sys.executable, "-c", starter_code], stdin=subprocess.DEVNULL)
+    found: list[psutil.Process] = []
     try:
-        (child,) = tree(starter.pid, 1)
+        found = tree(starter.pid, 1)
+        (child,) = found
         deadline = time.monotonic() + 20
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)  # poll interval of this bounded wait
@@ -127,5 +142,4 @@ def test_the_death_signal_is_the_one_asked_for(tmp_path: Path) -> None:
         assert wait_gone([child], 10) == []
         assert marker.read_text() == "yes"
     finally:
-        for p in psutil.Process().children(recursive=True):
-            p.kill()
+        reap([starter, *found])
