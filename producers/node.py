@@ -293,6 +293,7 @@ class _Ask:
     complete: str  # the event that ends its list
     done: asyncio.Future[None]
     items: list[Mapping[str, Any]] = field(default_factory=list)
+    at_ms: int | None = None  # when the signal that prompted it arrived (a SuccessfulAuth)
 
 
 @dataclass
@@ -628,7 +629,8 @@ class NodeProducer:
             return
         if name == "SuccessfulAuth":
             if msg.get("Service") == "PJSIP" and msg.get("AccountID"):
-                self._pending_details.add(msg["AccountID"])  # a REGISTER (or INVITE): look
+                # a REGISTER (or INVITE): look; a refresh found is dated by this event
+                self._pending_details.add(msg["AccountID"], int(time.time() * 1000))
             return
         if name in RTCP_EVENTS and self._quality is not None:
             self._quality_records(self._quality.rtcp, msg)
@@ -888,11 +890,13 @@ class NodeProducer:
             return  # EndpointDetail, AorDetail, AuthDetail, TransportDetail
         self._asks.pop(action_id, None)
         for item in ask.items:
-            self._contact_news(item, scan=ask.action == "PJSIPShowContacts")
+            self._contact_news(item, scan=ask.action == "PJSIPShowContacts", at_ms=ask.at_ms)
         if not ask.done.done():
             ask.done.set_result(None)
 
-    def _contact_news(self, item: Mapping[str, Any], *, scan: bool) -> None:
+    def _contact_news(self, item: Mapping[str, Any], *, scan: bool, at_ms: int | None = None) -> None:
+        """What a contact's row in an answer says: a refresh (dated ``at_ms``, the signal that
+        prompted the question, when there was one), its details, or nothing new."""
         node = self.node
         assert node is not None
         if scan:  # a ContactList row, in the spellings of a ContactStatusDetail
@@ -910,7 +914,7 @@ class NodeProducer:
         if verdict is None or (scan and known is None):
             return  # nothing new; a contact the scan finds unknown is the next snapshot's
         try:
-            ev = ami.contact_detail(item, node=node, now_ms=int(time.time() * 1000), epoch=self.epoch,
+            ev = ami.contact_detail(item, node=node, now_ms=at_ms or int(time.time() * 1000), epoch=self.epoch,
                                     seq=self.seq + 1, refresh=verdict,
                                     source=Source.SNAPSHOT if scan else Source.LIVE)
         except MalformedAmiEvent as exc:
@@ -926,10 +930,10 @@ class NodeProducer:
         self.publisher.put(Record(self.topics.topic_registrations, ev.endpoint.encode(), self._reg_codec.encode(ev),
                                   (ev.endpoint, ev.kind, ev.contact_uri), ev.kind.value))
 
-    async def _ask(self, proto: AmiProtocol, fields: dict[str, str], complete: str) -> None:
+    async def _ask(self, proto: AmiProtocol, fields: dict[str, str], complete: str, at_ms: int | None = None) -> None:
         self._asked += 1
         action_id = f"astreg/ask/{self.epoch}/{self._asked}"
-        ask = _Ask(fields["Action"], complete, asyncio.get_running_loop().create_future())
+        ask = _Ask(fields["Action"], complete, asyncio.get_running_loop().create_future(), at_ms=at_ms)
         self._asks[action_id] = ask
         try:
             resp = await self._action(proto, {**fields, "ActionID": action_id})
@@ -943,14 +947,15 @@ class NodeProducer:
         """One endpoint at a time, at most ``detail_rate`` questions per second."""
         bucket = TokenBucket(self.settings.detail_rate, burst=max(1, int(self.settings.detail_rate)))
         while True:
-            endpoint = await self._pending_details.next()
+            endpoint, at_ms = await self._pending_details.next_signal()
             await bucket.take()
             proto = self._protocol
             if proto is None or not self._link_up:
                 continue  # the snapshot after the next login covers it
             self.details_asked += 1
             try:
-                await self._ask(proto, {"Action": "PJSIPShowEndpoint", "Endpoint": endpoint}, "EndpointDetailComplete")
+                await self._ask(proto, {"Action": "PJSIPShowEndpoint", "Endpoint": endpoint}, "EndpointDetailComplete",
+                                at_ms=at_ms)
             except (TimeoutError, ConnectionError) as exc:
                 logger.debug("details of %s not read: %s", endpoint, exc or type(exc).__name__)
 

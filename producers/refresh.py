@@ -55,20 +55,25 @@ class TokenBucket:
 
 
 class PendingEndpoints:
-    """Endpoints waiting for a question, first asked first, each at most once."""
+    """Endpoints waiting for a question, first asked first, each at most once, with the time (ms)
+    of the earliest signal that queued them (what a refresh found by the question is dated)."""
 
     def __init__(self) -> None:
-        self._items: OrderedDict[str, None] = OrderedDict()
+        self._items: OrderedDict[str, int | None] = OrderedDict()
         self._ready = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def add(self, endpoint: str) -> bool:
-        """Queue ``endpoint`` unless it already waits; True when added."""
+    def add(self, endpoint: str, at_ms: int | None = None) -> bool:
+        """Queue ``endpoint`` unless it already waits (then keep its earliest signal time); True
+        when added."""
         if endpoint in self._items:
+            known = self._items[endpoint]
+            if at_ms is not None and (known is None or at_ms < known):
+                self._items[endpoint] = at_ms
             return False
-        self._items[endpoint] = None
+        self._items[endpoint] = at_ms
         self._ready.set()
         return True
 
@@ -76,12 +81,15 @@ class PendingEndpoints:
         self._items.clear()
         self._ready.clear()
 
-    async def next(self) -> str:
+    async def next_signal(self) -> tuple[str, int | None]:
+        """The next endpoint and the time of the signal that queued it first."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        endpoint, _ = self._items.popitem(last=False)
-        return endpoint
+        return self._items.popitem(last=False)
+
+    async def next(self) -> str:
+        return (await self.next_signal())[0]
 
 
 def refreshed(new: ContactInfo, known: ContactInfo | None) -> bool | None:

@@ -400,8 +400,15 @@ def _upsert(
         return (*contacts, new)
     position, registered_at, late = old.reg_offset, old.registered_at_ms, old.late
     if ev.kind is EventKind.REFRESH and not snapshot:
-        # A REGISTER the node accepted, seen live: the contact is as recent as this event.
+        # A REGISTER the node accepted, seen live: the contact is as recent as this event, unless
+        # another node registered the phone later than it by more than the skew (event times)
+        # and that reached the log first: the producer publishes a refresh once the node answered
+        # its question about the contact, which a burst of questions can delay by seconds.
         position, registered_at, late = offset, ev.event_time_ms, False
+        after = [c.reg_offset for c in contacts if c.node != ev.node and not c.late
+                 and c.registered_at_ms > ev.event_time_ms + skew_ms and c.reg_offset < offset]
+        if after:
+            position = min(after) - 1
     elif ev.kind is EventKind.REFRESH:
         # A refresh read from the node's contact list (its expiration moved since the producer
         # last looked): it happened some time before this record, and only its expiration says

@@ -39,3 +39,12 @@ def test_the_bucket_allows_its_burst_then_its_rate() -> None:
     assert 0.05 < wait <= 0.1  # one token every 0.1 s
     with pytest.raises(ValueError):
         TokenBucket(rate=0)
+
+
+async def test_an_endpoint_keeps_the_time_of_its_earliest_signal() -> None:
+    """A refresh found by the question is dated by the first security event that queued it."""
+    q = PendingEndpoints()
+    assert q.add("1001", 5_000)
+    assert not q.add("1001", 7_000) and not q.add("1001")
+    assert q.add("1002") and not q.add("1002", 9_000)
+    assert [await q.next_signal(), await q.next_signal()] == [("1001", 5_000), ("1002", 9_000)]

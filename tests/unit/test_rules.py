@@ -541,3 +541,19 @@ def test_a_refresh_found_by_the_expiration_scan_is_placed_by_its_expiration() ->
     assert primary(within) == "A"  # within the skew: partition order
     live = apply(row, refresh("A", 2, expires=97_000), 2)
     assert primary(live) == "A"  # seen as it happened: the latest registration, whatever the Expires
+
+
+def test_a_live_refresh_answered_late_does_not_outrank_a_registration_made_after_it() -> None:
+    """The producer learns a refresh from the security event, then asks the node for the contact's
+    expiration (bounded in rate: seconds in a burst). The refresh happened at the security event:
+    a registration on another node made after it by more than the skew, but published before the
+    answer, stays primary; one made within the skew is ordered by partition order."""
+    row = run(replace(contact("A", 1, ContactStatus.REACHABLE), event_time_ms=100_000),
+              replace(contact("B", 1, ContactStatus.REACHABLE), event_time_ms=105_000))
+    assert primary(row) == "B"
+    answered_late = replace(refresh("A", 2, expires=160_000), event_time_ms=102_000)
+    assert primary(apply(row, answered_late, 2)) == "B"
+    within = replace(refresh("A", 2, expires=160_000), event_time_ms=104_000)
+    assert primary(apply(row, within, 2)) == "A"
+    after = replace(refresh("A", 2, expires=160_000), event_time_ms=106_000)
+    assert primary(apply(row, after, 2)) == "A"
