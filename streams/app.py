@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import faust
 
-from astreg.patches import recovery
+from astreg.patches import recovery, rewind
 from astreg.settings import KafkaSettings, TopicSettings
 
 from . import agents, timers
@@ -37,6 +37,7 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
         table_standby_replicas=0, producer_acks=-1, consumer_auto_offset_reset="earliest",
         producer_linger=0.005,  # a few ms of linger: batches of records instead of one request each
     )
+    rewind.install()  # after a rebalance, uncommitted partitions are read again from the start
     locations = declare_locations(app, topics.partitions, worker.row_cache)
     declared = declare_topics(app, topics)
     metrics = StreamMetrics()

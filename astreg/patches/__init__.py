@@ -12,13 +12,15 @@ to the minor versions they were checked against.
 * :mod:`.embedded`: Faust's end offsets and fetch wait on the embedded broker.
 * :mod:`.bulk`: registrations from Faust's fetch straight to the agent's batch (``--ingest bulk``).
 * :mod:`.recovery`: cold restore of the table in bulk inside Faust's recovery.
+* :mod:`.rewind`: a seek "to the committed offsets" takes uncommitted partitions to the
+  beginning (aiokafka leaves them where a dropped fetch moved them).
 * :mod:`.faust_store`: byte-level reads and writes of a table's store.
 * :mod:`.faust_monitor`: Faust's Prometheus sensor with cached label children.
 * :mod:`.web`: Faust's built-in web views dropped.
 
 Importing any of them changes nothing: a component installs what it needs when it starts
-(:func:`install` for the broker-related patches, ``install`` of :mod:`.bulk` and
-:mod:`.recovery` for the worker's app).
+(:func:`install` for the broker-related patches, ``install`` of :mod:`.bulk`, :mod:`.recovery`
+and :mod:`.rewind` for the worker's app).
 """
 
 from __future__ import annotations

@@ -203,6 +203,32 @@ async def test_two_workers_share_partitions_and_one_leaving_hands_over(
         f"partitions handed over lost rows: {LAST_DIFF}\n{worker_story(w1)}")
 
 
+async def test_partitions_back_from_a_member_that_left_while_joining_lose_nothing(
+    kafka: KafkaSettings, topics: TopicSettings, procs: ProcessGroup, tmp_path: Path
+) -> None:
+    """w2 joins right after w1 applied the first registrations (nothing committed yet) and stops
+    while joining: w1 gets its partitions back two rebalances later. A fetch dropped during those
+    rebalances had moved their position to the end, and a seek "to the committed offsets" left
+    them there (nothing committed): the second round was never applied on those partitions."""
+    w1 = start_worker(procs, kafka, topics, "w1", tmp_path / "w1")
+    n = 200
+    await produce(kafka, topics, many("k", n, "A", 1, ContactStatus.NON_QUALIFIED))
+    assert await converged(kafka, topics, {f"PJSIP/k{i}": "A" for i in range(n)}), "w1 did not converge"
+    w2 = start_worker(procs, kafka, topics, "w2", tmp_path / "w2")
+    deadline = time.monotonic() + 60
+    while "Setting newly assigned partitions" not in w2.log():  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, w2.log()[-2000:]  # type: ignore[attr-defined]
+        await asyncio.sleep(0.01)  # poll interval of this bounded wait
+    w2.stop()  # type: ignore[attr-defined]
+    await produce(kafka, topics, [
+        *[e for i, e in enumerate(many("k", n, "A", 1000, ContactStatus.REMOVED)) if i % 2],
+        *[e for i, e in enumerate(many("k", n, "B", 1, ContactStatus.NON_QUALIFIED)) if i % 4 == 0],
+    ])
+    expect = {f"PJSIP/k{i}": ("B" if i % 4 == 0 else "A") for i in range(n) if i % 2 == 0}
+    assert await converged(kafka, topics, expect, timeout=60), (
+        f"partitions taken back lost registrations: {LAST_DIFF}\n{worker_story(w1)}")
+
+
 async def test_broker_outage_longer_than_node_timeout_marks_nothing_stale(
     own_broker: EmbeddedBroker, unique: str, procs: ProcessGroup, tmp_path: Path
 ) -> None:
