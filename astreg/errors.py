@@ -13,6 +13,8 @@
         ├── PermanentWriteError      a record a store can never take: dead-lettered, the sink goes on
         ├── AmiError                 an AMI link failed: cannot connect, closed, no answer in time
         │   └── LoginFailed          the AMI refused the login (the producer retries with backoff)
+        ├── FrameTooLarge (ValueError)
+        │                            an AMI message longer than the framer's limit (skipped)
         ├── WorkerUnavailable        a worker cannot answer a query correctly now (rebalance,
         │                            recovery, peer down): HTTP 503 with Retry-After
         ├── BadQuery (ValueError)    a query parameter the web API cannot use: HTTP 400
@@ -42,6 +44,7 @@ __all__ = [
     "PermanentWriteError",
     "AmiError",
     "LoginFailed",
+    "FrameTooLarge",
     "WorkerUnavailable",
     "BadQuery",
     "SimulatorError",
@@ -117,6 +120,10 @@ class AmiError(AstregError):
 
 class LoginFailed(AmiError):
     """The AMI refused our credentials (retried with backoff: config may be fixed live)."""
+
+
+class FrameTooLarge(AstregError, ValueError):
+    """An AMI message longer than the framer's limit: reported, then skipped to its end."""
 
 
 class WorkerUnavailable(AstregError):

@@ -17,7 +17,6 @@ Run it with ``astreg producer --ami HOST:PORT --ami-user U --ami-secret S --boot
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import hashlib
 import logging
@@ -37,6 +36,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
 from pydantic import Field, SecretStr
 
+from astreg.amiwire import MAX_FRAME, AmiFramer, header_map
 from astreg.deadletter import deadletter_headers
 from astreg.errors import LoginFailed, MalformedAmiEvent
 from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
@@ -68,7 +68,7 @@ QUEUE_HIGH = 2000  # AMI messages waiting for the consumer before reading pauses
 QUEUE_LOW = 500
 SEND_HIGH = 10_000  # records waiting for Kafka (while it is up) before the consumer waits
 SEND_LOW = 4_000
-MAX_PENDING = 1 << 20  # an AMI message without its terminating blank line beyond this is junk
+MAX_PENDING = MAX_FRAME  # an AMI message without its terminating blank line beyond this is junk
 RECONNECT_MIN = 0.5
 # A refused or failed connect to AMI costs nothing, while every second of waiting after Asterisk
 # is back is a second of registrations the cluster does not see: with a long cap, a node back
@@ -142,16 +142,10 @@ class AmiMessage(dict[str, str]):
 
 
 def parse_frame(frame: str) -> AmiMessage:
-    """``Key: Value`` lines → AmiMessage; a repeated header keeps its last value (nothing astreg
-    reads repeats). Several times cheaper than panoramisk's case-insensitive Message, and AMI
-    spells its headers consistently."""
-    msg = AmiMessage()
-    for line in frame.split("\r\n"):
-        key, sep, value = line.partition(": ")
-        if sep:
-            msg[key.strip()] = value
-        elif line.endswith(":"):
-            msg[line[:-1].strip()] = ""
+    """``Key: Value`` lines → AmiMessage by the one AMI header rule (:func:`astreg.amiwire.header_map`:
+    a repeated header's first value, as Asterisk reads it). Several times cheaper than
+    panoramisk's case-insensitive Message, and AMI spells its headers consistently."""
+    msg = AmiMessage(header_map(frame))
     msg.raw = frame
     return msg
 
@@ -172,42 +166,27 @@ class AmiProtocol(AMIProtocol):
         super().connection_made(transport)
         self.factory = self.link
         self.encoding = "utf-8"
-        self._decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape")
-        self._pending = ""
+        self._framer = AmiFramer(banner=True, limit=MAX_PENDING, on_oversize=self._oversize)
         self.last_rx = time.monotonic()
         self.link.protocol_connected(self)
 
+    def _oversize(self, prefix: str, limit: int) -> None:
+        self.link.bad_frame(prefix[:ami.MAX_FIELD], f"message longer than {limit} bytes")
+
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()
-        text = self._pending + self._decoder.decode(data)
+        frames = self._framer.feed(data)
         if self.version is None:
-            if not text.startswith("Asterisk Call Manager/") and len(text) < 22:
-                self._pending = text
-                return
-            line, sep, rest = text.partition("\r\n")
-            if not sep:
-                self._pending = text
-                return
-            self.version = line.partition("/")[2].strip()
-            text = rest
-        frames = text.split("\r\n\r\n")
-        self._pending = frames.pop()
-        if len(self._pending) > MAX_PENDING:
-            self.link.bad_frame(self._pending[:ami.MAX_FIELD], f"message longer than {MAX_PENDING} characters")
-            self._pending = ""
+            self.version = self._framer.version
         on_message = self.link.on_message
         wanted = self.link.wanted
         for frame in frames:
             if frame.startswith("Event: "):
                 # Most AMI traffic is of no interest: decide on the Event header alone, before
                 # parsing the rest (list items of our own actions carry an ActionID).
-                end = frame.find("\r\n")
-                name = frame[7:end] if end > 0 else frame[7:]
+                end = frame.find("\n")
+                name = (frame[7:end] if end > 0 else frame[7:]).rstrip("\r")
                 if name not in wanted and "\nActionID: " not in frame:
-                    continue
-            else:
-                frame = frame.strip()
-                if not frame:
                     continue
             try:
                 message = parse_frame(frame)

@@ -36,7 +36,8 @@ import logging
 from collections.abc import Callable, Iterable
 from urllib.parse import quote
 
-from astreg.errors import AmiError, PermanentWriteError, SinkUnavailable
+from astreg.amiwire import AmiFramer, header_map
+from astreg.errors import AmiError, FrameTooLarge, PermanentWriteError, SinkUnavailable
 from schemas.models import EndpointLocation
 
 from .settings import AstDbSettings
@@ -196,11 +197,13 @@ class AmiClient:
         out.clear()
 
     async def _read(self, reader: asyncio.StreamReader) -> None:
+        framer = AmiFramer(errors="replace")  # the banner was read by connect()
         try:
-            while True:
-                raw = await reader.readuntil(b"\r\n\r\n")
-                self._dispatch(_parse(raw))
-        except (asyncio.IncompleteReadError, OSError, asyncio.LimitOverrunError) as exc:
+            while data := await reader.read(1 << 16):
+                for frame in framer.feed(data):
+                    self._dispatch(header_map(frame))
+            logger.info("AMI %s: link lost (closed by the node)", self.name)
+        except (OSError, FrameTooLarge) as exc:
             logger.info("AMI %s: link lost (%s)", self.name, type(exc).__name__)
         finally:
             self._writer = None
@@ -229,15 +232,6 @@ def _action_text(name: str, headers: Iterable[tuple[str, str]]) -> str:
         if "\r" in v or "\n" in v or "\r" in k or "\n" in k:
             raise ValueError(f"AMI header {k!r} contains CR/LF")  # encoded values never do
     return "".join(f"{k}: {v}\r\n" for k, v in lines)
-
-
-def _parse(raw: bytes) -> dict[str, str]:
-    msg: dict[str, str] = {}
-    for line in raw.decode("utf-8", "replace").split("\r\n"):
-        key, sep, value = line.partition(":")
-        if sep:
-            msg.setdefault(key.strip(), value[1:] if value.startswith(" ") else value)
-    return msg
 
 
 # ast_db_put refuses a key when strlen(family) + strlen(key) + 2 > MAX_DB_FIELD (256) - 1.

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from astreg.amiwire import AmiFramer, header_pairs
+
 __all__ = ["BANNER", "encode", "ActionParser", "Action", "MAX_ACTION_BYTES"]
 
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
@@ -43,38 +45,21 @@ class Action:
 
 
 class ActionParser:
-    """Feed bytes, get complete actions; lines end in LF (CR optional) as Asterisk accepts."""
+    """Feed bytes, get complete actions; lines end in LF (CR optional) as Asterisk accepts.
+
+    Framing and header rule are :mod:`astreg.amiwire`'s, like every part of astreg that speaks AMI.
+    """
 
     def __init__(self, limit: int = MAX_ACTION_BYTES):
-        self._buf = bytearray()
-        self._lines: list[tuple[str, str]] = []
-        self._size = 0
-        self._limit = limit
+        self._framer = AmiFramer(limit=limit, errors="replace", lf=True)
         self.garbage_lines = 0
 
     def feed(self, data: bytes) -> list[Action]:
         """Complete actions in ``data``; raises ValueError when one action grows past the limit."""
-        self._buf += data
         out: list[Action] = []
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl < 0:
-                if len(self._buf) + self._size > self._limit:
-                    raise ValueError(f"action larger than {self._limit} bytes")
-                return out
-            raw = bytes(self._buf[:nl]).rstrip(b"\r")
-            del self._buf[: nl + 1]
-            if not raw:
-                if self._lines:
-                    out.append(Action(self._lines))
-                self._lines, self._size = [], 0
-                continue
-            self._size += len(raw)
-            if self._size > self._limit:
-                raise ValueError(f"action larger than {self._limit} bytes")
-            line = raw.decode("utf-8", "replace")
-            key, sep, value = line.partition(":")
-            if not sep:
-                self.garbage_lines += 1
-                continue
-            self._lines.append((key.strip(), value.lstrip(" ")))
+        for frame in self._framer.feed(data):
+            headers, garbage = header_pairs(frame)
+            self.garbage_lines += garbage
+            if headers:
+                out.append(Action(headers))
+        return out

@@ -4,7 +4,6 @@ promise at a small size: keys present, counts and rates above zero. No figure is
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 from pathlib import Path
 from typing import Any
@@ -25,15 +24,9 @@ def positive(figures: dict[str, Any], keys: list[str]) -> None:
         assert figures[key] > 0, (key, figures[key])
 
 
-def ami_present() -> bool:
-    return importlib.util.find_spec("astreg.tools.bench.ami") is not None
-
-
 @pytest.mark.parametrize("name", list(SECTIONS))
 def test_section_resolves_to_a_coroutine_function(name: str) -> None:
     target = SECTIONS[name][0]
-    if name == "ami" and not ami_present():
-        pytest.skip("astreg/tools/bench/ami.py is not in this tree")
     fn = _load(target)
     assert inspect.iscoroutinefunction(fn), target
     assert {"quick", "work", "kafka"} <= set(inspect.signature(fn).parameters), target
@@ -79,8 +72,6 @@ def test_web_row_index_figures() -> None:
 
 
 async def test_ami_section(tmp_path: Path) -> None:
-    if not ami_present():
-        pytest.skip("astreg/tools/bench/ami.py is not in this tree")
     run = _load(SECTIONS["ami"][0])
     figures = await run(quick=True, work=tmp_path)
     rates = [k for k, v in figures.items() if k.endswith("_per_s")]
