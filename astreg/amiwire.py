@@ -29,11 +29,11 @@ from astreg.errors import FrameTooLarge
 __all__ = ["AmiFramer", "header_pairs", "header_map", "MAX_FRAME", "BANNER_PREFIX"]
 
 BANNER_PREFIX = "Asterisk Call Manager/"
-MAX_FRAME = 1 << 20  # bytes; a message without its closing empty line beyond this is junk
+MAX_FRAME = 1 << 20  # characters (bytes, for ASCII): no AMI message astreg reads comes close
 
 
 def _raise_oversize(prefix: str, limit: int) -> None:
-    raise FrameTooLarge(f"AMI message longer than {limit} bytes: {prefix[:80]!r}")
+    raise FrameTooLarge(f"AMI message longer than {limit} characters: {prefix[:80]!r}")
 
 
 class AmiFramer:
@@ -66,7 +66,11 @@ class AmiFramer:
         self.scanned = 0
 
     def feed(self, data: bytes) -> list[str]:
-        """The frames ``data`` completes, in order."""
+        """The frames ``data`` completes, in order.
+
+        An ``on_oversize`` that raises ends this call: frames of the same read are then lost,
+        which suits a caller that closes the link on it.
+        """
         text = self._decoder.decode(data)
         if self._lf:
             text = self._carry + text
@@ -74,48 +78,65 @@ class AmiFramer:
             if text.endswith("\r"):
                 text, self._carry = text[:-1], "\r"
             text = text.replace("\r\n", "\n")
-        out: list[str] = []
         if self._banner:
-            self._parts.append(text)
-            text = "".join(self._parts)
-            self._parts, self._size = [], 0
-            line, nl, rest = text.partition("\n")
-            if not nl:
-                self._parts, self._size, self._tail = [text], len(text), text[-3:]
-                return self._bound(out)
-            self._banner = False
-            self.version = line.partition("/")[2].strip()
-            text = rest
-        end = self._end
-        # Only the last three characters received before can begin an end split across reads.
+            text = self._take_banner(text)
+            if self._banner:
+                return self._bound([])
+        # Only the last three characters received before can begin an end split across reads,
+        # so each character is searched once.
         tail = self._tail
-        self.scanned += len(tail) + len(text)
-        if (tail + text).find(end) < 0:
+        buf = tail + text if tail else text
+        self.scanned += len(buf)
+        pieces = buf.split(self._end)
+        if len(pieces) == 1:
             if text:
                 self._parts.append(text)
                 self._size += len(text)
-                self._tail = (tail + text)[-3:]
-            return self._bound(out)
-        pieces = ("".join(self._parts) + text).split(end)
-        self._parts = [pieces[-1]] if pieces[-1] else []
-        self._size = len(pieces[-1])
-        self._tail = pieces[-1][-3:]
-        for i in range(len(pieces) - 1):
-            frame = pieces[i]
-            if self._skipping:
-                self._skipping = False
-                continue
-            if frame and frame[0] in "\r\n":  # stray line ends before the message
+                self._tail = buf[-3:]
+            return self._bound([])
+        # The first piece ends the frame received so far, whose last characters are the tail.
+        head = "".join(self._parts)
+        last = pieces.pop()
+        self._parts, self._size, self._tail = ([last] if last else []), len(last), last[-3:]
+        if self._skipping:  # the rest of a frame already reported as oversize
+            self._skipping = False
+            pieces[0] = ""
+        elif head:
+            pieces[0] = (head[: len(head) - len(tail)] if tail else head) + pieces[0]
+        limit = self.limit
+        out = [f for f in pieces if f and f[0] not in "\r\n" and len(f) <= limit]
+        if len(out) < len(pieces):  # an empty piece, stray line ends or an oversize frame
+            out = []
+            for frame in pieces:
                 frame = frame.lstrip("\r\n")
-            if frame:
-                out.append(frame)
+                if len(frame) > limit:
+                    self.on_oversize(frame[:200], limit)
+                elif frame:
+                    out.append(frame)
         return self._bound(out)
 
+    def _take_banner(self, text: str) -> str:
+        """Wait for the banner line; the text after it."""
+        nl = text.find("\n")
+        self.scanned += len(text) if nl < 0 else nl + 1
+        if nl < 0:
+            if text:
+                self._parts.append(text)
+                self._size += len(text)
+                self._tail = (self._tail + text)[-3:]
+            return ""
+        line = "".join(self._parts) + text[:nl]
+        self._parts, self._size, self._tail = [], 0, ""
+        self._banner = False
+        self.version = line.partition("/")[2].strip()
+        return text[nl + 1:]
+
     def _bound(self, out: list[str]) -> list[str]:
-        """Report and skip a frame grown past the limit."""
+        """Report and skip a frame grown past the limit (a banner line that long is junk)."""
         if self._size > self.limit and not self._skipping:
             prefix = "".join(self._parts)[:200]
             self._skipping = True
+            self._banner = False
             self._keep_tail()
             self.on_oversize(prefix, self.limit)
         elif self._skipping and self._size > 3:
@@ -151,9 +172,13 @@ def header_pairs(frame: str) -> tuple[list[tuple[str, str]], int]:
 
 
 def header_map(frame: str) -> dict[str, str]:
-    """The headers of a frame, the first of a repeated one winning (as Asterisk reads them)."""
+    """The headers of a frame, the first of a repeated one winning.
+
+    Asterisk reads a message's headers so (``astman_get_header`` returns the first match), so
+    astreg reads what the node itself would read from the same message.
+    """
     out: dict[str, str] = {}
-    for line in _lines(frame):
+    for line in frame.split("\r\n" if "\r" in frame else "\n"):  # _lines, inline (once per message)
         key, sep, value = line.partition(":")
         if sep and key not in out:
             out[key] = value.lstrip(" \t")

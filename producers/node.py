@@ -171,7 +171,7 @@ class AmiProtocol(AMIProtocol):
         self.link.protocol_connected(self)
 
     def _oversize(self, prefix: str, limit: int) -> None:
-        self.link.bad_frame(prefix[:ami.MAX_FIELD], f"message longer than {limit} bytes")
+        self.link.bad_frame(prefix[:ami.MAX_FIELD], f"message longer than {limit} characters")
 
     def data_received(self, data: bytes) -> None:
         self.last_rx = time.monotonic()

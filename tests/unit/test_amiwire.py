@@ -76,6 +76,27 @@ def test_an_oversize_frame_is_reported_then_skipped_to_its_end() -> None:
         AmiFramer(limit=100).feed(b"X" * 200)
 
 
+def test_an_oversize_frame_completed_in_one_read_is_reported_too() -> None:
+    reported: list[str] = []
+    f = AmiFramer(limit=100, on_oversize=lambda prefix, limit: reported.append(prefix))
+    got = f.feed(b"Event: Small\r\n\r\nEvent: Big\r\nData: " + b"x" * 150 + b"\r\n\r\nEvent: Next\r\n\r\n")
+    assert got == ["Event: Small", "Event: Next"]
+    assert len(reported) == 1 and reported[0].startswith("Event: Big")
+
+
+def test_a_banner_line_is_searched_once_and_a_junk_one_is_bounded() -> None:
+    f = AmiFramer(banner=True)
+    data = BANNER + STATUS
+    got = [fr for i in range(len(data)) for fr in f.feed(data[i:i + 1])]
+    assert f.version == "11.0.0" and len(got) == 1
+    assert len(data) <= f.scanned <= len(data) + 3 * len(STATUS)  # 3 per read after the banner
+    reported: list[str] = []
+    junk = AmiFramer(banner=True, limit=200, on_oversize=lambda prefix, limit: reported.append(prefix))
+    got = junk.feed(b"J" * 199) + junk.feed(b"J" * 99) + junk.feed(b"J\r\n\r\n" + STATUS)
+    assert reported == ["J" * 200] and junk.version is None
+    assert [header_map(fr)["EndpointName"] for fr in got] == ["jörg"]
+
+
 def test_a_large_frame_in_small_chunks_is_searched_once() -> None:
     """Linear: each byte of a 1 MiB frame arriving in 4 KiB reads is searched for the message's end
     once, plus at most three bytes per read (an end split across reads)."""
