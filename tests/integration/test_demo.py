@@ -19,6 +19,7 @@ import pytest
 
 from astreg.broker import free_port
 from astreg.proc import Child, ProcessGroup, astreg_argv
+from tests.support.procs import wait_gone
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -62,23 +63,6 @@ def test_demo_shows_endpoints_on_all_three_nodes_and_stops_cleanly(procs: Proces
     assert not alive, [p.cmdline() for p in alive]
 
 
-def _gone(p: psutil.Process) -> bool:
-    """Dead: no such process any more, or a zombie waiting for whoever adopted it to reap it."""
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _alive_after(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if not _gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)  # poll interval of this bounded wait
-        alive = [p for p in alive if not _gone(p)]
-    return alive
-
-
 def _describe(procs: list[psutil.Process]) -> list[str]:
     out = []
     for p in procs:
@@ -109,7 +93,7 @@ def test_children_die_with_a_demo_killed_by_sigkill(procs: ProcessGroup, tmp_pat
     demo, children = _started_demo(procs, tmp_path)
     os.kill(demo.pid, signal.SIGKILL)
     assert demo.proc.wait(10) == -signal.SIGKILL
-    alive = _alive_after(children, 15)
+    alive = wait_gone(children, 15)
     assert not alive, _describe(alive)
 
 
@@ -123,6 +107,6 @@ def test_children_die_with_a_demo_given_sigterm_and_one_second(procs: ProcessGro
     except subprocess.TimeoutExpired:
         os.kill(demo.pid, signal.SIGKILL)
         demo.proc.wait(10)
-    alive = _alive_after(children, 15)
+    alive = wait_gone(children, 15)
     assert not alive, (demo.proc.returncode, _describe(alive), demo.log()[-2000:])
     assert "stopping …" in demo.log(), demo.log()[-2000:]  # it began its own stop at once

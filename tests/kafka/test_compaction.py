@@ -14,14 +14,22 @@ from pathlib import Path
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.tools.e2e import sql_nodes
 from astreg.topics import ensure_topics
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
-from tests.support.locations import free_port, produce, read_all, read_locations, start_worker, wait_for
+from tests.support.locations import (
+    free_port,
+    produce,
+    read_all,
+    read_locations,
+    start_worker,
+    topic_partitions,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache, pytest.mark.timeout(240)]
 
@@ -49,11 +57,7 @@ async def written_records(kafka: KafkaSettings, topic: str) -> int:
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+        ends = await consumer.end_offsets(await topic_partitions(consumer, topic))
         return sum(ends.values())
     finally:
         await consumer.stop()

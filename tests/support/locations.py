@@ -20,7 +20,16 @@ from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec, node_codec, registration_codec
 from schemas.models import EndpointLocation, NodeStatus, RegistrationEvent
 
-__all__ = ["read_locations", "read_all", "produce", "wait_for", "start_worker", "free_port"]
+__all__ = ["read_locations", "read_all", "produce", "wait_for", "start_worker", "free_port", "topic_partitions"]
+
+
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
+    """The partitions of ``topic`` (metadata asked again when the client has none for it yet)."""
+    parts = consumer.partitions_for_topic(topic) or set()
+    if not parts:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic) or set()
+    return [TopicPartition(topic, p) for p in sorted(parts)]
 
 
 async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0,
@@ -32,11 +41,7 @@ async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0,
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = await topic_partitions(consumer, topic)
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         out: list[tuple[bytes | None, bytes | None, list]] = []

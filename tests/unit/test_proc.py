@@ -18,6 +18,7 @@ import psutil
 import pytest
 
 from astreg.proc import ProcessGroup
+from tests.support.procs import wait_gone
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,24 +33,6 @@ if depth:
     ProcessGroup(log_dir=log_dir / str(depth)).start("level", [sys.executable, "-c", sys.argv[3], sys.argv[1], str(depth - 1), sys.argv[3]])
 time.sleep(120)
 """
-
-
-def gone(p: psutil.Process) -> bool:
-    """Dead: no such process any more, or a zombie waiting for whoever adopted it to reap it."""
-    try:
-        return p.status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def wait_gone(procs: list[psutil.Process], timeout: float) -> list[psutil.Process]:
-    """The processes of ``procs`` still alive after ``timeout`` seconds (polled)."""
-    deadline = time.monotonic() + timeout
-    alive = [p for p in procs if not gone(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.05)  # poll interval of this bounded wait
-        alive = [p for p in alive if not gone(p)]
-    return alive
 
 
 def reap(procs: list[psutil.Process | subprocess.Popen[bytes]]) -> None:
