@@ -233,7 +233,7 @@ class ApacheKafka:
             if self._port is not None and self.nodes[0].client_port != self._port:
                 raise ConfigError(f"{self.data_dir} serves on port {self.nodes[0].client_port}, not {self._port}")
             return
-        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        self.cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")  # may begin with "-": passed as --cluster-id=<id>
         taken: set[int] = set()
 
         def port(preferred: int | None) -> int:
@@ -312,7 +312,7 @@ class ApacheKafka:
             if (d / "data" / "meta.properties").exists():
                 continue
             cmd = [java, "-Xmx256m", f"-Dlog4j2.configurationFile={self.data_dir / 'log4j2.properties'}",
-                   "-cp", cp, "kafka.tools.StorageTool", "format", "-t", self.cluster_id,
+                   "-cp", cp, "kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                    "-c", str(d / "server.properties"), "--ignore-formatted"]
             for u in self.users:
                 for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
