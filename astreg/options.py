@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings
 
 from .errors import ConfigError
 
-__all__ = ["settings_options", "build", "option_name"]
+__all__ = ["settings_options", "build", "option_name", "read_secret_file"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=BaseSettings)
@@ -66,6 +66,15 @@ def settings_options(*models: type[BaseSettings], exclude: tuple[str, ...] = ())
                 ctype, is_flag = _click_type(info.annotation)
                 default = info.default if info.default is not None else None
                 is_secret = info.annotation in (SecretStr, SecretStr | None)
+                if is_secret:
+                    # A secret is never an option's value (it would show in ps, shell history,
+                    # unit files): --NAME-file PATH, or the variable ASTREG_NAME itself.
+                    fn = click.option(
+                        f"{option_name(name)}-file", f"{name}_file", type=click.Path(path_type=Path),
+                        default=None, envvar=f"{prefix}{name.upper()}_FILE", show_envvar=True,
+                        help=f"File holding the {info.description or name} (or set {prefix}{name.upper()}).",
+                    )(fn)
+                    continue
                 help_text = info.description or ""
                 if default is not None and not is_flag and not is_secret:
                     help_text += f"  [default: {default.value if isinstance(default, enum.Enum) else default}]"
@@ -92,6 +101,10 @@ def build(kwargs: dict[str, Any], *models: type[S]) -> tuple[Any, ...]:
     out = []
     for model in models:
         values = {k: kwargs[k] for k in model.model_fields if kwargs.get(k) is not None}
+        for name, info in model.model_fields.items():
+            path = kwargs.get(f"{name}_file")
+            if path is not None and info.annotation in (SecretStr, SecretStr | None):
+                values[name] = read_secret_file(path, option_name(name) + "-file")
         try:
             obj = model(**values)
             resolve = getattr(obj, "resolved", None)  # KafkaSettings: recognise the embedded broker
@@ -101,6 +114,22 @@ def build(kwargs: dict[str, Any], *models: type[S]) -> tuple[Any, ...]:
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from exc
     return tuple(out)
+
+
+def read_secret_file(path: Path, option: str) -> str:
+    """The secret in ``path`` (one line; a trailing newline is not part of it). A file other
+    users may read is refused: the secret would not be one."""
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text()
+    except OSError as exc:
+        raise click.UsageError(f"{option} {path}: {exc.strerror or exc}") from None
+    if mode & 0o004:
+        raise click.UsageError(f"{option} {path} is readable by every user: chmod o-r {path}")
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise click.UsageError(f"{option} {path} is empty")
+    return secret
 
 
 def _friendly(exc: ValidationError) -> str:

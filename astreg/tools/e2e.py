@@ -145,14 +145,14 @@ def pipeline(
     topics = TopicSettings(partitions=partitions)
     if suffix:
         topics = topics.with_suffix(suffix)
-    env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", **(extra_env or {})}
+    env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", "ASTREG_AMI_SECRET": "astreg", **(extra_env or {})}
     procs = ProcessGroup(log_dir=work / "logs", env=env)
     pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite", redis_url=redis_url, redis_prefix=redis_prefix)
     try:
         _run_blocking(ensure_topics(kafka, topics))
         for node, port in ami.items():
             procs.start(f"producer-{node}", astreg_argv(
-                "producer", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg", "--ami-secret", "astreg",
+                "producer", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg",
                 "--node", node, *pipe.topic_args()))
         for i in range(workers):
             port = free_port()
@@ -172,7 +172,7 @@ def pipeline(
         if "astdb" in sinks:
             for node, port in ami.items():
                 procs.start(f"sink-astdb-{node}", astreg_argv(
-                    "sink", "astdb", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg", "--ami-secret", "astreg",
+                    "sink", "astdb", "--ami", f"127.0.0.1:{port}", "--ami-user", "astreg",
                     "--group", f"astreg-sink-astdb-{node}{group}", *pipe.topic_args()))
                 pipe.astdb_sinks.append(node)
         for url in pipe.web_urls:

@@ -241,7 +241,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         s = Stack(broker, procs, control, sim, db, prefix)
         for node, addr in sorted(ami.items()):
             s.children[f"producer-{node}"] = procs.start(f"producer-{node}", astreg_argv(
-                "producer", "--ami", addr, "--ami-user", "astreg", "--ami-secret", "astreg", "--node", node))
+                "producer", "--ami", addr, "--ami-user", "astreg", "--node", node), env={"ASTREG_AMI_SECRET": "astreg"})
         for i in (1, 2):
             port = free_port()
             s.web[f"worker{i}"] = f"http://127.0.0.1:{port}"

@@ -204,7 +204,7 @@ async def test_kill9_and_restart_converges(
     sim: Simulator, kafka: KafkaSettings, topics: TopicSettings, procs: ProcessGroup, tmp_path: Any
 ) -> None:
     argv = astreg_argv(
-        "producer", "--ami", f"127.0.0.1:{sim.ports['node1']}", "--ami-user", "astreg", "--ami-secret", "astreg",
+        "producer", "--ami", f"127.0.0.1:{sim.ports['node1']}", "--ami-user", "astreg",
         "--bootstrap", kafka.bootstrap, "--embedded", "--heartbeat-interval", "0.5",
         "--epoch-file", str(tmp_path / "epoch"),
         "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
@@ -212,14 +212,14 @@ async def test_kill9_and_restart_converges(
     )
     reader = await TopicReader(kafka, topics).start()
     try:
-        child = procs.start("producer", argv)
+        child = procs.start("producer", argv, env={"ASTREG_AMI_SECRET": "astreg"})
         await reader.until(lambda d: bool(completed_snapshots(d, "node1")), timeout=30)
         first_epoch = completed_snapshots(reader.data, "node1")[0].producer_epoch
         child.kill9()
         await sim.unregister("1001", "node1")
         await sim.register("1009", "node1")
         await sim.move("1002", "node1")
-        procs.start("producer2", argv)
+        procs.start("producer2", argv, env={"ASTREG_AMI_SECRET": "astreg"})
         data = await reader.until(
             lambda d: any(s.producer_epoch > first_epoch for s in completed_snapshots(d, "node1")), timeout=30)
         got = folded(data, "node1")

@@ -87,11 +87,11 @@ async def bench_producer(
     try:
         child = group.start("producer", astreg_argv(
             "--log-level", "WARNING", "producer", "--ami", f"127.0.0.1:{sim.ports['node1']}", "--ami-user", "astreg",
-            "--ami-secret", "astreg", "--bootstrap", bootstrap, *(["--embedded"] if kafka.embedded else []),
+            "--bootstrap", bootstrap, *(["--embedded"] if kafka.embedded else []),
             "--metrics-port", str(metrics_port), "--compression", compression, "--resync-interval", "3600",
             "--topic-registrations", topics.topic_registrations, "--topic-nodes", topics.topic_nodes,
             "--topic-deadletter", topics.topic_deadletter, "--topic-locations", topics.topic_locations,
-        ))
+        ), env={"ASTREG_AMI_SECRET": "astreg"})
         proc = psutil.Process(child.pid)
         base, _ = await _wait(metrics_port, "snapshots", 1, 60, proc)
         await asyncio.sleep(0.5)

@@ -98,7 +98,7 @@ async def scratch_sink(kind: str) -> AsyncIterator[Any]:
         with tempfile.TemporaryDirectory() as logs, ProcessGroup(log_dir=Path(logs)) as procs:
             procs.start("simulator", astreg_argv(
                 "--log-level", "WARNING", "simulate", "--nodes", "1", "--phones", "0", "--initial", "none",
-                "--ami-port", str(port), "--ami-secret", "astreg", "--control-port", "0"))
+                "--ami-port", str(port), "--control-port", "0"))
             if not await asyncio.to_thread(wait_port, "127.0.0.1", port, 30):
                 raise RuntimeError("the AMI simulator did not start")
             sink = AstDbSink(AstDbSettings(ami=f"127.0.0.1:{port}", ami_secret=SecretStr("astreg"), timeout=60))
