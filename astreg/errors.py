@@ -11,6 +11,7 @@
         ├── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
         │                            (raised by sinks; the runner pauses, backs off and retries)
         ├── PermanentWriteError      a record a store can never take: dead-lettered, the sink goes on
+        ├── ProducerFenced           a newer producer speaks for this node id: this one stops
         ├── AmiError                 an AMI link failed: cannot connect, closed, no answer in time
         │   └── LoginFailed          the AMI refused the login (the producer retries with backoff)
         ├── FrameTooLarge (ValueError)
@@ -42,6 +43,7 @@ __all__ = [
     "SchemaRegistryError",
     "SinkUnavailable",
     "PermanentWriteError",
+    "ProducerFenced",
     "AmiError",
     "LoginFailed",
     "FrameTooLarge",
@@ -112,6 +114,11 @@ class SinkUnavailable(AstregError):
 
 class PermanentWriteError(AstregError):
     """A record that can never be written (constraint violation): dead-letter it and go on."""
+
+
+class ProducerFenced(AstregError):
+    """Another producer process, started later, speaks for the same node id (Kafka's producer
+    fencing, by node): this one stops so the table never follows two producers."""
 
 
 class AmiError(AstregError):

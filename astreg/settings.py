@@ -17,9 +17,10 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .auth import Verifier, load_key
 from .errors import ConfigError
 
-__all__ = ["AstregSettings", "KafkaSettings", "TopicSettings", "TOPIC_DEFAULTS", "EMBEDDED_FETCH_MAX_WAIT_MS"]
+__all__ = ["AstregSettings", "AuthSettings", "KafkaSettings", "TopicSettings", "TOPIC_DEFAULTS", "EMBEDDED_FETCH_MAX_WAIT_MS"]
 
 TOPIC_DEFAULTS = {
     "registrations": "asterisk.registrations.v1",
@@ -53,6 +54,40 @@ class AstregSettings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(env_prefix="ASTREG_", extra="ignore", frozen=True, env_ignore_empty=True)
+
+
+class AuthSettings(AstregSettings):
+    """Record authenticity (astreg/auth.py): the keys a producer signs with and a worker checks.
+
+    Without a key a command refuses to start, unless ``--insecure-no-auth`` says so: a
+    pipeline that applies unsigned records lets anyone who can write its topics route calls.
+    """
+
+    cluster_key_file: Path | None = Field(
+        None, description="Cluster secret (astreg keys new). Workers check every record with the node keys "
+        "derived from it; a producer given it derives its own node's key.")
+    insecure_no_auth: bool = Field(
+        False, description="Run without record authenticity: records are neither signed nor checked, and "
+        "whoever can write the registrations topic controls call routing.")
+
+    def _require_key(self) -> None:
+        if not self.insecure_no_auth and not self._has_key():
+            raise ConfigError(f"no key: give {self._key_options()} (astreg keys --help), or --insecure-no-auth "
+                              "to run without record authenticity")
+
+    def _has_key(self) -> bool:
+        return self.cluster_key_file is not None
+
+    def _key_options(self) -> str:
+        return "--cluster-key-file / ASTREG_CLUSTER_KEY_FILE"
+
+    def verifier(self) -> Verifier:
+        """The workers' check of every record (passes everything with --insecure-no-auth);
+        ConfigError without a key."""
+        self._require_key()
+        if self.insecure_no_auth or self.cluster_key_file is None:
+            return Verifier(None)
+        return Verifier(load_key(self.cluster_key_file))
 
 
 class KafkaSettings(AstregSettings):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import logging
 import os
 import random
@@ -31,15 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from panoramisk import actions as pactions
 from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.message import Message
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from astreg.amiwire import MAX_FRAME, AmiFramer, header_map
+from astreg.auth import Signer, derive_node_key, header_value, load_key, signature_of
 from astreg.deadletter import deadletter_headers
-from astreg.errors import LoginFailed, MalformedAmiEvent
-from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
+from astreg.errors import ConfigError, LoginFailed, MalformedAmiEvent, ProducerFenced, UndecodableRecord
+from astreg.settings import AuthSettings, KafkaSettings, TopicSettings
 from schemas.codec import Codec
 from schemas.models import (
     ContactStatus,
@@ -50,6 +53,7 @@ from schemas.models import (
     RegistrationEvent,
     Source,
 )
+from schemas.validate import node_id_problem, registration_problem
 
 from . import ami
 from .metrics import ProducerMetrics
@@ -82,8 +86,11 @@ SNAPSHOT_LISTS = (
 )
 
 
-class ProducerSettings(AstregSettings):
+class ProducerSettings(AuthSettings):
     """How one producer reaches its Asterisk node and how it behaves."""
+
+    node_key_file: Path | None = Field(
+        None, description="This node's key (astreg keys derive --node N): every record is signed with it.")
 
     ami: str = Field("127.0.0.1:5038", description="AMI address HOST:PORT of the Asterisk node.")
     ami_user: str = Field("astreg", description="AMI user (manager.conf).")
@@ -107,6 +114,31 @@ class ProducerSettings(AstregSettings):
     refresh_scan_interval: float = Field(
         60.0, ge=0, description="Seconds between comparisons of the node's contact expirations, which find the "
         "refreshes of endpoints without authentication (they emit no security event); 0: off.")
+
+    @field_validator("node")
+    @classmethod
+    def _node_id(cls, value: str | None) -> str | None:
+        if value is not None and (problem := node_id_problem(value)):
+            raise ValueError(problem)
+        return value
+
+    def _has_key(self) -> bool:
+        return self.node_key_file is not None or self.cluster_key_file is not None
+
+    def _key_options(self) -> str:
+        return "--node-key-file / ASTREG_NODE_KEY_FILE (or --cluster-key-file)"
+
+    def signer(self, node: str) -> Signer | None:
+        """How this producer signs the records of ``node`` (None: --insecure-no-auth); ConfigError
+        without a key."""
+        self._require_key()
+        if self.insecure_no_auth:
+            return None
+        if self.node_key_file is not None:
+            return Signer(load_key(self.node_key_file), node)
+        if self.cluster_key_file is not None:
+            return Signer(derive_node_key(load_key(self.cluster_key_file), node), node)
+        return None
 
     @property
     def ami_host(self) -> str:
@@ -351,8 +383,14 @@ class NodeProducer:
         self._malformed_seen: set[tuple[str, str]] = set()
         self._producer_name = f"{socket.gethostname()} astreg"
         self._node_known = asyncio.Event()
+        self._signer: Signer | None = None
         if self.node is not None:
+            self._signer = settings.signer(self.node)
             self._node_known.set()
+        # Set when this producer must stop on its own: fenced by a newer producer of its node
+        # id, or a node id it cannot speak for. run_forever stops and raises it.
+        self.fatal: Exception | None = None
+        self._fatal_event = asyncio.Event()
         self.connected = asyncio.Event()  # set while logged in (tests and bench wait on it)
         self.snapshots_completed = 0
         self.malformed = 0
@@ -374,6 +412,7 @@ class NodeProducer:
             asyncio.create_task(self._resync_loop(), name="resync"),
             asyncio.create_task(self._detail_loop(), name="details"),
             asyncio.create_task(self._scan_loop(), name="refresh-scan"),
+            asyncio.create_task(self._fence_loop(), name="fencing"),
         ]
         logger.info(
             "producer started: AMI %s, epoch %d, node %s", self.settings.ami, self.epoch, self.node or "(from AMI)"
@@ -385,7 +424,8 @@ class NodeProducer:
             return
         self._stopping = True
         if self.node is not None:
-            self._emit_node(NodeEventKind.STOPPED)
+            if not isinstance(self.fatal, ProducerFenced):  # a fenced producer no longer speaks for the node
+                self._emit_node(NodeEventKind.STOPPED)
         for task in self._tasks:
             if task.get_name() != "ami-consumer":
                 task.cancel()
@@ -409,11 +449,86 @@ class NodeProducer:
         logger.info("producer stopped (%d records sent, %d dropped)", self.publisher.sent, self.publisher.dropped)
 
     async def run_forever(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; raises :class:`ProducerFenced` (or the node id's error) when
+        the producer had to stop on its own."""
         await self.start()
         try:
-            await stop.wait()
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._fatal_event.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
         finally:
             await self.stop()
+        if self.fatal is not None:
+            raise self.fatal
+
+    def _fail(self, exc: Exception) -> None:
+        if self.fatal is None:
+            logger.error("%s", exc)
+            self.fatal = exc
+            self._fatal_event.set()
+
+    # ------------------------------------------------------------ fencing
+
+    async def _fence_loop(self) -> None:
+        """Follow the nodes topic for this node id: a record of a newer producer (a larger epoch,
+        signed with this node's key) fences this one, as Kafka fences an older transactional
+        producer. The table follows the newest producer of a node only (the workers ignore older
+        epochs once a newer one is announced), so the older one must stop, not go on unheard."""
+        await self._node_known.wait()
+        assert self.node is not None
+        mine = self.node.encode()
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka_kwargs(), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="latest", fetch_max_wait_ms=500)
+        backoff = RECONNECT_MIN
+        while True:
+            try:
+                await consumer.start()
+                break
+            except Exception as exc:  # noqa: BLE001 - Kafka not reachable yet: the sender says so too
+                logger.debug("fencing watch cannot start yet: %r", exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+        warned: set[int] = set()
+        try:
+            tp = TopicPartition(self.topics.topic_nodes, 0)
+            consumer.assign([tp])
+            while True:
+                batches = await consumer.getmany(timeout_ms=1000, max_records=1000)
+                for records in batches.values():
+                    for r in records:
+                        ns = self._own_node_record(r, mine)
+                        if ns is None or ns.producer_epoch == self.epoch:
+                            continue
+                        if ns.producer_epoch > self.epoch:
+                            self._fail(ProducerFenced(
+                                f"producer fenced: a newer producer (epoch {ns.producer_epoch}, {ns.producer or '?'}) "
+                                f"speaks for node {self.node}; this one (epoch {self.epoch}) stops. Run one producer "
+                                "per node id."))
+                            return
+                        if ns.kind is not NodeEventKind.STOPPED and ns.producer_epoch not in warned:
+                            warned.add(ns.producer_epoch)
+                            logger.warning("an older producer (epoch %d, %s) still speaks for node %s: it stops when "
+                                           "it reads this one's records", ns.producer_epoch, ns.producer or "?",
+                                           self.node)
+        finally:
+            await consumer.stop()
+
+    def _own_node_record(self, r: Any, mine: bytes) -> NodeStatus | None:
+        """A nodes-topic record of this node id signed with its key, decoded; else None."""
+        if r.key != mine:
+            return None
+        signer = self._signer
+        if signer is not None:
+            sig = header_value(r.headers)
+            if sig is None or not hmac.compare_digest(sig, signature_of(signer.key, b"nodes", r.key, r.value)):
+                return None  # not this node's: whoever wrote it cannot fence it
+        try:
+            return self._node_codec.decode(r.value)  # type: ignore[no-any-return]
+        except UndecodableRecord:
+            return None
 
     # ------------------------------------------------------------ AMI connection
 
@@ -470,7 +585,14 @@ class NodeProducer:
             check = await self._action(proto, {"Action": "ModuleCheck", "Module": "chan_sip.so"})
             self._chan_sip = check.get("Response") == "Success"
             if self.node is None:
-                self.node = (info.get("SystemName") or "").strip() or socket.gethostname()
+                node = (info.get("SystemName") or "").strip() or socket.gethostname()
+                problem = node_id_problem(node)
+                if problem:
+                    self._fail(ConfigError(f"{problem} (from {'SystemName' if info.get('SystemName') else 'host name'}):"
+                                           " set --node"))
+                    return
+                self._signer = self.settings.signer(node)
+                self.node = node
                 logger.info("node id %s (from %s)", self.node, "SystemName" if info.get("SystemName") else "host name")
                 self._node_known.set()
             self._login_at = time.monotonic()
@@ -649,17 +771,13 @@ class NodeProducer:
             return
         if ev is None:
             return
+        problem = registration_problem(ev, now)
+        if problem is not None:
+            self._malformed(msg, MalformedAmiEvent(f"out of range: {problem}", name))
+            return
         self.seq += 1
         self._track(msg, name, ev, snap)
-        self.publisher.put(
-            Record(
-                self.topics.topic_registrations,
-                ev.endpoint.encode(),
-                self._reg_codec.encode(ev),
-                (ev.endpoint, ev.kind, ev.contact_uri),
-                ev.kind.value,
-            )
-        )
+        self._put_registration(ev)
         if name == "ContactStatus" and self._quality is not None:
             self._quality_records(self._quality.contact, msg)
 
@@ -771,9 +889,19 @@ class NodeProducer:
 
     def _put_node(self, ns: NodeStatus) -> None:
         coalesce = ("node", ns.kind) if ns.kind is NodeEventKind.HEARTBEAT else None
-        self.publisher.put(
-            Record(self.topics.topic_nodes, ns.node.encode(), self._node_codec.encode(ns), coalesce, ns.kind.value)
-        )
+        key, value = ns.node.encode(), self._node_codec.encode(ns)
+        self.publisher.put(Record(self.topics.topic_nodes, key, value, coalesce, ns.kind.value,
+                                  self._signed(b"nodes", key, value)))
+
+    def _put_registration(self, ev: RegistrationEvent) -> None:
+        key, value = ev.endpoint.encode(), self._reg_codec.encode(ev)
+        self.publisher.put(Record(self.topics.topic_registrations, key, value, (ev.endpoint, ev.kind, ev.contact_uri),
+                                  ev.kind.value, self._signed(b"registrations", key, value)))
+
+    def _signed(self, kind: bytes, key: bytes, value: bytes) -> list[tuple[str, bytes]] | None:
+        """The signature header of a record (astreg/auth.py); None with --insecure-no-auth."""
+        signer = self._signer
+        return None if signer is None else signer.headers(kind, key, value)
 
     def _malformed(self, msg: Mapping[str, Any] | None, exc: MalformedAmiEvent, raw: str | None = None) -> None:
         reason_kind = ami.reason_kind(exc.reason)
@@ -899,6 +1027,10 @@ class NodeProducer:
         except MalformedAmiEvent as exc:
             self._malformed(item, exc)
             return
+        problem = registration_problem(ev, int(time.time() * 1000))
+        if problem is not None:
+            self._malformed(item, MalformedAmiEvent(f"out of range: {problem}", "ContactStatusDetail"))
+            return
         self.seq += 1
         self._contacts[uri] = ami.ContactInfo(
             user_agent=info.user_agent, expires_at_ms=info.expires_at_ms, aor=info.aor, qualify_s=info.qualify_s,
@@ -906,8 +1038,7 @@ class NodeProducer:
         self._live_uris.add(uri)
         if verdict:
             self.refreshes_seen += 1
-        self.publisher.put(Record(self.topics.topic_registrations, ev.endpoint.encode(), self._reg_codec.encode(ev),
-                                  (ev.endpoint, ev.kind, ev.contact_uri), ev.kind.value))
+        self._put_registration(ev)
 
     async def _ask(self, proto: AmiProtocol, fields: dict[str, str], complete: str, at_ms: int | None = None) -> None:
         self._asked += 1

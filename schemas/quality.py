@@ -47,6 +47,7 @@ class AlertKind(_AvroEnum):
     HIGH_JITTER = "HIGH_JITTER"
     HIGH_LOSS = "HIGH_LOSS"
     SNAPSHOT_HEALED = "SNAPSHOT_HEALED"
+    DUPLICATE_PRODUCER = "DUPLICATE_PRODUCER"
 
 
 class AlertState(_AvroEnum):

@@ -17,15 +17,18 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from astreg.auth import Verifier
 from astreg.errors import UndecodableRecord
+from astreg.partition import partition_for
 from astreg.patches import bulk
 from schemas.codec import registration_codec
-from schemas.models import RegistrationEvent
+from schemas.models import EventKind, RegistrationEvent, Source
+from schemas.validate import registration_problem
 
 from .rules import DEFAULT_SKEW_MS, Row, decide, durable_rest
 from .stream_app import StreamApp
 
-__all__ = ["attach", "Plan", "plan_batch", "check_event"]
+__all__ = ["attach", "Plan", "plan_batch", "check_event", "Checks", "is_synthetic"]
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +36,58 @@ logger = logging.getLogger(__name__)
 DEADLETTER_REASONS = frozenset({"seq_backwards"})
 
 
-def check_event(ev: RegistrationEvent, key: bytes | None) -> str | None:
-    """Why a decoded event is impossible (dead letter), or None."""
+_SYNTHETIC_KINDS = frozenset({EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE})
+
+
+def is_synthetic(ev: RegistrationEvent) -> bool:
+    """A decision of the workers (signed with their key), not an observation of a node."""
+    return ev.source is Source.SYNTHETIC or ev.kind in _SYNTHETIC_KINDS
+
+
+def _no_epoch(node: str) -> int | None:
+    return None
+
+
+@dataclass
+class Checks:
+    """What a worker checks on every record besides decoding (docs/security.md).
+
+    ``verifier``: the record's signature is its node's (or the workers' for synthetic events);
+    ``partitions``: the registrations topic's partition count (the record must be in its key's
+    partition); ``epoch_of``: the node's current producer epoch as announced on the nodes topic
+    (older producers are fenced)."""
+
+    verifier: Verifier = field(default_factory=lambda: Verifier(None))
+    partitions: int | None = None
+    epoch_of: Callable[[str], int | None] = _no_epoch
+
+
+def _record_ms(msg: Any) -> int | None:
+    """The broker timestamp of a record in ms (aiokafka: int ms; Faust: float seconds)."""
+    t = getattr(msg, "timestamp", None)
+    if t is None:
+        return None
+    return int(t * 1000) if isinstance(t, float) else int(t)
+
+
+def check_event(ev: RegistrationEvent, msg: Any, now_ms: int, checks: Checks) -> str | None:
+    """Why a decoded event may not be applied (a dead-letter reason), or None."""
     if not ev.endpoint:
         return "missing_endpoint"
     if not ev.node:
         return "missing_node"
-    if key is not None and key != ev.endpoint.encode():
+    key = msg.key
+    if key is None:
+        return "missing_key"  # placed by no rule: its endpoint's partition never sees it
+    if key != ev.endpoint.encode():
         return "key_mismatch"  # would break co-partitioning of the table
-    return None
+    if checks.partitions and msg.partition != partition_for(key, checks.partitions):
+        return "wrong_partition"  # the endpoint's row lives in another partition
+    problem = checks.verifier.check(b"registrations", ev.node, is_synthetic(ev), key, msg.value,
+                                    getattr(msg, "headers", None))
+    if problem is not None:
+        return problem
+    return registration_problem(ev, now_ms, _record_ms(msg))
 
 
 @dataclass
@@ -53,10 +99,11 @@ class Plan:
     deadletters: list[tuple[Any, str, str | None]] = field(default_factory=list)  # (message, reason, error)
     outcomes: Counter[str] = field(default_factory=Counter)
     size_delta: int = 0  # rows that gained (+1) or lost (-1) their last contact
+    nodes: set[str] = field(default_factory=set)  # nodes whose observations were applied
 
 
 def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode: Callable[..., RegistrationEvent],
-               now_ms: int, skew_ms: int = DEFAULT_SKEW_MS) -> Plan:
+               now_ms: int, skew_ms: int = DEFAULT_SKEW_MS, checks: Checks | None = None) -> Plan:
     """Apply a batch of Faust events to their rows, synchronously (no await per event).
 
     Each endpoint's row is read once (``read(endpoint, event)``), every event of the batch is
@@ -68,6 +115,8 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
     rows: dict[str, Row] = {}
     last_event: dict[str, Any] = {}
     outcomes = plan.outcomes
+    checks = checks or Checks()
+    epoch_of = checks.epoch_of
     for event in events:
         msg = event.message
         try:
@@ -76,21 +125,27 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
             outcomes["deadletter"] += 1
             plan.deadletters.append((msg, "undecodable", exc.reason))
             continue
-        problem = check_event(rec, msg.key)
+        problem = check_event(rec, msg, now_ms, checks)
         if problem is not None:
             outcomes["deadletter"] += 1
             plan.deadletters.append((msg, problem, None))
+            continue
+        current = None if is_synthetic(rec) else epoch_of(rec.node)
+        if current is not None and rec.producer_epoch < current:
+            outcomes["fenced"] += 1  # a producer the node's newer one replaced: never flips the table
             continue
         key = rec.endpoint
         row = rows.get(key)
         if row is None and key not in before:
             row = before[key] = read(key, event)
-        out = decide(row, rec, msg.offset, now_ms=now_ms, skew_ms=skew_ms)
+        out = decide(row, rec, msg.offset, now_ms=now_ms, skew_ms=skew_ms, current_epoch=current)
         if out.reason in DEADLETTER_REASONS:
             outcomes["deadletter"] += 1
             plan.deadletters.append((msg, out.reason, None))
             continue
         outcomes[out.reason] += 1
+        if current is None and not is_synthetic(rec):
+            plan.nodes.add(rec.node)  # never announced on the nodes topic (yet): the timers watch it
         rows[key] = out.row
         last_event[key] = event
     for key, row in rows.items():
@@ -131,9 +186,12 @@ def attach(stream: StreamApp) -> None:
 
     applied = stream.applied
 
+    checks = Checks(verifier=stream.verifier, partitions=stream.topics.names.partitions,
+                    epoch_of=stream.nodes.epoch_of)
+
     async def apply_batch(events: list[Any]) -> None:
         plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000),
-                          int(stream.settings.max_clock_skew * 1000))
+                          int(stream.settings.max_clock_skew * 1000), checks)
         # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
         await table.write_batch(plan.writes)
         for msg, reason, error in plan.deadletters:
@@ -145,6 +203,8 @@ def attach(stream: StreamApp) -> None:
             metrics.table_writes.inc(len(plan.writes))
         if plan.size_delta:
             metrics.table_size.inc(plan.size_delta)
+        if plan.nodes:
+            stream.table_nodes.update(plan.nodes)
         for event in events:  # per partition in offset order: the last one is the highest
             applied[event.message.partition] = event.message.offset
 

@@ -41,8 +41,10 @@ def create_app(kafka: KafkaSettings, topics: TopicSettings, worker: WorkerSettin
     locations = declare_locations(app, topics.partitions, worker.row_cache)
     declared = declare_topics(app, topics)
     metrics = StreamMetrics()
+    verifier = worker.verifier()
     stream = StreamApp(app, locations, NodeBook(), declared, kafka, worker,
-                       outputs=Outputs(app, declared.names, metrics), metrics=metrics)
+                       outputs=Outputs(app, declared.names, metrics, signer=verifier.workers_signer()),
+                       metrics=metrics, verifier=verifier)
     agents.attach(stream)
     timers.attach(stream)
     if worker.bulk_restore:  # a cold restart reads the changelog in bulk (RocksDB store)

@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from astreg import patches
+from astreg.errors import ConfigError
 from astreg.options import build, settings_options
 from astreg.preflight import preflight
 from astreg.runtime import tune_gc
@@ -51,6 +52,10 @@ def worker(**kw: object) -> None:
     Reads the registrations and nodes topics, keeps the locations table, publishes it to the
     locations topic and serves the web page and API."""
     kafka, topics, settings, web = build(kw, KafkaSettings, TopicSettings, WorkerSettings, WebSettings)
+    try:
+        settings.verifier()  # a key, readable and private, before anything starts
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
     preflight(kafka)  # the worker creates missing topics itself (ensure_topics below)
     removed = clear_faust_env()
     if removed:

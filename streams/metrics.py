@@ -51,6 +51,11 @@ class StreamMetrics(ComponentMetrics):
         self.table_size = Gauge("astreg_stream_table_rows", "Rows with a contact, as counted by this worker process's writes.", registry=r)
         self.stale_nodes = Gauge("astreg_stream_stale_nodes", "Nodes currently stale.", registry=r)
         self.nodes = Gauge("astreg_stream_nodes", "Nodes known.", registry=r)
+        self.node_records_refused = Counter(
+            "astreg_stream_node_records_refused", "Nodes-topic records not believed (unsigned, bad signature, "
+            "out of range), by reason.", ["reason"], registry=r)
+        self.unheard_nodes = Gauge(
+            "astreg_stream_unheard_nodes", "Nodes with contacts in the table that never sent a heartbeat.", registry=r)
         self.web = WebMetrics(r)
         self._faust_monitor: Any = None
 

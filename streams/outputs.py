@@ -13,6 +13,7 @@ from typing import Any
 
 import faust
 
+from astreg.auth import Signer
 from astreg.deadletter import deadletter_headers
 from astreg.partition import partition_for
 from astreg.patches.aiokafka import app_producer
@@ -34,8 +35,10 @@ Send = Callable[[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None
 class Outputs:
     """Where the worker writes: locations, dead letters, synthetic events (one producer)."""
 
-    def __init__(self, app: faust.App, topics: TopicSettings, metrics: StreamMetrics, send: Send | None = None):
+    def __init__(self, app: faust.App, topics: TopicSettings, metrics: StreamMetrics, send: Send | None = None,
+                 signer: Signer | None = None):
         self.app = app
+        self.signer = signer  # the workers' key: synthetic events are checked like every record
         self.topics = topics
         self.metrics = metrics
         self._send = send or self._producer_send
@@ -102,5 +105,6 @@ class Outputs:
     async def synthetic(self, event: RegistrationEvent) -> Any:
         """Send a synthetic event; returns its delivery future (RecordMetadata: partition, offset)."""
         self.metrics.synthetic.labels(event.kind.value, event.cause or "").inc()
-        return await self._send(self.topics.topic_registrations, event.endpoint.encode(),
-                                self.registrations.encode(event), None)
+        key, value = event.endpoint.encode(), self.registrations.encode(event)
+        headers = self.signer.headers(b"registrations", key, value) if self.signer is not None else None
+        return await self._send(self.topics.topic_registrations, key, value, headers)

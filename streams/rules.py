@@ -272,25 +272,46 @@ _outcome = maker(Outcome)
 
 
 def apply(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None,
-          skew_ms: int = DEFAULT_SKEW_MS) -> Row:
+          skew_ms: int = DEFAULT_SKEW_MS, current_epoch: int | None = None) -> Row:
     """The row after ``event`` (at partition ``offset``); the same object when nothing changed."""
-    return decide(row, event, offset, now_ms=now_ms, skew_ms=skew_ms).row
+    return decide(row, event, offset, now_ms=now_ms, skew_ms=skew_ms, current_epoch=current_epoch).row
 
 
 def decide(row: Row | None, event: RegistrationEvent, offset: int, *, now_ms: int | None = None,
-           skew_ms: int = DEFAULT_SKEW_MS) -> Outcome:
+           skew_ms: int = DEFAULT_SKEW_MS, current_epoch: int | None = None) -> Outcome:
     """Like :func:`apply`, also saying why an event was ignored (counted in metrics).
 
     ``skew_ms``: the largest difference between two nodes' clocks that is not trusted to order
-    registrations learned late (SPEC item 3)."""
+    registrations learned late (SPEC item 3). ``current_epoch``: the producer epoch the event's
+    node announced last on the nodes topic (None: unknown). A snapshot row of that epoch is
+    the node's own word: stamps stored from an epoch the node never announced (ahead of its
+    current one) do not outrank it, and that node's contacts confirmed only by such an epoch go."""
     base = row if row is not None else empty_row(event.endpoint)
     now = event.event_time_ms if now_ms is None else now_ms
     if offset <= base.offset:
         return _outcome(base, False, "replay")
+    if current_epoch is not None and event.source is Source.SNAPSHOT and event.producer_epoch == current_epoch:
+        last = base.last_of(event.node)
+        if last is not None and last[0] > current_epoch:
+            return _void_then_decide(base, event, offset, now, skew_ms, current_epoch)
     out = _decide(base, event, offset, now, skew_ms)
     if out.row is base or out.row.offset == offset:
         return out  # _decide stamps the offset on every row it builds
     return _outcome(_rep_row(out.row, offset=offset), out.applied, out.reason)
+
+
+def _void_then_decide(base: Row, event: RegistrationEvent, offset: int, now: int, skew_ms: int,
+                      current: int) -> Outcome:
+    """Forget what an epoch beyond the node's current one left in the row, then apply ``event``."""
+    node = event.node
+    voided = _rep_row(
+        base,
+        contacts=tuple(c for c in base.contacts if c.node != node or c.confirmed[0] <= current),
+        last=tuple(x for x in base.last if x[0] != node),
+    )
+    out = _decide(voided, event, offset, now, skew_ms)
+    new = out.row if out.row.offset == offset else _rep_row(out.row, offset=offset)
+    return _outcome(_stamp_version(base, new, now), True, "replaced_unannounced_epoch")
 
 
 def _decide(base: Row, event: RegistrationEvent, offset: int, now: int, skew_ms: int) -> Outcome:

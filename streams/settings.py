@@ -12,12 +12,12 @@ from typing import Literal
 
 from pydantic import Field
 
-from astreg.settings import AstregSettings
+from astreg.settings import AuthSettings
 
 __all__ = ["WorkerSettings"]
 
 
-class WorkerSettings(AstregSettings):
+class WorkerSettings(AuthSettings):
     """How one stream worker runs."""
 
     web_port: int = Field(6066, description="Port of the worker's web server (table views, API).")

@@ -14,6 +14,7 @@ from typing import Any
 import faust
 from faust.types import AgentT
 
+from astreg.auth import Verifier
 from astreg.settings import KafkaSettings
 
 from .metrics import StreamMetrics
@@ -47,5 +48,10 @@ class StreamApp:
     # Highest registrations offset this worker applied, per partition (timers: is a synthetic
     # event it sent applied yet?).
     applied: dict[int, int] = field(default_factory=dict)
+    # Checks every record's signature (astreg/auth.py); passes everything with --insecure-no-auth.
+    verifier: Verifier = field(default_factory=lambda: Verifier(None))
+    # Nodes seen in applied events (or in owned rows) without a record on the nodes topic: a
+    # node that never heartbeats goes stale like a silent one (streams/timers.py).
+    table_nodes: set[str] = field(default_factory=set)
     agent: AgentT[int] = field(init=False)
     apply_batch: ApplyBatch = field(init=False)

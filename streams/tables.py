@@ -320,6 +320,11 @@ class NodeBook:
     def get(self, node: str) -> NodeState | None:
         return self.nodes.get(node)
 
+    def epoch_of(self, node: str) -> int | None:
+        """The node's current producer epoch (the newest announced), None when never heard."""
+        st = self.nodes.get(node)
+        return st.producer_epoch if st is not None and st.producer_epoch else None
+
     def observe(self, st: NodeStatus, now_ms: int) -> None:
         old = self.nodes.get(st.node) or NodeState(node=st.node)
         if (st.producer_epoch, st.seq) <= (old.producer_epoch, old.seq):

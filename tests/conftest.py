@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from pathlib import Path
 import hypothesis  # noqa: F401  (see below)
 import pytest
 
+from astreg.auth import ensure_cluster_key
 from astreg.broker import EmbeddedBroker
 from astreg.kafka import ApacheKafka
 from astreg.proc import ProcessGroup
@@ -34,6 +36,16 @@ from astreg.topics import ensure_topics
 # the Faust agent tests, a late import's AST parse hit CPython 3.11.7's "AST constructor
 # recursion depth mismatch" SystemError when only tests/stream was selected.
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# Every process the tests start signs and checks records like a deployment: one cluster secret
+# for the session, in the environment every child inherits (tests of --insecure-no-auth and of
+# the key options set their own).
+_KEYS = Path(tempfile.mkdtemp(prefix="astreg-test-keys-"))
+CLUSTER_KEY = ensure_cluster_key(_KEYS)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_KEYS, ignore_errors=True)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

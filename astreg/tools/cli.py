@@ -23,7 +23,7 @@ from astreg.settings import KafkaSettings, TopicSettings
 
 __all__ = [
     "main", "configure_logging", "LazyGroup", "wait_for_signal", "broker", "kafka", "topics",
-    "topics_create",
+    "topics_create", "keys", "keys_new", "keys_derive",
 ]
 
 # name -> ("module:attribute" of a click command, one line of help). Commands are imported on
@@ -38,6 +38,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
              "Run the whole pipeline on this machine, embedded broker included."),
     "kafka": ("astreg.tools.cli:kafka",
               "Run Apache Kafka (KRaft) on loopback from Maven Central's jars."),
+    "keys": ("astreg.tools.cli:keys", "Make the cluster secret and the nodes' signing keys."),
     "producer": ("producers.cli:producer", "Stream one Asterisk node's registrations from the AMI to Kafka."),
     "simulate": ("producers.simulator.cli:simulate",
                  "Run simulated Asterisk 22 nodes speaking AMI."),
@@ -231,6 +232,50 @@ def topics_create(**kw: object) -> None:
         raise click.ClickException(str(exc)) from exc
     for c in checks:
         click.echo(f"{c.action:8} {c.name} partitions={c.partitions} cleanup.policy={c.cleanup_policy or '?'}")
+
+
+@click.group()
+def keys() -> None:
+    """Make the cluster secret and the nodes' signing keys.
+
+    The workers hold the cluster secret (--cluster-key-file); each producer holds only its own
+    node's key (--node-key-file), derived from the secret, so it can sign for its node and no
+    other (docs/security.md)."""
+
+
+@keys.command("new")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def keys_new(path: Path) -> None:
+    """Write a new cluster secret to PATH (mode 0600; never overwrites)."""
+    from astreg.auth import new_secret, write_key
+    from astreg.errors import ConfigError
+
+    try:
+        write_key(path, new_secret())
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"cluster secret written to {path}")
+
+
+@keys.command("derive")
+@click.option("--cluster-key-file", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              envvar="ASTREG_CLUSTER_KEY_FILE", show_envvar=True, help="The cluster secret (astreg keys new).")
+@click.option("--node", required=True, help="The node id the key signs for (the producer's --node).")
+@click.argument("path", type=click.Path(path_type=Path, dir_okay=False))
+def keys_derive(cluster_key_file: Path, node: str, path: Path) -> None:
+    """Write node NODE's signing key to PATH (mode 0600), for that node's producer only."""
+    from astreg.auth import derive_node_key, load_key, write_key
+    from astreg.errors import ConfigError
+    from schemas.validate import node_id_problem
+
+    problem = node_id_problem(node)
+    if problem:
+        raise click.BadParameter(problem, param_hint="--node")
+    try:
+        write_key(path, derive_node_key(load_key(cluster_key_file), node))
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"key of node {node} written to {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,6 +30,7 @@ from rich.panel import Panel
 from rich.progress import Progress, SpinnerColumn, TextColumn
 from rich.table import Table
 
+from astreg.auth import ensure_cluster_key
 from astreg.broker import EmbeddedBroker, free_port
 from astreg.errors import ConfigError
 from astreg.options import build, settings_options
@@ -122,6 +123,9 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
     for old in data.glob("worker*"):
         shutil.rmtree(old, ignore_errors=True)
     logs = data / "logs"
+    # The demo stands in for a whole cluster: one cluster secret signs for every simulated node
+    # (a real deployment gives each producer only its node's key: docs/security.md).
+    key = ensure_cluster_key(data / "keys")
 
     def step(msg: str) -> None:
         if progress is not None:
@@ -131,13 +135,15 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
     logs.mkdir(parents=True, exist_ok=True)
     kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
     topics = TopicSettings()
-    stack = Stack(broker, kafka, topics, ProcessGroup(log_dir=logs, env={"ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1"}))
+    stack = Stack(broker, kafka, topics, ProcessGroup(log_dir=logs, env={
+        "ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1", "ASTREG_CLUSTER_KEY_FILE": str(key)}))
     try:
         broker.start()
         step(f"broker up at {broker.bootstrap}")
         asyncio.run(ensure_topics(kafka, topics))
         step("topics created")
         secret = cfg.ami_secret.get_secret_value()
+        stack.procs.env["ASTREG_AMI_SECRET"] = secret  # simulator, producers, AstDB sinks: never on a command line
         if cfg.ami:
             for i, addr in enumerate(a.strip() for a in cfg.ami.split(",") if a.strip()):
                 stack.ami[f"ami{i + 1}"] = addr
@@ -145,7 +151,7 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
             sim = stack.procs.start("simulator", astreg_argv(
                 "simulate", "--nodes", str(cfg.nodes), "--phones", str(cfg.phones), "--ami-port", "0",
                 "--control-port", "0", "--scenario", cfg.scenario, "--rate", str(cfg.rate),
-                "--ami-user", cfg.ami_user, "--ami-secret", secret,
+                "--ami-user", cfg.ami_user,
             ))
             for m in _wait_lines(sim, r"^ami=(\S+)@(\S+)$", cfg.nodes, 60):
                 stack.ami[m.group(1)] = m.group(2)
@@ -153,7 +159,7 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
             stack.control_url = ctl[0].group(1)
             step(f"simulator: {cfg.nodes} nodes, {cfg.phones} phones")
         for name, addr in stack.ami.items():
-            args = ["producer", "--ami", addr, "--ami-user", cfg.ami_user, "--ami-secret", secret]
+            args = ["producer", "--ami", addr, "--ami-user", cfg.ami_user]
             if not cfg.ami:
                 args += ["--node", name]
             stack.procs.start(f"producer-{name}", astreg_argv(*args))
@@ -171,7 +177,7 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
         # down would stop the AstDB of all the others.
         for name, addr in stack.ami.items():
             stack.procs.start(f"sink-astdb-{name}", astreg_argv(
-                "sink", "astdb", "--ami", addr, "--ami-user", cfg.ami_user, "--ami-secret", secret,
+                "sink", "astdb", "--ami", addr, "--ami-user", cfg.ami_user,
                 "--group", f"astreg-sink-astdb-{_group_safe(name)}",
             ))
         step(f"sinks started: SQLite and {len(stack.ami)} AstDB (one per node)")

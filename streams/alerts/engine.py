@@ -28,6 +28,9 @@ Every threshold resolves with hysteresis (``resolve_ratio`` × threshold once ra
 figure hovering at the edge does not flip the alert back and forth.
 * SNAPSHOT_HEALED — one snapshot of a node had to remove (RECONCILE) more than
   ``snapshot_healed_contacts`` contacts: events were lost. Resolved after ``snapshot_window_s``.
+* DUPLICATE_PRODUCER — two producer processes (two epochs) speak for one node id within
+  ``node_stale_s``: two producers were started with the same node id. The older one stops
+  itself (fenced) once it reads the newer one's records; resolved when only one is heard.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ SEVERITY = {
     AlertKind.HIGH_JITTER: AlertSeverity.WARNING,
     AlertKind.HIGH_LOSS: AlertSeverity.WARNING,
     AlertKind.SNAPSHOT_HEALED: AlertSeverity.INFO,
+    AlertKind.DUPLICATE_PRODUCER: AlertSeverity.CRITICAL,
 }
 
 
@@ -129,6 +133,10 @@ class _Node:
     lost_contacts: deque[int] = field(default_factory=deque)
     healed: dict[tuple[int, int], set[str]] = field(default_factory=dict)  # (epoch, seq) -> endpoints
     healed_at: dict[tuple[int, int], int] = field(default_factory=dict)
+    newest_epoch: int = -1  # the newest producer of the node, and the time of its first record
+    newest_since_ms: int = 0
+    rival_epoch: int | None = None  # an older producer still sending after the newest one started
+    rival_at_ms: int = 0
 
 
 @dataclass
@@ -159,6 +167,14 @@ class AlertEngine:
         self.counts["nodes"] += 1
         n = self._node(ns.node, min(ns.event_time_ms, now_ms))
         n.last_seen_ms = max(n.last_seen_ms, min(ns.event_time_ms, now_ms))
+        t = min(ns.event_time_ms, now_ms)
+        if ns.producer_epoch > n.newest_epoch:
+            n.newest_epoch, n.newest_since_ms = ns.producer_epoch, t
+        elif (ns.producer_epoch < n.newest_epoch and ns.kind is not NodeEventKind.STOPPED
+              and t > n.newest_since_ms + 1000):
+            # Written after the newest producer had started (a record only delayed in transit
+            # carries an earlier time): two producers are alive for one node id.
+            n.rival_epoch, n.rival_at_ms = ns.producer_epoch, now_ms
         if ns.kind is NodeEventKind.SHUTDOWN:
             n.shutdown = True
         elif ns.kind not in (NodeEventKind.UNKNOWN, NodeEventKind.STOPPED):
@@ -386,6 +402,21 @@ class AlertEngine:
                 lambda: (
                     f"node {node}: the producer lost its AMI link (contacts kept, marked stale)",
                     {"contacts": float(len(n.contacts))},
+                ),
+            ),
+            now_ms,
+        )
+        rival = n.rival_epoch is not None and now_ms - n.rival_at_ms <= self.s.alert_node_stale_s * 1000
+        out += self._set(
+            AlertKind.DUPLICATE_PRODUCER,
+            node,
+            None,
+            _Condition(
+                rival,
+                lambda: (
+                    f"node {node}: two producers speak for this node id (epochs {n.rival_epoch} and "
+                    f"{n.newest_epoch}); the older one stops itself (fenced) when it reads the newer one's records",
+                    {"older_epoch": float(n.rival_epoch or 0), "newer_epoch": float(n.newest_epoch)},
                 ),
             ),
             now_ms,

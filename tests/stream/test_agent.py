@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from astreg.errors import UndecodableRecord
 from astreg.settings import KafkaSettings, TopicSettings
 from schemas.codec import location_codec, registration_codec
 from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
 from streams.app import create_app
 from streams.settings import WorkerSettings
 from streams.stream_app import StreamApp
+from tests.support.locations import signed as signed_as
 from tests.support.wait import until
 
 
@@ -41,9 +44,21 @@ def stream(tmp_path: Path, unique: str) -> StreamApp:
     return make_stream(tmp_path, unique)
 
 
+T0 = int(time.time() * 1000)
+
+
+def signed(key: bytes, value: bytes) -> list[tuple[str, bytes]] | None:
+    """The header the record's node would sign it with (None for bytes that are no event)."""
+    try:
+        node = registration_codec().decode(value).node
+    except UndecodableRecord:
+        return None
+    return signed_as(b"registrations", node, key, value)
+
+
 def ev(node: str, seq: int, status: ContactStatus, uri: str = "sip:1001@h:5060", endpoint: str = "PJSIP/1001") -> bytes:
     return registration_codec().encode(RegistrationEvent(
-        endpoint=endpoint, node=node, producer_epoch=1, seq=seq, event_time_ms=seq, kind=EventKind.CONTACT,
+        endpoint=endpoint, node=node, producer_epoch=1, seq=seq, event_time_ms=T0 + seq, kind=EventKind.CONTACT,
         source=Source.LIVE, contact_uri=uri, contact_status=status))
 
 
@@ -63,7 +78,7 @@ async def feed(stream: StreamApp, records: list[tuple[bytes, bytes]]) -> tuple[R
         _NEXT_OFFSET[0] += len(records)
         # wait=False: let the agent take them as one batch, like a real fetch would deliver.
         for key, value in records:
-            await ctx.put(value, key=key, wait=False)
+            await ctx.put(value, key=key, headers=signed(key, value), wait=False)
         # The agent yields the size of every batch it applied.
         await until(lambda: sum(ctx.results.values()) >= len(records), 10,
                     what=f"the agent to apply {len(records)} records")

@@ -30,6 +30,7 @@ from schemas.models import (
     Source,
 )
 from schemas.quality import Alert, AlertState, QualityKind, QualitySample, ReportDirection
+from tests.support.locations import signed
 
 __all__ = ["Receiver", "Feeder", "free_port", "alerter_env", "wait_until", "by_id"]
 
@@ -104,7 +105,10 @@ class Feeder:
                 topic, key, part = self.topics.topic_registrations, r.endpoint, None
             else:
                 topic, key, part = self.topics.topic_quality, r.endpoint, None
-            await self._producer.send(topic, self._codecs[type(r)].encode(r), key=key.encode(), partition=part)
+            value = self._codecs[type(r)].encode(r)
+            kind = b"nodes" if isinstance(r, NodeStatus) else b"registrations"
+            await self._producer.send(topic, value, key=key.encode(), partition=part,
+                                      headers=signed(kind, r.node, key.encode(), value))
         await self._producer.flush()
 
     def node(self, node: str, kind: NodeEventKind = NodeEventKind.HEARTBEAT, link: LinkState = LinkState.UP) -> NodeStatus:

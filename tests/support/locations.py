@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from astreg.auth import Keyring
 from astreg.partition import partition_for as default_partition
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
@@ -78,6 +79,12 @@ async def read_locations(kafka: KafkaSettings, topic: str) -> dict[str, Endpoint
     return state
 
 
+def signed(kind: bytes, node: str, key: bytes, value: bytes) -> list[tuple[str, bytes]] | None:
+    """The signature header the node's producer would put on this record (the session's key)."""
+    keyring = Keyring.from_env()
+    return keyring.headers(kind, node, key, value) if keyring is not None else None
+
+
 async def produce(kafka: KafkaSettings, topics: TopicSettings,
                   records: Sequence[RegistrationEvent | NodeStatus | tuple[str, bytes | None, bytes]]) -> None:
     """Send events (keyed by endpoint), node statuses (keyed by node) or raw (topic, key, value)."""
@@ -87,9 +94,13 @@ async def produce(kafka: KafkaSettings, topics: TopicSettings,
     try:
         for r in records:
             if isinstance(r, RegistrationEvent):
-                await producer.send(topics.topic_registrations, reg.encode(r), key=r.endpoint.encode())
+                key, value = r.endpoint.encode(), reg.encode(r)
+                await producer.send(topics.topic_registrations, value, key=key,
+                                    headers=signed(b"registrations", r.node, key, value))
             elif isinstance(r, NodeStatus):
-                await producer.send(topics.topic_nodes, nod.encode(r), key=r.node.encode(), partition=0)
+                key, value = r.node.encode(), nod.encode(r)
+                await producer.send(topics.topic_nodes, value, key=key, partition=0,
+                                    headers=signed(b"nodes", r.node, key, value))
             else:
                 topic, key, value = r
                 await producer.send(topic, value, key=key)

@@ -82,7 +82,7 @@ def test_an_empty_variable_is_unset(cls: type[BaseSettings], clean_env: pytest.M
 @pytest.mark.parametrize("cls", CLASSES, ids=IDS)
 def test_a_set_variable_is_read(cls: type[BaseSettings], clean_env: pytest.MonkeyPatch) -> None:
     """The other half of the rule (so the test above cannot pass by ignoring the environment)."""
-    kinds = [(int, int | None, float, float | None), (str,)]  # numbers first: strings may be validated
+    kinds = [(int, int | None, float, float | None), (str,), (bool,)]  # numbers first: strings may be validated
     name = next(n for kind in kinds for n, f in cls.model_fields.items() if f.annotation in kind)
     default = getattr(cls(), name)
     value = default + "-x" if isinstance(default, str) else (default or 0) + 1

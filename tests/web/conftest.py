@@ -34,6 +34,7 @@ from schemas.models import (
     Source,
 )
 from tests.conftest import ARTIFACTS, unique_name
+from tests.support.locations import signed
 
 NODES = ("node0", "node1", "node2")
 SCRIPT_UA = "<script>document.title='pwned'</script><img src=x onerror=alert(1)>"
@@ -93,9 +94,13 @@ class Feeder:
         try:
             for r in records:
                 if isinstance(r, RegistrationEvent):
-                    await producer.send(self.topics.topic_registrations, reg.encode(r), key=r.endpoint.encode())
+                    key, value = r.endpoint.encode(), reg.encode(r)
+                    await producer.send(self.topics.topic_registrations, value, key=key,
+                                        headers=signed(b"registrations", r.node, key, value))
                 else:
-                    await producer.send(self.topics.topic_nodes, nod.encode(r), key=r.node.encode(), partition=0)
+                    key, value = r.node.encode(), nod.encode(r)
+                    await producer.send(self.topics.topic_nodes, value, key=key, partition=0,
+                                        headers=signed(b"nodes", r.node, key, value))
             await producer.flush()
         finally:
             await producer.stop()

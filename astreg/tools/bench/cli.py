@@ -36,6 +36,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from astreg.auth import ensure_cluster_key
 from astreg.broker import EmbeddedBroker
 from astreg.settings import KafkaSettings
 
@@ -284,6 +285,9 @@ def bench(ctx: click.Context, quick: bool, only: str, json_path: Path | None, pl
     figures, exit status 1 when a section failed. With a command: that benchmark alone, with
     its own options, its figures printed as JSON.
     """
+    # Pipelines of the bench sign and check every record like a deployment (the stream section
+    # counts the check's cost): one cluster secret for the run, unless one is given.
+    ensure_cluster_key(Path(tempfile.mkdtemp(prefix="astreg-bench-keys-")))
     if ctx.invoked_subcommand is not None:
         given = [param.opts[0] for param in ctx.command.params if param.name is not None
                  and ctx.get_parameter_source(param.name) is click.ParameterSource.COMMANDLINE]

@@ -28,6 +28,7 @@ from urllib.parse import quote, urlsplit
 import aiohttp
 import click
 
+from astreg.auth import Keyring
 from astreg.broker import free_port
 
 __all__ = ["measure_node_lookups", "measure_row_index", "run", "main"]
@@ -179,6 +180,7 @@ async def _feed(kafka: Any, topics: Any, endpoints: list[str]) -> None:
     from schemas.models import ContactStatus, EventKind, RegistrationEvent, Source
 
     codec = registration_codec()
+    keyring = Keyring.from_env()
     epoch = int(time.time() * 1000)
     producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), enable_idempotence=kafka.idempotent, linger_ms=5)
     await producer.start()
@@ -190,7 +192,9 @@ async def _feed(kafka: Any, topics: Any, endpoints: list[str]) -> None:
                 kind=EventKind.CONTACT, source=Source.LIVE, contact_uri=f"sip:{i}@10.0.{i // 256 % 256}.{i % 256}",
                 contact_status=ContactStatus.REACHABLE, ip=f"10.0.{i // 256 % 256}.{i % 256}", port=5060,
             )
-            await producer.send(topics.topic_registrations, codec.encode(ev), key=endpoint.encode())
+            value = codec.encode(ev)
+            await producer.send(topics.topic_registrations, value, key=endpoint.encode(),
+                                headers=keyring.headers(b"registrations", node, endpoint.encode(), value) if keyring else None)
         await producer.flush()
     finally:
         await producer.stop()
