@@ -297,3 +297,32 @@ def test_contact_loss_does_not_flip_flop_at_the_threshold() -> None:
     out = replay(e, [(T0, contact("n2", f"PJSIP/{10 + i}", ContactStatus.REACHABLE, T0)) for i in range(3)])
     # 3 of 9 = 33 % < 40 % (0.8 x 50 %): resolved.
     assert transitions(out, AlertKind.CONTACT_LOSS) == [("CONTACT_LOSS/n2", AlertState.RESOLVED)]
+
+
+def beat(node: str, epoch: int, t: int, kind: NodeEventKind = NodeEventKind.HEARTBEAT) -> NodeStatus:
+    return NodeStatus(node=node, producer_epoch=epoch, seq=t, event_time_ms=t, kind=kind, ami_link=LinkState.UP)
+
+
+def test_two_live_producers_of_one_node_raise_duplicate_producer_once_and_resolve() -> None:
+    e = AlertEngine(cfg())
+    e.on_node(beat("node1", 100, T0), T0)
+    e.on_node(beat("node1", 200, T0 + 1 * S), T0 + 1 * S)  # a second producer starts
+    raised = e.on_node(beat("node1", 100, T0 + 5 * S), T0 + 5 * S)  # ... while the first still beats
+    assert [(a.kind, a.state) for a in raised] == [(AlertKind.DUPLICATE_PRODUCER, AlertState.RAISED)]
+    assert raised[0].figures == {"older_epoch": 100.0, "newer_epoch": 200.0}
+    assert raised[0].severity is AlertSeverity.CRITICAL
+    assert e.on_node(beat("node1", 100, T0 + 6 * S), T0 + 6 * S) == []  # raised once
+    kinds = [(a.kind, a.state) for t in range(7, 40) for a in e.on_node(beat("node1", 200, T0 + t * S), T0 + t * S)]
+    assert kinds == [(AlertKind.DUPLICATE_PRODUCER, AlertState.RESOLVED)]  # the older one was fenced
+
+
+def test_a_restarted_producer_is_no_duplicate() -> None:
+    """A crash and a restart: the old epoch's last records arrive late (written before the new
+    producer started), then only the new one speaks."""
+    e = AlertEngine(cfg())
+    e.on_node(beat("node1", 100, T0), T0)
+    e.on_node(beat("node1", 200, T0 + 10 * S), T0 + 10 * S)
+    late = e.on_node(beat("node1", 100, T0 + 1 * S), T0 + 11 * S)  # buffered, delivered after
+    stopped = e.on_node(beat("node1", 100, T0 + 12 * S, NodeEventKind.STOPPED), T0 + 12 * S)
+    assert late == [] and stopped == []
+    assert not [a for a in e.active() if a.kind is AlertKind.DUPLICATE_PRODUCER]
