@@ -24,7 +24,7 @@ from pydantic_settings import BaseSettings
 
 from .errors import ConfigError
 
-__all__ = ["settings_options", "build", "option_name", "read_secret_file"]
+__all__ = ["settings_options", "build", "option_name", "read_secret_file", "SecretFileOption"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 S = TypeVar("S", bound=BaseSettings)
@@ -54,6 +54,15 @@ def _click_type(tp: Any) -> tuple[Any, bool]:
     return str, False
 
 
+class SecretFileOption(click.Option):
+    """``--NAME-file``: the file of a secret; ``value_envvar`` names the variable that may hold
+    the secret itself (read by the settings model, never an option)."""
+
+    def __init__(self, *args: Any, value_envvar: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.value_envvar = value_envvar
+
+
 def settings_options(*models: type[BaseSettings], exclude: tuple[str, ...] = ()) -> Callable[[F], F]:
     """Decorate a click command with one option per field of each settings model."""
 
@@ -73,6 +82,7 @@ def settings_options(*models: type[BaseSettings], exclude: tuple[str, ...] = ())
                         f"{option_name(name)}-file", f"{name}_file", type=click.Path(path_type=Path),
                         default=None, envvar=f"{prefix}{name.upper()}_FILE", show_envvar=True,
                         help=f"File holding the {info.description or name} (or set {prefix}{name.upper()}).",
+                        cls=SecretFileOption, value_envvar=f"{prefix}{name.upper()}",
                     )(fn)
                     continue
                 help_text = info.description or ""

@@ -791,6 +791,7 @@ class NodeProducer:
             return
         self.seq += len(records)
         for r in records:
+            r.headers = self._signed(b"quality", r.key, r.value)
             self.publisher.put(r)
 
     def _track(self, msg: Mapping[str, Any], name: str, ev: RegistrationEvent, snap: _Snapshot | None) -> None:

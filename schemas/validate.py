@@ -16,7 +16,7 @@ abused:
   neither with control characters or spaces; **port** 1–65535; **RTT** 0–3,600 s;
   **qualify frequency** 0–86,400 s.
 * **times**: an event time at most ``MAX_SKEW_MS`` (one day) ahead of the checking clock, not
-  before 2001-09-09 (10^12 ms) and, when the record has a broker timestamp, within a day of it;
+  before 10^12 ms (September 2001) and, when the record has a broker timestamp, within a day of it;
   a contact's expiration within 31 days of the event; a producer epoch (its start time in ms)
   not ahead of the checking clock by more than a day.
 """
@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 MAX_SKEW_MS = 86_400_000  # one day
-MIN_TIME_MS = 1_000_000_000_000  # 2001-09-09: no Asterisk event is older
+MIN_TIME_MS = 1_000_000_000_000  # September 2001: no Asterisk event is older
 MAX_EXPIRY_MS = 31 * 86_400_000
 MAX_RTT_US = 3_600_000_000
 _NODE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")

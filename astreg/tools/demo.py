@@ -143,7 +143,8 @@ def start_stack(cfg: DemoSettings, progress: Progress | None = None) -> Stack:
         asyncio.run(ensure_topics(kafka, topics))
         step("topics created")
         secret = cfg.ami_secret.get_secret_value()
-        stack.procs.env["ASTREG_AMI_SECRET"] = secret  # simulator, producers, AstDB sinks: never on a command line
+        # The simulator, the producers and the AstDB sinks: never on a command line.
+        stack.procs.env.update({"ASTREG_AMI_SECRET": secret, "ASTREG_ASTDB_AMI_SECRET": secret})
         if cfg.ami:
             for i, addr in enumerate(a.strip() for a in cfg.ami.split(",") if a.strip()):
                 stack.ami[f"ami{i + 1}"] = addr

@@ -145,7 +145,8 @@ def pipeline(
     topics = TopicSettings(partitions=partitions)
     if suffix:
         topics = topics.with_suffix(suffix)
-    env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", "ASTREG_AMI_SECRET": "astreg", **(extra_env or {})}
+    env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", "ASTREG_AMI_SECRET": "astreg", "ASTREG_ASTDB_AMI_SECRET": "astreg",
+           **(extra_env or {})}
     procs = ProcessGroup(log_dir=work / "logs", env=env)
     pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite", redis_url=redis_url, redis_prefix=redis_prefix)
     try:

@@ -28,6 +28,9 @@ class AlerterMetrics(ComponentMetrics):
         self.undecodable = Counter(
             "astreg_alerter_undecodable_total", "Records that could not be decoded.", ["topic"], registry=r
         )
+        self.refused = Counter(
+            "astreg_alerter_refused_total", "Records not believed (unsigned or not signed by their node).",
+            ["topic", "reason"], registry=r)
         self.transitions = Counter(
             "astreg_alerts_total", "Alert transitions published.", ["kind", "state"], registry=r
         )

@@ -32,9 +32,9 @@ from pydantic import Field
 from astreg.deadletter import deadletter_headers
 from astreg.errors import UndecodableRecord
 from astreg.patches.aiokafka import refresh_metadata
-from astreg.settings import AstregSettings, KafkaSettings, TopicSettings
+from astreg.settings import AuthSettings, KafkaSettings, TopicSettings
 from schemas.codec import Codec
-from schemas.models import NodeStatus, RegistrationEvent
+from schemas.models import EventKind, NodeStatus, RegistrationEvent, Source
 from schemas.quality import Alert, AlertState, QualitySample
 from streams.alerts.engine import AlertEngine, AlertSettings
 from streams.alerts.metrics import AlerterMetrics
@@ -50,8 +50,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class AlerterSettings(AstregSettings):
-    """How the alerter runs (``ASTREG_ALERT_*``)."""
+class AlerterSettings(AuthSettings):
+    """How the alerter runs (``ASTREG_ALERT_*``; the cluster key like the workers')."""
 
     alert_webhook: str | None = Field(
         None, description="Alertmanager-compatible URL to POST alerts to (e.g. http://am:9093/api/v2/alerts)."
@@ -183,6 +183,11 @@ class Alerter:
             topics.topic_quality: Codec.for_model(QualitySample),
         }
         self._alert_codec = Codec.for_model(Alert)
+        # A forged record must not raise (or resolve) an alert: records are checked like the
+        # workers check them (astreg/auth.py).
+        self.verifier = self.settings.verifier()
+        self._kinds = {topics.topic_registrations: b"registrations", topics.topic_nodes: b"nodes",
+                       topics.topic_quality: b"quality"}
         self.webhook: WebhookSender | None = None
         self.ready = asyncio.Event()
         self.published = 0
@@ -331,6 +336,13 @@ class Alerter:
             self.metrics.undecodable.labels(tp.topic).inc()
             logger.warning("skipping undecodable record: %s", exc)
             self._deadletter(tp, record, exc)
+            return []
+        synthetic = isinstance(rec, RegistrationEvent) and (
+            rec.source is Source.SYNTHETIC or rec.kind in (EventKind.STALE, EventKind.EXPIRE, EventKind.RECONCILE))
+        refused = self.verifier.check(self._kinds[tp.topic], rec.node, synthetic, record.key, record.value,
+                                      record.headers)
+        if refused is not None:
+            self.metrics.refused.labels(tp.topic, refused).inc()
             return []
         if isinstance(rec, RegistrationEvent):
             return self.engine.on_registration(rec, now)

@@ -616,7 +616,7 @@ def install(
         _install_faust_metrics(app, metrics)
     if settings.api_token is None and not _is_loopback(str(app.conf.web_bind)):
         logger.warning(
-            "web API on %s:%s without --api-token: anyone who can reach it can read every "
+            "web API on %s:%s without an API token (--api-token-file): anyone who can reach it can read every "
             "registration; set ASTREG_API_TOKEN or bind to 127.0.0.1",
             app.conf.web_bind, app.conf.web_port,
         )

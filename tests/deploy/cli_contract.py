@@ -38,13 +38,16 @@ _SINK_RUNNER = (("group", "ASTREG_SINK_"), ("rebuild", "ASTREG_SINK_"), ("metric
 DOCUMENTED: dict[str, tuple[tuple[str, str], ...]] = {
     "producer": tuple((f, "ASTREG_") for f in (
         "ami", "ami_user", "ami_secret", "ami_tls", "ami_md5", "node", "resync_interval",
-        "heartbeat_interval", "buffer_size", "metrics_port", "epoch_file",
+        "heartbeat_interval", "buffer_size", "metrics_port", "epoch_file", "ami_secret_file", "node_key_file",
+        "cluster_key_file", "insecure_no_auth",
     )),
     "worker": tuple((f, "ASTREG_") for f in (
         "web_port", "web_host", "data_dir", "store", "node_timeout", "node_grace", "expiry_grace", "api_token",
+        "api_token_file", "cluster_key_file", "insecure_no_auth",
     )),
     "sink sql": (("url", "ASTREG_SQL_"), *_SINK_RUNNER),
     "sink astdb": (("ami", "ASTREG_ASTDB_"), ("ami_user", "ASTREG_ASTDB_"), ("ami_secret", "ASTREG_ASTDB_"),
+                   ("ami_secret_file", "ASTREG_ASTDB_"),
                    ("family", "ASTREG_ASTDB_"), *_SINK_RUNNER),
     "sink redis": (("url", "ASTREG_REDIS_"), ("key_prefix", "ASTREG_REDIS_"), *_SINK_RUNNER),
     "topics create": (),
@@ -101,6 +104,9 @@ def real_envvars(command: str) -> set[str]:
             out.add(env)
         elif env:
             out.update(env)
+        value = getattr(p, "value_envvar", None)  # a secret: --NAME-file or the variable itself
+        if value:
+            out.add(value)
     return out
 
 

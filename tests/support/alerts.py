@@ -106,7 +106,7 @@ class Feeder:
             else:
                 topic, key, part = self.topics.topic_quality, r.endpoint, None
             value = self._codecs[type(r)].encode(r)
-            kind = b"nodes" if isinstance(r, NodeStatus) else b"registrations"
+            kind = {NodeStatus: b"nodes", RegistrationEvent: b"registrations"}.get(type(r), b"quality")
             await self._producer.send(topic, value, key=key.encode(), partition=part,
                                       headers=signed(kind, r.node, key.encode(), value))
         await self._producer.flush()
