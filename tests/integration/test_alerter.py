@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import os
+from dataclasses import replace
 
 import httpx
 
@@ -48,6 +49,13 @@ async def _raise_everything(feed: Feeder, links: dict[str, LinkState]) -> None:
     await feed.send(*(feed.rtcp("n1", "PJSIP/1006", jitter_ms=40.0, loss=0.2) for _ in range(3)))
     await feed.send(*(feed.contact("n2", f"PJSIP/{5000 + i}", ContactStatus.UNKNOWN, Source.SYNTHETIC,
                                    EventKind.RECONCILE, epoch=feed.epoch, seq=77) for i in range(3)))
+    # Two producers for "twin": the feeder's (newest, started 1.2 s ago: more than the second a
+    # record may lag, less than the stale threshold) and an older one that still writes now; then
+    # only the newest beats (DUPLICATE_PRODUCER resolves after the stale window).
+    started = replace(feed.node("twin", NodeEventKind.BOOTED), event_time_ms=feed.now() - 1200)
+    older = replace(feed.node("twin"), producer_epoch=feed.epoch - 1)
+    await feed.send(started, older)
+    links["twin"] = LinkState.UP
 
 
 async def test_every_alert_kind_raised_and_resolved_once_through_a_webhook_that_was_down(

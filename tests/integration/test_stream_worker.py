@@ -79,7 +79,7 @@ async def test_snapshot_reconciliation_and_dead_letters(kafka: KafkaSettings, to
         ev("PJSIP/1001", "A", 3, ContactStatus.REACHABLE, kept),
         ev("PJSIP/1003", "A", 4, ContactStatus.REACHABLE, "sip:1003@h"),
         node("A", 10, NodeEventKind.SNAPSHOT_BEGIN, snapshot_id="s1"),
-        RegistrationEvent(endpoint="PJSIP/1001", node="A", producer_epoch=1, seq=11, event_time_ms=1,
+        RegistrationEvent(endpoint="PJSIP/1001", node="A", producer_epoch=1, seq=11, event_time_ms=int(time.time() * 1000),
                           kind=EventKind.CONTACT, source=Source.SNAPSHOT, contact_uri=kept,
                           contact_status=ContactStatus.REACHABLE, snapshot_id="s1"),
         (topics.topic_registrations, b"PJSIP/1001", b"\x00\x01garbage"),

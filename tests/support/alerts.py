@@ -107,8 +107,9 @@ class Feeder:
                 topic, key, part = self.topics.topic_quality, r.endpoint, None
             value = self._codecs[type(r)].encode(r)
             kind = {NodeStatus: b"nodes", RegistrationEvent: b"registrations"}.get(type(r), b"quality")
+            synthetic = isinstance(r, RegistrationEvent) and r.source is Source.SYNTHETIC
             await self._producer.send(topic, value, key=key.encode(), partition=part,
-                                      headers=signed(kind, r.node, key.encode(), value))
+                                      headers=signed(kind, r.node, key.encode(), value, synthetic))
         await self._producer.flush()
 
     def node(self, node: str, kind: NodeEventKind = NodeEventKind.HEARTBEAT, link: LinkState = LinkState.UP) -> NodeStatus:

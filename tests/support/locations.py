@@ -79,10 +79,11 @@ async def read_locations(kafka: KafkaSettings, topic: str) -> dict[str, Endpoint
     return state
 
 
-def signed(kind: bytes, node: str, key: bytes, value: bytes) -> list[tuple[str, bytes]] | None:
-    """The signature header the node's producer would put on this record (the session's key)."""
+def signed(kind: bytes, node: str, key: bytes, value: bytes, synthetic: bool = False) -> list[tuple[str, bytes]] | None:
+    """The signature header the node's producer (or, ``synthetic``, the workers) would put on
+    this record (the session's key)."""
     keyring = Keyring.from_env()
-    return keyring.headers(kind, node, key, value) if keyring is not None else None
+    return keyring.headers(kind, node, key, value, synthetic) if keyring is not None else None
 
 
 async def produce(kafka: KafkaSettings, topics: TopicSettings,
