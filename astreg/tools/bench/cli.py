@@ -25,6 +25,7 @@ import importlib
 import json
 import logging
 import platform
+import shutil
 import tempfile
 import time
 import traceback
@@ -287,7 +288,9 @@ def bench(ctx: click.Context, quick: bool, only: str, json_path: Path | None, pl
     """
     # Pipelines of the bench sign and check every record like a deployment (the stream section
     # counts the check's cost): one cluster secret for the run, unless one is given.
-    ensure_cluster_key(Path(tempfile.mkdtemp(prefix="astreg-bench-keys-")))
+    keys = Path(tempfile.mkdtemp(prefix="astreg-bench-keys-"))
+    ctx.call_on_close(lambda: shutil.rmtree(keys, ignore_errors=True))
+    ensure_cluster_key(keys)
     if ctx.invoked_subcommand is not None:
         given = [param.opts[0] for param in ctx.command.params if param.name is not None
                  and ctx.get_parameter_source(param.name) is click.ParameterSource.COMMANDLINE]
