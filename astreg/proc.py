@@ -77,6 +77,7 @@ class Child:
     argv: list[str]
     log_path: Path
     proc: subprocess.Popen[bytes]
+    env: dict[str, str] = field(default_factory=dict)  # given to start(): a restart gets it again
 
     @property
     def pid(self) -> int:
@@ -131,7 +132,7 @@ class ProcessGroup:
             env=full_env, start_new_session=True, preexec_fn=die_with_parent(),
         )
         out.close()
-        child = Child(name, argv, log_path, proc)
+        child = Child(name, argv, log_path, proc, dict(env or {}))
         self.children.append(child)
         logger.info("started %s (pid %d): %s", name, proc.pid, " ".join(argv))
         return child
@@ -139,7 +140,7 @@ class ProcessGroup:
     def restart(self, child: Child) -> Child:
         child.stop()
         self.children.remove(child)
-        return self.start(child.name, child.argv)
+        return self.start(child.name, child.argv, child.env)
 
     def stop_all(self, grace: float = 8.0) -> None:
         """SIGTERM to every child at once; SIGKILL to all still running ``grace`` seconds later."""

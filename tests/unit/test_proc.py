@@ -126,3 +126,20 @@ def test_the_death_signal_is_the_one_asked_for(tmp_path: Path) -> None:
         assert marker.read_text() == "yes"
     finally:
         reap([starter, *found])
+
+
+def test_a_restarted_child_gets_the_environment_it_was_started_with(tmp_path: Path) -> None:
+    """A secret handed to one child in its environment (never on its command line) must survive
+    a restart of that child."""
+    group = ProcessGroup(log_dir=tmp_path)
+    argv = [sys.executable, "-c", "import os, time; print('secret=' + os.environ.get('ASTREG_X', '-'), flush=True); "
+            "time.sleep(60)"]
+    try:
+        child = group.start("c", argv, env={"ASTREG_X": "s3"})
+        again = group.restart(child)
+        deadline = time.monotonic() + 10
+        while again.log().count("secret=") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)  # poll the log file (bounded)
+        assert again.log().count("secret=s3") == 2, again.log()
+    finally:
+        group.stop_all()
