@@ -136,10 +136,15 @@ def test_a_restarted_child_gets_the_environment_it_was_started_with(tmp_path: Pa
             "time.sleep(60)"]
     try:
         child = group.start("c", argv, env={"ASTREG_X": "s3"})
+        _wait_lines(child, 1)
         again = group.restart(child)
-        deadline = time.monotonic() + 10
-        while again.log().count("secret=") < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # poll the log file (bounded)
+        _wait_lines(again, 2)
         assert again.log().count("secret=s3") == 2, again.log()
     finally:
         group.stop_all()
+
+
+def _wait_lines(child: object, n: int) -> None:
+    deadline = time.monotonic() + 10
+    while child.log().count("secret=") < n and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)  # poll the log file (bounded)
