@@ -23,6 +23,7 @@ import enum
 import gc
 import heapq
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
@@ -69,6 +70,9 @@ __all__ = [
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
+MAX_CURSOR = 2048  # characters; an endpoint id is at most 128, a cursor holds one sort key
+MAX_SEARCH = 256
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 #: Sort fields whose values are integers (the others are text).
 _NUMERIC_SORTS = frozenset({"rtt", "last_change"})
@@ -240,11 +244,11 @@ def _enum_param(params: Mapping[str, str], name: str, enum_type: type[Any]) -> A
 
 def parse_query(params: Mapping[str, str]) -> EndpointQuery:
     """Validate the query string of the list endpoint; :class:`BadQuery` says what is wrong."""
-    limit_raw = (params.get("limit") or "").strip()
-    try:
-        limit = int(limit_raw) if limit_raw else DEFAULT_LIMIT
-    except ValueError as exc:
-        raise BadQuery(f"limit={limit_raw!r} is not an integer") from exc
+    limit_raw = params.get("limit") or ""
+    # ASCII digits only: int() also takes "١٢", " 12", "+12" and "1_000", which no client means.
+    if limit_raw and not (limit_raw.isascii() and limit_raw.isdigit() and len(limit_raw) <= 6):
+        raise BadQuery(f"limit={limit_raw[:20]!r} is not a number of 1 to 6 ASCII digits")
+    limit = int(limit_raw) if limit_raw else DEFAULT_LIMIT
     if not 1 <= limit <= MAX_LIMIT:
         raise BadQuery(f"limit={limit} is outside 1..{MAX_LIMIT}")
     sort = (params.get("sort") or "endpoint").strip().lower()
@@ -255,6 +259,10 @@ def parse_query(params: Mapping[str, str]) -> EndpointQuery:
         raise BadQuery(f"order={order!r} is not asc or desc")
     node = (params.get("node") or "").strip() or None
     q = (params.get("q") or "").strip() or None
+    if q is not None and (len(q) > MAX_SEARCH or _CONTROL.search(q)):
+        # Control characters would let a search span two fields of a row (the index joins
+        # them with NUL); no endpoint, node, address or user agent contains one.
+        raise BadQuery(f"q must be at most {MAX_SEARCH} characters without control characters")
     query = EndpointQuery(
         node=node,
         state=_enum_param(params, "state", LocationStatus),
@@ -291,13 +299,18 @@ def encode_cursor(query: EndpointQuery, key: tuple[Any, ...]) -> str:
 
 
 def decode_cursor(cursor: str, query: EndpointQuery) -> tuple[Any, ...]:
-    """The key a cursor carries; :class:`BadQuery` if it is garbled or from another sort order."""
+    """The key a cursor carries; :class:`BadQuery` if it is garbled or from another sort order.
+
+    A cursor longer than any this API hands out is refused before it is decoded, and deep
+    nesting (``[[[[...``, which makes the JSON parser raise RecursionError) is a bad cursor too."""
+    if len(cursor) > MAX_CURSOR:
+        raise BadQuery("cursor is not one this API handed out (too long)")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         data = json.loads(raw)
         key = data["k"]
         sort, desc = data["s"], data["d"]
-    except (binascii.Error, ValueError, KeyError, TypeError) as exc:
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError) as exc:
         raise BadQuery("cursor is not one this API handed out") from exc
     if (
         not isinstance(key, list)

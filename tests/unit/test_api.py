@@ -132,7 +132,7 @@ def test_parse_everything_case_insensitively() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"limit": "x"}, "limit='x' is not an integer"),
+        ({"limit": "x"}, "limit='x' is not a number of 1 to 6 ASCII digits"),
         ({"limit": "0"}, "limit=0 is outside"),
         ({"limit": "1001"}, "limit=1001 is outside"),
         ({"state": "gone"}, "state='gone' is not one of"),
@@ -316,3 +316,39 @@ def test_node_summaries_list_nodes_from_either_source() -> None:
 )
 def test_node_state(view: dict[str, object], grace: int | None, expected: str) -> None:
     assert api.node_state(view, grace) == expected
+
+
+# ------------------------------------------------------------------ hostile input
+
+
+@pytest.mark.parametrize("cursor", [
+    "W" * 4000,  # longer than any cursor the API hands out
+    __import__("base64").urlsafe_b64encode(b"[" * 1500).decode(),  # JSON nesting: RecursionError
+    __import__("base64").urlsafe_b64encode(b'{"s":"endpoint","d":false,"k":' + b"[" * 1400 + b"]" * 1400 + b"}").decode(),
+    "%%%", "eyJr", "bnVsbA",  # not base64, truncated JSON, JSON null
+])
+def test_a_malformed_or_deeply_nested_cursor_is_a_bad_query(cursor: str) -> None:
+    with pytest.raises(BadQuery, match="cursor"):
+        api.parse_query({"cursor": cursor})
+
+
+@pytest.mark.parametrize("limit", ["١٢", "１２", " 12", "12 ", "+12", "1_0", "0x10", "12.0", "-1", "1e2", "9" * 40])
+def test_limit_takes_ascii_digits_only(limit: str) -> None:
+    with pytest.raises(BadQuery, match="limit"):
+        api.parse_query({"limit": limit})
+    assert api.parse_query({"limit": "12"}).limit == 12
+
+
+def test_search_does_not_match_across_fields() -> None:
+    """The end of one field and the start of the next are not one text: the index joins the
+    fields with NUL, and a search may not contain a control character."""
+    row = loc("PJSIP/1001", "node1", ua="Yealink")
+    for q in ("1001\x00node1", "1001\x00", "\x00node1"):
+        with pytest.raises(BadQuery, match="control characters"):
+            api.parse_query({"q": q})
+    index = api.RowIndex([row])
+    for q in ("1001node1", "1001 node1", "10.0.0.1sip"):
+        query = api.parse_query({"q": q})
+        assert not api.matches(row, query)
+        assert index.page(query).items == []
+    assert index.page(api.parse_query({"q": "node1"})).total == 1
