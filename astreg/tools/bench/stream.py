@@ -39,7 +39,7 @@ from schemas.models import ContactStatus, DeviceState, EventKind, RegistrationEv
 
 __all__ = [
     "bench_throughput", "bench_recovery", "workload", "main", "naive_main", "raw_consume_rate", "naive_worker",
-    "run", "run_recovery",
+    "run", "run_recovery", "check_cost",
 ]
 
 logger = logging.getLogger(__name__)
