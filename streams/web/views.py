@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import hmac
 import ipaddress
 import json
@@ -38,9 +39,10 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST
 from yarl import URL
 
+from astreg.auth import derive_node_key
 from astreg.errors import BadQuery, WorkerUnavailable
 from astreg.partition import partition_for
-from astreg.patches.web import drop_blueprints
+from astreg.patches.web import drop_blueprints, on_every_response
 from schemas.models import EndpointLocation
 from streams.metrics import StreamMetrics
 from streams.web import api
@@ -50,7 +52,7 @@ __all__ = [
     "WebSettings", "WebService", "install", "register", "CSP", "Lookup", "Snapshot",
     "EndpointView", "quality_of", "EndpointNodeView", "EndpointListView", "LocalEndpointsView",
     "LocalCountsView", "NodesView", "HealthView", "ReadyView", "MetricsView", "IndexView", "ScriptView",
-    "StyleView",
+    "StyleView", "peer_key_of", "SECURITY_HEADERS",
 ]
 
 logger = logging.getLogger(__name__)
@@ -64,6 +66,17 @@ CSP = (
 )
 FORWARDED = "X-Astreg-Forwarded"
 SERVED_BY = "X-Astreg-Served-By"
+PEER = "X-Astreg-Peer"  # a worker's credential on a request it forwards to another worker
+PEER_WINDOW_S = 30  # a peer credential is good this long (clocks of workers within it)
+#: On every response (API, page, static files, probes, /metrics, error pages): docs/web.md.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",
+}
 RETRY_AFTER_S = 1
 
 # Faust's built-in views would serve "/" and table contents without our auth check.
@@ -124,8 +137,12 @@ class WebService:
         node_view: Callable[[Any], dict[str, Any]],
         metrics: StreamMetrics,
         node_grace_s: float | None = None,
+        peer_key: bytes | None = None,
     ) -> None:
         self.app = app
+        # Workers vouch for the requests they forward with a MAC under this key (derived from the
+        # cluster secret), never with the caller's token (docs/web.md "Authentication").
+        self.peer_key = peer_key
         self.locations = locations
         self.nodes = nodes
         self.settings = settings
@@ -333,16 +350,18 @@ class WebService:
         return answers
 
     async def _peer_get(self, url: str, request: Request, kind: str) -> tuple[int, str, Mapping[str, str]]:
+        """GET ``url`` of another worker of the group. The caller's token is never passed on:
+        the request carries this worker's credential for exactly this path, for a short time."""
+        target = URL(url, encoded=True)
         headers = {FORWARDED: "1"}
-        auth = request.headers.get("Authorization")
-        if auth:
-            headers["Authorization"] = auth
-        elif self.settings.api_token is not None:
+        if self.peer_key is not None:
+            headers[PEER] = self.peer_credential(target.raw_path_qs, int(time.time()))
+        elif self.settings.api_token is not None:  # no cluster secret (--insecure-no-auth)
             headers["Authorization"] = f"Bearer {self.settings.api_token.get_secret_value()}"
         timeout = aiohttp.ClientTimeout(total=self.settings.web_peer_timeout)
         try:
             # Faust's own client session: opened and closed with the app.
-            async with self.app.http_client.get(URL(url, encoded=True), headers=headers, timeout=timeout) as resp:
+            async with self.app.http_client.get(target, headers=headers, timeout=timeout) as resp:
                 body = await resp.text()
                 self.metrics.web.forwarded.labels(kind, str(resp.status)).inc()
                 return resp.status, body, dict(resp.headers)
@@ -367,9 +386,28 @@ class WebService:
 
     # ------------------------------------------------------------ auth
 
+    def peer_credential(self, path_qs: str, at_s: int) -> str:
+        """``<unix time>.<MAC>``: GET of this path and query, by a worker, at that time."""
+        assert self.peer_key is not None
+        mac = hashlib.blake2b(f"GET\0{path_qs}\0{at_s}".encode(), key=self.peer_key, digest_size=32).hexdigest()
+        return f"{at_s}.{mac}"
+
+    def peer_vouched(self, request: Request) -> bool:
+        """Whether another worker of the group forwarded this request (a valid peer credential)."""
+        given = request.headers.get(PEER, "")
+        if self.peer_key is None or not given or request.method != "GET":
+            return False
+        at, _, _mac = given.partition(".")
+        if not (at.isascii() and at.isdigit()) or abs(time.time() - int(at)) > PEER_WINDOW_S:
+            return False
+        raw_path = request.raw_path  # type: ignore[attr-defined]  # aiohttp's request, as sent
+        return hmac.compare_digest(given, self.peer_credential(raw_path, int(at)))
+
     def authorized(self, request: Request) -> bool:
         token = self.settings.api_token
         if token is None:
+            return True
+        if self.peer_vouched(request):
             return True
         want = token.get_secret_value().encode()
         header = request.headers.get("Authorization", "")
@@ -595,6 +633,7 @@ def install(
     metrics: StreamMetrics | None = None,
     node_grace_s: float | None = None,
     faust_metrics: bool = True,
+    peer_key: bytes | None = None,
 ) -> WebService:
     """Add the page and API to ``app`` (call before the app starts).
 
@@ -607,7 +646,8 @@ def install(
         node_view = node_view or tables.node_view
     settings = settings or WebSettings()
     metrics = metrics or StreamMetrics()
-    service = WebService(app, locations, nodes, settings, location_of, node_view, metrics, node_grace_s)
+    service = WebService(app, locations, nodes, settings, location_of, node_view, metrics, node_grace_s, peer_key)
+    on_every_response(app, _security_headers)
     drop_blueprints(app, _FAUST_BLUEPRINTS_REPLACED)
     for path, view in ROUTES:
         bound = type(view.__name__, (view,), {"service": service})
@@ -622,6 +662,13 @@ def install(
         )
 
     return service
+
+
+async def _security_headers(request: Any, response: Any) -> None:
+    """Every response of the worker's web server carries the documented headers, those of
+    aiohttp itself (404, 405, 500 pages) and of /metrics included."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
 
 
 def _install_faust_metrics(app: faust.App, metrics: StreamMetrics) -> None:
@@ -646,4 +693,10 @@ def register(stream: Any, settings: WebSettings | None = None) -> WebService:
         node_view=functools.partial(tables.node_view, node_timeout=worker.node_timeout),
         metrics=stream.metrics,
         node_grace_s=worker.node_grace,
+        peer_key=peer_key_of(stream.verifier.secret),
     )
+
+
+def peer_key_of(secret: bytes | None) -> bytes | None:
+    """The key workers vouch for forwarded requests with, derived from the cluster secret."""
+    return None if secret is None else derive_node_key(secret, "\0web-peers")

@@ -16,7 +16,7 @@ import pytest
 
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
-from streams.web.views import CSP
+from streams.web.views import CSP, SECURITY_HEADERS
 from tests.support.wait import until
 
 from .conftest import NODES, SCRIPT_UA, Cluster, Feeder, wait_ready, wait_total
@@ -170,6 +170,21 @@ async def test_health_ready_metrics_and_headers(web_cluster: Cluster, http: aioh
     assert (await get(http, f"{w.url}/table/locations/"))[0] == 404
 
 
+async def test_every_response_carries_the_security_headers(web_cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """API answers, the page, static files, probes, /metrics, errors of the API and aiohttp's own
+    404/405 pages."""
+    w = web_cluster.workers[0]
+    cases = [("GET", "/healthz", 200), ("GET", "/readyz", 200), ("GET", "/metrics", 200), ("GET", "/", 200),
+             ("GET", "/static/app.js", 200), ("GET", "/api/v1/nodes", 200), ("GET", "/api/v1/endpoints?limit=x", 400),
+             ("GET", "/api/v1/endpoints?cursor=" + "W" * 5000, 400), ("GET", "/no/such/page", 404),
+             ("POST", "/healthz", 405)]
+    for method, path, status in cases:
+        async with http.request(method, f"{w.url}{path}") as resp:
+            assert resp.status == status, (path, resp.status)
+            missing = {k: v for k, v in SECURITY_HEADERS.items() if k not in resp.headers}
+            assert missing == {}, (method, path, missing)
+
+
 async def test_live_change_is_visible_from_every_worker(web_cluster: Cluster, http: aiohttp.ClientSession) -> None:
     feeder = web_cluster.feeder
     # PJSIP/10003 moves from node0 to node2
@@ -211,3 +226,12 @@ async def test_bearer_token(kafka: KafkaSettings, topics: TopicSettings, procs: 
     assert (status, body) == (200, "node0")  # ?token= for CURL() without headers
     for path in ("/healthz", "/readyz", "/", "/static/app.js"):
         assert (await get(http, f"{w.url}{path}"))[0] == 200, path
+    # A second worker: the owner of PJSIP/1001's partition is one of the two, so one of them
+    # forwards. The forwarded request carries the worker's peer credential, not the caller's token.
+    w2 = cluster.start_worker("wt2", tmp_path / "wt2", token=token)
+    await wait_ready(http, [w, w2], topics.partitions)
+    for worker in (w, w2):
+        assert (await get(http, f"{worker.url}/api/v1/endpoints/1001/node", good))[:2] == (200, "node0")
+        status, body, _ = await get(http, f"{worker.url}/api/v1/endpoints", good)
+        assert status == 200 and body["total"] == 1
+        assert (await get(http, f"{worker.url}/api/v1/endpoints/1001/node", bad))[0] == 401
