@@ -9,7 +9,9 @@
         ├── UndecodableRecord        Kafka bytes that are not a record of the expected schema
         ├── SchemaRegistryError      the Schema Registry refused or could not be reached
         ├── SinkUnavailable          a store is down or slow: retry after ``retry_after`` seconds
-        │                            (raised by sinks; the runner pauses, backs off and retries)
+        │   │                        (raised by sinks; the runner pauses, backs off and retries)
+        │   └── StoreLost            the store lost what the sink wrote (a table or keys gone):
+        │                            set up again, compare offsets, rebuild what is behind
         ├── PermanentWriteError      a record a store can never take: dead-lettered, the sink goes on
         ├── ProducerFenced           a newer producer speaks for this node id: this one stops
         ├── AmiError                 an AMI link failed: cannot connect, closed, no answer in time
@@ -42,6 +44,7 @@ __all__ = [
     "UndecodableRecord",
     "SchemaRegistryError",
     "SinkUnavailable",
+    "StoreLost",
     "PermanentWriteError",
     "ProducerFenced",
     "AmiError",
@@ -110,6 +113,12 @@ class SinkUnavailable(AstregError):
         self.reason = reason
         self.retry_after = retry_after
         super().__init__(f"sink unavailable ({reason}); retry after {retry_after:.1f}s")
+
+
+class StoreLost(SinkUnavailable):
+    """The store no longer holds what the sink wrote (its table or keys are gone: a database
+    dropped and recreated, a flushed Redis). The runner sets the store up again, compares the
+    offsets kept in the store with its own and rebuilds the partitions that are behind."""
 
 
 class PermanentWriteError(AstregError):
