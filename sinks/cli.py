@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from astreg.errors import ConfigError
 from astreg.options import build, settings_options
 from astreg.preflight import preflight
 from astreg.settings import KafkaSettings, TopicSettings
@@ -39,7 +40,10 @@ def _run(store: Any, kw: dict[str, Any]) -> None:
             loop.add_signal_handler(sig, runner.stop)
         await runner.run()
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except ConfigError as exc:  # fatal: wrong credentials, no such database — one line, exit 1
+        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
