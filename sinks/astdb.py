@@ -34,12 +34,21 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any, NamedTuple
 from urllib.parse import quote
 
 from astreg.amiwire import AmiFramer, header_map
-from astreg.errors import AmiError, FrameTooLarge, PermanentWriteError, SinkUnavailable
+from astreg.errors import (
+    AmiError,
+    ConfigError,
+    FrameTooLarge,
+    LoginFailed,
+    PermanentWriteError,
+    SinkUnavailable,
+)
 from schemas.models import EndpointLocation
 
+from .routes import resource_of, route_rank
 from .settings import AstDbSettings
 
 __all__ = [
@@ -122,7 +131,7 @@ class AmiClient:
         answer = await self.action("Login", [("Username", self.user), ("Secret", self._secret), ("Events", "off")])
         if answer[0].get("Response") != "Success":
             await self.close()
-            raise AmiError(f"login refused: {answer[0].get('Message', '?')}")
+            raise LoginFailed(f"login refused: {answer[0].get('Message', '?')}")
 
     async def close(self) -> None:
         if self._writer is not None:
@@ -241,8 +250,25 @@ MAX_FULL_KEY = 255
 # sent again and a removal is not skipped. Never equal to a value_text (NUL is percent-encoded).
 _UNKNOWN = "\x00unknown"
 
-# One changed endpoint: every key it may have, and the keys and values it should have now.
+# One changed resource: every key it may have, and the keys and values it should have now.
 Change = tuple[list[str], dict[str, str]]
+
+# Offsets live under this key in the family: ``offsets/<topic>/<partition>`` (no resource key
+# starts with it: the kinds are node, addr, state and contact).
+OFFSETS_KEY = "offsets"
+
+
+def offset_key(topic: str, partition: int) -> str:
+    return f"{OFFSETS_KEY}/{key_part(topic)}/{partition}"
+
+
+class _Endpoint(NamedTuple):
+    """What the mirror keeps of an endpoint: enough to choose among a resource's technologies."""
+
+    resource: str
+    rank: int
+    technology: str
+    keys: dict[str, str]
 
 
 class _Node:
@@ -281,10 +307,14 @@ class AstDbSink:
             _Node(AmiClient(h, p, settings.ami_user, secret, timeout=settings.timeout, window=settings.window))
             for h, p in settings.addresses
         ]
-        self.mirror: dict[str, dict[str, str]] = {}  # endpoint -> its keys and values
+        self.endpoints: dict[str, _Endpoint] = {}  # endpoint id -> what its location says
+        self.by_resource: dict[str, set[str]] = {}  # resource -> endpoint ids registered for it
+        self.mirror: dict[str, dict[str, str]] = {}  # resource -> the keys and values it should have
+        self.offsets: dict[str, str] = {}  # offset key -> next offset, as sent to every node
         self.ready = False  # the mirror holds the whole topic (first rebuild finished)
         self.reconciles = 0
-        self.actions_sent = 0  # DBPut + DBDel sent to all nodes
+        self.actions_sent = 0  # DBPut + DBDel of dialplan keys sent to all nodes
+        self.offsets_sent = 0  # DBPut of offsets/ keys sent to all nodes
         self.default_group: str | None = None  # set by setup(): astreg-sink-astdb-<node ids>
 
     # ----------------------------------------------------------------- contract
@@ -300,25 +330,80 @@ class AstDbSink:
         # is right without flags (a shared group would split the partitions between the nodes).
         self.default_group = "astreg-sink-astdb-" + "+".join(sorted(names))
 
-    async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
-        changes: dict[str, Change] = {ep: (all_keys(ep.partition("/")[2] or ep), {}) for ep in deletes}
+    async def write_batch(
+        self, upserts: dict[str, EndpointLocation], deletes: set[str], offsets: dict[Any, int] | None = None
+    ) -> None:
         room = MAX_FULL_KEY - len(self.family.encode()) - 2  # "/family/key"
+        staged: dict[str, _Endpoint | None] = {ep: None for ep in deletes}
         for ep, loc in upserts.items():
             want = entries(loc)
-            too_long = [k for k in want if len(k.encode()) > room]
+            too_long = [k for k in all_keys(loc.resource) if len(k.encode()) > room]
             if too_long:  # Asterisk would refuse it on every node, every time: a dead letter
                 kind = too_long[0].partition("/")[0]
                 raise PermanentWriteError(
                     f"AstDB key {kind}/<resource> of {ep[:64]!r} is {len(too_long[0].encode())} bytes; with family "
                     f"{self.family!r} Asterisk stores keys of at most {room} (MAX_DB_FIELD 256)")
-            changes[ep] = (all_keys(loc.resource), want)
-        await self._on_all(lambda n: self._apply(n, changes))
-        mirror = self.mirror  # only once every node took the batch (the runner retries it otherwise)
-        for ep, (_, want) in changes.items():
-            if want:
-                mirror[ep] = want
+            staged[ep] = _Endpoint(loc.resource, route_rank(loc.technology, loc.primary_node is not None),
+                                   loc.technology, want)
+        changes: dict[str, Change] = {}
+        members: dict[str, set[str]] = {}
+        for ep, entry in staged.items():
+            old = self.endpoints.get(ep)
+            for resource in {e.resource for e in (old, entry) if e is not None} or {resource_of(ep)}:
+                if resource not in members:
+                    members[resource] = set(self.by_resource.get(resource, ()))
+                if entry is not None and entry.resource == resource:
+                    members[resource].add(ep)
+                else:
+                    members[resource].discard(ep)
+        for resource, eps in members.items():
+            chosen = min((e for e in (staged[ep] if ep in staged else self.endpoints[ep] for ep in eps) if e is not None),
+                         key=lambda e: (e.rank, e.technology), default=None)
+            changes[resource] = (all_keys(resource), dict(chosen.keys) if chosen is not None else {})
+        marks = {offset_key(tp.topic, tp.partition): str(off) for tp, off in (offsets or {}).items()}
+        await self._on_all(lambda n: self._apply(n, changes, marks))
+        # Only once every node took the batch (the runner retries it otherwise).
+        for ep, entry in staged.items():
+            if entry is None:
+                self.endpoints.pop(ep, None)
             else:
-                mirror.pop(ep, None)
+                self.endpoints[ep] = entry
+        for resource, eps in members.items():
+            want = changes[resource][1]
+            if eps:
+                self.by_resource[resource] = eps
+            else:
+                self.by_resource.pop(resource, None)
+            if want:
+                self.mirror[resource] = want
+            else:
+                self.mirror.pop(resource, None)
+        self.offsets.update(marks)
+
+    async def read_offsets(self, topic: str) -> dict[int, int]:
+        """Check that every node still holds the offsets it was sent (an AstDB emptied by hand,
+        ``database deltree``, with the AMI link up); a node that does not is reconciled from the
+        mirror at the next write or quiet moment. Returns what was sent: the mirror, not a node,
+        is the sink's copy of the topic."""
+        if self.ready:
+            await self._on_all(self._check_offsets)
+        head = f"{OFFSETS_KEY}/{key_part(topic)}/"
+        return {int(k[len(head):]): int(v) for k, v in self.offsets.items() if k.startswith(head)}
+
+    async def _check_offsets(self, node: _Node) -> None:
+        if node.held is None or node.dirty:
+            return
+        sent = {k: v for k, v in node.held.items() if k.startswith(f"{OFFSETS_KEY}/")}
+        if not sent:
+            return
+        answer = await node.client.action("DBGetTree", [("Family", self.family), ("Key", OFFSETS_KEY)])
+        head = f"/{self.family}/"
+        have = {m["Key"][len(head):]: m.get("Val", "") for m in answer[1:]
+                if m.get("Event") == "DBGetTreeResponse" and m.get("Key", "").startswith(head)}
+        if any(have.get(k) != v for k, v in sent.items()):
+            logger.warning("astdb sink: %s no longer holds what it was sent (its AstDB was emptied or restored): "
+                           "reconciling it", node.client.name)
+            node.dirty = True
 
     async def reconcile(self, alive: set[str], owned: Callable[[str], bool]) -> int:
         """The mirror now holds the whole topic: make every node's family equal to it."""
@@ -334,7 +419,7 @@ class AstDbSink:
     async def flush(self) -> None:
         """Reconcile nodes that reconnected since the last write (idle time is a good moment)."""
         if self.ready and any(node.dirty or not node.client.connected for node in self.nodes):
-            await self._on_all(lambda n: self._apply(n, {}))
+            await self._on_all(lambda n: self._apply(n, {}, {}))
 
     async def close(self) -> None:
         for node in self.nodes:
@@ -361,15 +446,17 @@ class AstDbSink:
             return
         try:
             await node.client.connect()
+        except LoginFailed as exc:  # a wrong user or secret does not heal by retrying
+            raise ConfigError(f"AstDB sink: AMI {node.client.name}: {exc} (user {self.settings.ami_user!r})") from exc
         except AmiError as exc:
             raise SinkUnavailable(f"AMI {node.client.name}: {exc}", 1.0) from exc
         node.dirty = True
         logger.info("astdb sink: connected to %s", node.client.name)
 
-    async def _apply(self, node: _Node, changes: dict[str, Change]) -> None:
+    async def _apply(self, node: _Node, changes: dict[str, Change], marks: dict[str, str]) -> None:
         if node.held is None or node.dirty:
             if self.ready:  # before that, the reconcile at the end of the replay writes it all
-                await self._reconcile(node, changes)
+                await self._reconcile(node, changes, marks)
             return
         held = node.held
         puts: dict[str, str] = {}
@@ -382,16 +469,21 @@ class AstDbSink:
                         dels.append(k)
                 elif held.get(k) != v:
                     puts[k] = v
+        if puts or dels:  # the offsets after the rows: AMI runs one session's actions in order
+            puts.update(marks)
         await self._send(node, puts, dels)
 
-    async def _reconcile(self, node: _Node, changes: dict[str, Change] | None = None) -> int:
+    async def _reconcile(self, node: _Node, changes: dict[str, Change] | None = None,
+                         marks: dict[str, str] | None = None) -> int:
         """Make the node's family equal to the mirror (and ``changes``, a batch being written)."""
         want: dict[str, str] = {}
-        for ep, keys in self.mirror.items():
-            if not changes or ep not in changes:
+        for resource, keys in self.mirror.items():
+            if not changes or resource not in changes:
                 want.update(keys)
         for _, keys in (changes or {}).values():
             want.update(keys)
+        want.update(self.offsets)
+        want.update(marks or {})
         answer = await node.client.action("DBGetTree", [("Family", self.family)])
         if answer[0].get("Response") != "Success":
             raise AmiError(f"DBGetTree refused: {answer[0].get('Message', '?')}")
@@ -417,7 +509,9 @@ class AstDbSink:
         requests: list[tuple[str, Iterable[tuple[str, str]]]] = [
             ("DBPut", (("Family", family), ("Key", k), ("Val", v))) for k, v in puts.items()]
         requests += [("DBDel", (("Family", family), ("Key", k))) for k in dels]
-        self.actions_sent += len(requests)
+        offsets = sum(1 for k in puts if k.startswith(f"{OFFSETS_KEY}/"))
+        self.actions_sent += len(requests) - offsets
+        self.offsets_sent += offsets
         answers = await node.client.actions(requests)
         refused = []
         for (k, v), answer in zip(puts.items(), answers, strict=False):

@@ -3,30 +3,34 @@
 ``astreg sink redis --url redis://HOST:6379/0 [--key-prefix astreg:]`` keeps, for every endpoint
 of the locations topic, the hash ``<prefix>loc:<endpoint id>`` (fields: endpoint, technology,
 resource, node, ip, port, transport, status, device_state, contact_uri, user_agent, rtt_us,
-expires_at, updated_at, contacts as JSON; absent values are absent fields) and the string
-``<prefix>node:<resource>`` = primary node (absent when no contact is routable). Each batch is
-one atomic server-side script call per 2,000 endpoints (EVALSHA with the chunk as one JSON
-argument; atomic like MULTI/EXEC); a tombstone deletes both keys. Redis keys and values are binary-safe,
-so any endpoint name is stored literally. Connection errors and timeouts (e.g. ``CLIENT PAUSE``)
-raise SinkUnavailable. The string ``<prefix>meta:store`` holds an id of the store's contents: a
-Redis that restarted without persistence (or was flushed) has lost it, :meth:`RedisSink.intact`
-then says so and the runner rebuilds the store from the topic.
+expires_at, updated_at, contacts as JSON, route_rank; absent values are absent fields), the set
+``<prefix>res:<resource>`` of the endpoint ids registered for a resource, and the string
+``<prefix>node:<resource>`` = the node of the endpoint that speaks for the resource
+(``sinks.routes``: routable first, then PJSIP, SIP, IAX2), absent when none is routable. Each batch
+is one atomic server-side script call per 2,000 endpoints (EVALSHA with the chunk as one JSON
+argument); the script decides the resource's key from the set, so sinks of one group writing
+different partitions agree. The last chunk of a batch also writes the next offset of each
+partition into the hash ``<prefix>meta:offsets:<topic>``: the runner compares them with its own
+to find a Redis that restarted without persistence, was flushed or restored from an older
+snapshot. Redis keys and values are binary-safe, so any endpoint name is stored literally.
+Connection errors, timeouts (``CLIENT PAUSE``) and refusals that pass (OOM, READONLY, LOADING,
+MISCONF, BUSY) raise SinkUnavailable; a refused password is fatal (ConfigError).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis import exceptions as redis_exc
 
-from astreg.errors import SinkUnavailable
+from astreg.errors import ConfigError, PermanentWriteError, SinkUnavailable
 from schemas.models import EndpointLocation
 
+from .routes import resource_of
 from .settings import RedisSettings
 from .sql import row_of
 
@@ -50,17 +54,65 @@ def hash_of(key: str, loc: EndpointLocation) -> dict[str, str]:
 # One script call per chunk: Redis runs a script atomically (like MULTI/EXEC), and the chunk
 # travels as one JSON argument decoded by Redis' built-in cjson, so the client packs one argument
 # instead of ~35 per endpoint (with MULTI, redis-py's per-argument packing costs more than the write).
-# Payload: {"u": [[loc key, node key, node or "", [field, value, ...]], ...], "d": [[loc key, node key], ...]}.
+# Payload: {"u": [[loc key, resource set key, node key, endpoint id, [field, value, ...]], ...],
+#           "d": [[loc key, resource set key, node key, endpoint id], ...],
+#           "o": [offsets key, [partition, next offset, ...]] or absent}; ARGV[2] = "<prefix>loc:",
+# ARGV[3] = "<prefix>meta:batches" (a count of the calls). That INCR comes first on purpose: Redis
+# refuses a script on OOM (or READONLY) at its first write only if that command may grow memory
+# (a DEL first would let the whole script past maxmemory), so a refusal leaves nothing written.
+# A resource's node key is decided after the rows, from every endpoint registered for it: the
+# lowest route_rank (sinks.routes), then the technology's name. The offsets come last: a script
+# that fails half-way (OOM) never claims rows it did not write.
 _BATCH_SCRIPT = """
+redis.call('INCR', ARGV[3])
 local b = cjson.decode(ARGV[1])
+local loc = ARGV[2]
+local touched = {}
 for _, u in ipairs(b.u) do
   redis.call('DEL', u[1])
-  if #u[4] > 0 then redis.call('HSET', u[1], unpack(u[4])) end
-  if u[3] == '' then redis.call('DEL', u[2]) else redis.call('SET', u[2], u[3]) end
+  if #u[5] > 0 then redis.call('HSET', u[1], unpack(u[5])) end
+  redis.call('SADD', u[2], u[4])
+  touched[u[2]] = u[3]
 end
-for _, d in ipairs(b.d) do redis.call('DEL', d[1], d[2]) end
+for _, d in ipairs(b.d) do
+  redis.call('DEL', d[1])
+  redis.call('SREM', d[2], d[4])
+  touched[d[2]] = d[3]
+end
+for set, key in pairs(touched) do
+  local found, node, rank, tech = false, false, 0, ''
+  for _, ep in ipairs(redis.call('SMEMBERS', set)) do
+    local h = redis.call('HMGET', loc .. ep, 'route_rank', 'technology', 'node')
+    local r = tonumber(h[1])
+    if r ~= nil and (not found or r < rank or (r == rank and h[2] < tech)) then
+      found, node, rank, tech = true, h[3], r, h[2]
+    end
+  end
+  if node then redis.call('SET', key, node) else redis.call('DEL', key) end
+end
+if b.o then redis.call('HSET', b.o[1], unpack(b.o[2])) end
 return #b.u
 """
+
+# Error replies that pass: memory, a replica, a load, a failed save, a busy script, a cluster moving.
+_TRANSIENT_REPLIES = ("OOM", "READONLY", "LOADING", "MISCONF", "BUSY", "TRYAGAIN", "MASTERDOWN",
+                      "CLUSTERDOWN", "NOREPLICAS")
+_FATAL_REPLIES = ("NOAUTH", "WRONGPASS", "NOPERM")
+
+
+def classify(exc: BaseException) -> str:
+    """``fatal`` (credentials, permissions), ``transient`` (retry) or ``row`` (that record)."""
+    if isinstance(exc, redis_exc.AuthenticationError | redis_exc.NoPermissionError):
+        return "fatal"
+    message = str(exc).lstrip()
+    if isinstance(exc, redis_exc.ResponseError):
+        if message.startswith(_FATAL_REPLIES) or "NOAUTH" in message or "WRONGPASS" in message:
+            return "fatal"
+        # redis-py turns OOM and READONLY replies into their own classes and drops the prefix.
+        if isinstance(exc, redis_exc.ReadOnlyError | redis_exc.OutOfMemoryError) or message.startswith(_TRANSIENT_REPLIES):
+            return "transient"
+        return "row"
+    return "transient"
 
 
 class RedisSink:
@@ -74,7 +126,6 @@ class RedisSink:
         self.prefix = settings.key_prefix
         self.client: aioredis.Redis | None = None
         self._script: Any = None
-        self._store_id: str | None = None  # the marker's value when this sink last checked it
 
     def loc_key(self, endpoint: str) -> str:
         return f"{self.prefix}loc:{endpoint}"
@@ -82,31 +133,16 @@ class RedisSink:
     def node_key(self, resource: str) -> str:
         return f"{self.prefix}node:{resource}"
 
-    @property
-    def marker_key(self) -> str:
-        return f"{self.prefix}meta:store"
+    def resource_key(self, resource: str) -> str:
+        return f"{self.prefix}res:{resource}"
 
-    async def intact(self) -> bool:
-        """False when the store lost what was written to it since this sink last looked.
+    def offsets_key(self, topic: str) -> str:
+        return f"{self.prefix}meta:offsets:{topic}"
 
-        The marker holds a random id of the store's contents. Gone (Redis restarted without
-        persistence, FLUSHALL) or changed (another instance of the group found it gone first):
-        the keys may be gone too, so the caller rebuilds. The first answer of a process is True
-        only if the marker exists (keys written by an earlier run are still there).
-        """
+    async def read_offsets(self, topic: str) -> dict[int, int]:
         assert self.client is not None
-        client = self.client
-
-        async def check() -> bool:
-            created = await client.set(self.marker_key, uuid.uuid4().hex, nx=True)
-            raw = await client.get(self.marker_key)
-            current = raw.decode() if isinstance(raw, bytes) else raw
-            seen, self._store_id = self._store_id, current
-            if seen is None:  # this process' first look
-                return not created
-            return current == seen
-
-        return bool(await self._guard(check()))
+        raw: dict[str, str] = await self._guard(self.client.hgetall(self.offsets_key(topic)))  # type: ignore[assignment]
+        return {int(p): int(o) for p, o in raw.items()}
 
     async def setup(self) -> None:
         if self.client is None:
@@ -119,18 +155,28 @@ class RedisSink:
         self._script = self.client.register_script(_BATCH_SCRIPT)  # EVALSHA, loaded on first use
         await self._guard(self.client.ping())
 
-    async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
+    async def write_batch(
+        self, upserts: dict[str, EndpointLocation], deletes: set[str], offsets: dict[Any, int] | None = None
+    ) -> None:
         assert self.client is not None
         items = list(upserts.items())
-        for start in range(0, max(len(items), 1), _CHUNK):
-            payload: dict[str, list[Any]] = {"u": [], "d": []}
+        chunks = list(range(0, max(len(items), 1), _CHUNK))
+        for start in chunks:
+            payload: dict[str, Any] = {"u": [], "d": []}
             for key, loc in items[start : start + _CHUNK]:
                 # The whole hash is replaced: a field that became null must not survive.
                 flat = [x for pair in hash_of(key, loc).items() for x in pair]
-                payload["u"].append([self.loc_key(key), self.node_key(loc.resource), loc.primary_node or "", flat])
+                payload["u"].append([self.loc_key(key), self.resource_key(loc.resource),
+                                     self.node_key(loc.resource), key, flat])
             if start == 0:
-                payload["d"] = [[self.loc_key(k), self.node_key(k.partition("/")[2] or k)] for k in deletes]
-            await self._guard(self._script(args=[json.dumps(payload, ensure_ascii=False)]))
+                payload["d"] = [[self.loc_key(k), self.resource_key(resource_of(k)), self.node_key(resource_of(k)), k]
+                                for k in deletes]
+            if start == chunks[-1] and offsets:
+                topic = next(iter(offsets)).topic
+                payload["o"] = [self.offsets_key(topic), [x for tp, off in sorted(offsets.items())
+                                                          for x in (tp.partition, off)]]
+            await self._guard(self._script(args=[json.dumps(payload, ensure_ascii=False), self.loc_key(""),
+                                                 f"{self.prefix}meta:batches"]))
 
     async def stored_keys(self) -> list[str]:
         assert self.client is not None
@@ -160,8 +206,14 @@ class RedisSink:
     async def _guard(self, awaitable: object) -> object:
         try:
             return await awaitable  # type: ignore[misc]
-        except (redis_exc.ConnectionError, redis_exc.TimeoutError, redis_exc.BusyLoadingError, OSError) as exc:
-            raise SinkUnavailable(f"redis: {type(exc).__name__}: {exc}", 1.0) from exc
+        except (redis_exc.RedisError, OSError) as exc:
+            kind = classify(exc)
+            text = f"redis: {type(exc).__name__}: {str(exc).strip()[:200]}"
+            if kind == "fatal":
+                raise ConfigError(f"Redis sink: {text}") from exc
+            if kind == "row":
+                raise PermanentWriteError(text) from exc
+            raise SinkUnavailable(text, 1.0) from exc
 
 
 def _glob_escape(text: str) -> str:

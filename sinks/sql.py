@@ -8,6 +8,15 @@ is created on start, and columns a newer astreg added are added to an older tabl
 in WAL mode so Asterisk (func_odbc, res_config_sqlite3) can read while the sink writes. A
 store that cannot be reached or does not answer in time raises SinkUnavailable; a row the
 store refuses (a constraint) raises PermanentWriteError and is dead-lettered by the runner.
+
+Every batch also upserts, in the same transaction, the next offset of each partition it covers
+into ``astreg_sink_offsets`` (``topic``, ``topic_partition``, ``next_offset``): the runner compares
+them with the group's offsets to find a database restored from an older backup or recreated
+empty. A missing table (the database dropped and recreated under the sink) raises StoreLost: the
+runner creates the tables again and rebuilds. Columns are sized for what SIP allows (a contact
+host is up to 255 characters), and an older table's narrower columns are widened on start. The
+view ``astreg_routes`` has one row per resource: the endpoint that speaks for it when several
+technologies register the same resource (``sinks.routes``).
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from sqlalchemy import (
     Column,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -35,13 +45,15 @@ from sqlalchemy import (
 )
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
 
-from astreg.errors import ConfigError, PermanentWriteError, SinkUnavailable
+from astreg.errors import ConfigError, PermanentWriteError, SinkUnavailable, StoreLost
 from schemas.models import Contact, EndpointLocation
 
+from .routes import UNROUTABLE, route_rank
 from .settings import SqlSettings
 
-__all__ = ["SqlSink", "SqlSettings", "TABLE", "row_of", "contact_dict"]
+__all__ = ["SqlSink", "SqlSettings", "TABLE", "OFFSETS", "ROUTES_VIEW", "row_of", "contact_dict"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +65,10 @@ TABLE = Table(
     Column("technology", String(32), nullable=False),
     Column("resource", String(255), nullable=False, index=True),
     Column("node", String(255), comment="primary node the dialplan routes to (NULL: none routable)"),
-    Column("ip", String(64)),
+    # A contact host: an IP literal or a name of up to 255 characters (RFC 1035/3261).
+    Column("ip", String(255)),
     Column("port", Integer),
-    Column("transport", String(16)),
+    Column("transport", String(16)),  # udp, tcp, tls, ws, wss, sctp
     Column("status", String(16), nullable=False),
     Column("device_state", String(16), nullable=False),
     Column("contact_uri", Text),
@@ -64,6 +77,30 @@ TABLE = Table(
     Column("expires_at", BigInteger, comment="UTC epoch ms"),
     Column("updated_at", BigInteger, nullable=False, comment="UTC epoch ms"),
     Column("contacts", JSON, comment="every contact of the endpoint, primary first"),
+    Column("route_rank", SmallInteger, comment="order among the technologies of one resource (sinks.routes)"),
+)
+OFFSETS = Table(
+    "astreg_sink_offsets",
+    metadata,
+    Column("topic", String(249), primary_key=True),  # Kafka topic names: at most 249 characters
+    Column("topic_partition", Integer, primary_key=True, autoincrement=False),
+    Column("next_offset", BigInteger, nullable=False, comment="next offset of the topic to apply"),
+)
+ROUTES_VIEW = "astreg_routes"
+# One row per resource: the endpoint that speaks for it (lowest route_rank, then technology).
+# NOT EXISTS rather than a window function: SQLite, PostgreSQL and MariaDB all push the
+# dialplan's WHERE resource = ... into it and use the resource index.
+_ROUTES_SELECT = (
+    "SELECT l.resource, l.endpoint, l.technology, l.node, l.ip, l.port, l.transport, l.status, l.device_state,"
+    " l.contact_uri, l.updated_at FROM astreg_locations l WHERE NOT EXISTS (SELECT 1 FROM astreg_locations o"
+    " WHERE o.resource = l.resource AND o.endpoint <> l.endpoint AND (o.route_rank < l.route_rank"
+    " OR (o.route_rank = l.route_rank AND o.technology < l.technology)))"
+)
+# The rank of rows written before the column existed, from the same rule.
+_RANK_SQL = (
+    "CASE technology "
+    + " ".join(f"WHEN '{t}' THEN {route_rank(t, True)}" for t in ("PJSIP", "SIP", "IAX2"))
+    + f" ELSE {route_rank('', True)} END + CASE WHEN node IS NULL THEN {UNROUTABLE} ELSE 0 END"
 )
 _UPDATABLE = [c.name for c in TABLE.columns if c.name != "endpoint"]
 _COLUMNS = [c.name for c in TABLE.columns]
@@ -71,7 +108,8 @@ _COLUMNS = [c.name for c in TABLE.columns]
 # PostgreSQL: one statement per batch whatever its size, every value a bound array (still fully
 # parameterized); about 5x faster than a multi-row VALUES list and never near the 32767-parameter
 # limit. The casts name each array's element type; contacts travel as JSON text.
-_PG_TYPES = {"port": "int", "rtt_us": "bigint", "expires_at": "bigint", "updated_at": "bigint"}
+_PG_TYPES = {"port": "int", "rtt_us": "bigint", "expires_at": "bigint", "updated_at": "bigint",
+             "route_rank": "smallint"}
 _PG_UPSERT = (
     f"INSERT INTO astreg_locations ({', '.join(_COLUMNS)}) "
     f"SELECT {', '.join(c + '::json' if c == 'contacts' else c for c in _COLUMNS)} FROM unnest("
@@ -111,6 +149,7 @@ def row_of(key: str, loc: EndpointLocation) -> dict[str, Any]:
         "expires_at": loc.expires_at_ms,
         "updated_at": loc.updated_at_ms,
         "contacts": contacts,
+        "route_rank": route_rank(loc.technology, loc.primary_node is not None),
     }
 
 
@@ -140,6 +179,7 @@ def _pg_arrays(part: list[tuple[str, EndpointLocation]]) -> tuple[list[Any], ...
         [x.expires_at_ms for x in locs],
         [x.updated_at_ms for x in locs],
         [dumps([contact_dict(c) for c in x.contacts]) for x in locs],
+        [route_rank(x.technology, x.primary_node is not None) for x in locs],
     )
 
 
@@ -153,18 +193,25 @@ class SqlSink:
         self.settings = settings
         self.engine: AsyncEngine | None = None
         self._upsert: Any = None
+        self._offsets_upsert: Any = None
+        self._ready = False  # set up once: a missing database is now an outage, not a wrong URL
 
     async def setup(self) -> None:
         if self.engine is None:
             self.engine = self._make_engine()
-        self._upsert = self._upsert_statement(self.engine.dialect.name)
-        await self._guard(self._migrate(), "create/migrate table")
+        dialect = self.engine.dialect.name
+        self._upsert = self._upsert_statement(TABLE, dialect, ["endpoint"])
+        self._offsets_upsert = self._upsert_statement(OFFSETS, dialect, ["topic", "topic_partition"])
+        await self._guard(self._migrate(), "create/migrate tables")
+        self._ready = True
 
     def _make_engine(self) -> AsyncEngine:
         url = self.settings.url
         kw: dict[str, Any] = {"pool_pre_ping": True}
         if url.startswith("sqlite"):
-            kw = {"connect_args": {"timeout": self.settings.write_timeout}}
+            # No pool: each batch opens the file by name, so a file replaced or deleted under the
+            # sink (a restore, a mistake) is seen at the next batch instead of written to unlinked.
+            kw = {"connect_args": {"timeout": self.settings.write_timeout}, "poolclass": NullPool}
         elif url.startswith("postgresql"):
             kw["connect_args"] = {"timeout": self.settings.write_timeout}
         elif url.startswith("mysql"):
@@ -183,41 +230,68 @@ class SqlSink:
         return engine
 
     @staticmethod
-    def _upsert_statement(dialect: str) -> Any:
+    def _upsert_statement(table: Table, dialect: str, keys: list[str]) -> Any:
+        others = [c.name for c in table.columns if c.name not in keys]
         if dialect == "mysql":
             from sqlalchemy.dialects.mysql import insert as my_insert
 
-            mins = my_insert(TABLE)
-            return mins.on_duplicate_key_update({c: mins.inserted[c] for c in _UPDATABLE})
+            mins = my_insert(table)
+            return mins.on_duplicate_key_update({c: mins.inserted[c] for c in others})
         from sqlalchemy.dialects.postgresql import insert as pg_insert
         from sqlalchemy.dialects.sqlite import insert as lite_insert  # same ON CONFLICT API
 
-        ins: Any = pg_insert(TABLE) if dialect == "postgresql" else lite_insert(TABLE)
-        return ins.on_conflict_do_update(index_elements=["endpoint"], set_={c: ins.excluded[c] for c in _UPDATABLE})
+        ins: Any = pg_insert(table) if dialect == "postgresql" else lite_insert(table)
+        return ins.on_conflict_do_update(index_elements=keys, set_={c: ins.excluded[c] for c in others})
 
     async def _migrate(self) -> None:
         assert self.engine is not None
+        dialect = self.engine.dialect
+        prep = dialect.identifier_preparer
+        name = prep.quote(TABLE.name)
         async with self.engine.begin() as conn:
             await conn.run_sync(metadata.create_all)
-            existing = await conn.run_sync(lambda c: {col["name"] for col in inspect(c).get_columns(TABLE.name)})
-            prep = self.engine.dialect.identifier_preparer
+            existing = await conn.run_sync(lambda c: {col["name"]: col for col in inspect(c).get_columns(TABLE.name)})
+            views = await conn.run_sync(lambda c: set(inspect(c).get_view_names()))
+            narrow = [col for col in TABLE.columns if col.name in existing and _narrower(existing[col.name]["type"], col.type)]
+            if narrow and dialect.name != "sqlite" and ROUTES_VIEW in views:
+                # PostgreSQL cannot change the type of a column a view reads: the view is made again below.
+                await conn.exec_driver_sql(f"DROP VIEW {ROUTES_VIEW}")
+                views.discard(ROUTES_VIEW)
+            # Identifiers and types are ours, never input: DDL cannot take bind parameters.
+            for col in narrow:
+                if dialect.name == "sqlite":
+                    continue  # SQLite does not enforce VARCHAR lengths
+                typ = col.type.compile(dialect)
+                logger.info("sql sink: widening column %s to %s", col.name, typ)
+                if dialect.name == "postgresql":
+                    await conn.exec_driver_sql(f"ALTER TABLE {name} ALTER COLUMN {prep.quote(col.name)} TYPE {typ}")
+                else:
+                    null = "NULL" if col.nullable else "NOT NULL"
+                    await conn.exec_driver_sql(f"ALTER TABLE {name} MODIFY COLUMN {prep.quote(col.name)} {typ} {null}")
             for col in TABLE.columns:
                 if col.name in existing:
                     continue
-                # Identifiers and types are ours, never input: DDL cannot take bind parameters.
-                ddl = f"ALTER TABLE {prep.quote(TABLE.name)} ADD COLUMN {prep.quote(col.name)} {col.type.compile(self.engine.dialect)}"
+                ddl = f"ALTER TABLE {name} ADD COLUMN {prep.quote(col.name)} {col.type.compile(dialect)}"
                 logger.info("sql sink: adding column %s", col.name)
                 await conn.exec_driver_sql(ddl)
+            if "route_rank" not in existing:
+                await conn.exec_driver_sql(f"UPDATE {name} SET route_rank = {_RANK_SQL} WHERE route_rank IS NULL")
             # An older table may lack the index the dialplan's lookup by extension needs.
             for index in TABLE.indexes:
                 await conn.run_sync(_create_index, index)
+            if ROUTES_VIEW not in views:
+                await conn.exec_driver_sql(f"CREATE VIEW {ROUTES_VIEW} AS {_ROUTES_SELECT}")
 
-    async def write_batch(self, upserts: dict[str, EndpointLocation], deletes: set[str]) -> None:
+    async def write_batch(
+        self, upserts: dict[str, EndpointLocation], deletes: set[str], offsets: dict[Any, int] | None = None
+    ) -> None:
         assert self.engine is not None
         postgres = self.engine.dialect.name == "postgresql"
         items = list(upserts.items())
         rows = [] if postgres else [row_of(k, v) for k, v in items]
         gone = sorted(deletes)
+        marks = [{"topic": tp.topic, "topic_partition": tp.partition, "next_offset": off}
+                 for tp, off in sorted((offsets or {}).items())]
 
         async def write() -> None:
             assert self.engine is not None
@@ -229,8 +303,25 @@ class SqlSink:
                         await conn.execute(self._upsert, part)
                 for part in _chunks(gone, 1000):
                     await conn.execute(delete(TABLE).where(TABLE.c.endpoint.in_(part)))
+                if marks:  # in the rows' transaction: the offsets never claim rows that are not there
+                    await conn.execute(self._offsets_upsert, marks)
 
         await self._guard(write(), "write")
+
+    async def read_offsets(self, topic: str) -> dict[int, int]:
+        assert self.engine is not None
+
+        async def read() -> dict[int, int]:
+            assert self.engine is not None
+            async with self.engine.connect() as conn:
+                rows = await conn.execute(
+                    select(OFFSETS.c.topic_partition, OFFSETS.c.next_offset).where(OFFSETS.c.topic == topic))
+                found = {int(p): int(o) for p, o in rows}
+                # The rows' table may be gone while the offsets' is not (dropped by hand).
+                await conn.execute(select(TABLE.c.endpoint).limit(1))
+                return found
+
+        return await self._guard(read(), "read offsets")  # type: ignore[no-any-return]
 
     async def _pg_upsert(self, conn: Any, rows: list[tuple[str, EndpointLocation]]) -> None:
         """Upsert in chunks, preparing the next chunk while the server runs the previous one
@@ -276,7 +367,7 @@ class SqlSink:
             self.engine = None
 
     async def _guard(self, coro: Any, what: str) -> Any:
-        """Await ``coro`` with a deadline, turning store failures into the runner's two errors."""
+        """Await ``coro`` with a deadline, sorting store failures into the runner's error classes."""
         try:
             return await asyncio.wait_for(coro, self.settings.write_timeout)
         except TimeoutError as exc:
@@ -284,22 +375,82 @@ class SqlSink:
         except (sa_exc.IntegrityError, sa_exc.DataError) as exc:
             raise PermanentWriteError(f"{what}: {exc.orig}") from exc
         except sa_exc.DBAPIError as exc:
-            if _refuses_the_data(exc):
-                raise PermanentWriteError(f"{what}: {exc.orig}") from exc
-            raise SinkUnavailable(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", 1.0) from exc
+            kind = classify(exc)
+            text = f"{what}: {_first_line(exc.orig if exc.orig is not None else exc)}"
+            if kind == "row":
+                raise PermanentWriteError(text) from exc
+            if kind == "lost":
+                raise StoreLost(text, 0.0) from exc
+            if kind == "fatal" or (kind == "database" and not self._ready):
+                raise ConfigError(f"SQL sink: {text} ({_safe_url(self.settings.url)})") from exc
+            raise SinkUnavailable(text, 1.0) from exc
         except OSError as exc:
-            raise SinkUnavailable(f"{what}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", 1.0) from exc
+            raise SinkUnavailable(f"{what}: {type(exc).__name__}: {_first_line(exc)}", 1.0) from exc
 
 
-def _create_index(sync_conn: Any, index: Any) -> None:
-    index.create(sync_conn, checkfirst=True)
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def _refuses_the_data(exc: Exception) -> bool:
-    """SQLSTATE class 22 (data exception) or 23 (integrity): this row can never be written.
+def _safe_url(url: str) -> str:
+    """The URL without its password, for an error message."""
+    head, sep, tail = url.partition("://")
+    if "@" not in tail:
+        return url
+    cred, _, host = tail.rpartition("@")
+    return f"{head}{sep}{cred.partition(':')[0]}@{host}"
+
+
+def _narrower(have: Any, want: Any) -> bool:
+    """An existing VARCHAR shorter than ours (a table of an earlier release)."""
+    return bool(getattr(have, "length", None) and getattr(want, "length", None) and have.length < want.length)
+
+
+# SQLSTATE (PostgreSQL) and MariaDB/MySQL error numbers of each class. "database": the database
+# does not exist — a wrong URL at start, a drop-and-recreate in progress once the sink ran.
+_PG_FATAL = ("28", "42501")  # invalid authorization / password; insufficient privilege
+_PG_LOST = ("42P01",)  # undefined_table
+_PG_DATABASE = ("3D000",)  # invalid_catalog_name
+_MY_FATAL = {1044, 1045, 1142, 1698}  # access denied (db, user, table), no password plugin
+_MY_LOST = {1146}  # table doesn't exist
+_MY_DATABASE = {1049}  # unknown database
+
+
+def classify(exc: Exception) -> str:
+    """``row`` (this row can never be written), ``lost`` (the tables are gone), ``fatal``
+    (credentials or privileges), ``database`` (no such database) or ``transient``.
 
     asyncpg's errors reach SQLAlchemy as plain DBAPIError, so the class is read from the code.
     """
     orig = getattr(exc, "orig", None)
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or ""
-    return str(code)[:2] in ("22", "23")
+    args = getattr(orig, "args", ()) or ()
+    errno = args[0] if args and isinstance(args[0], int) else None
+    if errno is not None:  # MariaDB/MySQL: the error number is precise, its SQLSTATE is not
+        if errno in _MY_LOST:
+            return "lost"
+        if errno in _MY_FATAL:
+            return "fatal"
+        if errno in _MY_DATABASE:
+            return "database"
+        if 1264 <= errno <= 1265 or errno in (1048, 1062, 1366, 1406, 1452):
+            return "row"  # out of range, NULL, duplicate, incorrect value, too long, foreign key
+        return "transient"
+    code = str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+    if code:
+        if code[:2] in ("22", "23"):
+            return "row"
+        if code in _PG_LOST:
+            return "lost"
+        if code[:2] == _PG_FATAL[0] or code in _PG_FATAL[1:]:
+            return "fatal"
+        if code in _PG_DATABASE:
+            return "database"
+        return "transient"
+    message = str(orig or exc)
+    if "no such table" in message:  # SQLite
+        return "lost"
+    return "transient"
+
+
+def _create_index(sync_conn: Any, index: Any) -> None:
+    index.create(sync_conn, checkfirst=True)
