@@ -31,6 +31,8 @@ from astreg.kafka import ApacheKafka
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
+from tests.support.databases import MYSQL_HOST, PG_ADMIN, REDIS_URL
+from tests.support.redis_server import PrivateRedis
 
 # hypothesis is imported here, not lazily by its pytest plugin at the end of the session: after
 # the Faust agent tests, a late import's AST parse hit CPython 3.11.7's "AST constructor
@@ -173,9 +175,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  
 
 # ---------------------------------------------------------------- databases
 
-PG_ADMIN = os.environ.get("ASTREG_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
-MYSQL_HOST = os.environ.get("ASTREG_TEST_MYSQL_HOST", "127.0.0.1")
-REDIS_URL = os.environ.get("ASTREG_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
 
 @pytest.fixture
@@ -252,6 +251,16 @@ async def redis_prefix(unique: str) -> AsyncIterator[str]:
 @pytest.fixture
 def redis_url() -> str:
     return REDIS_URL
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    """A redis-server of this test alone, for faults that would disturb the shared one."""
+    server = PrivateRedis(tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def run(coro):  # type: ignore[no-untyped-def]

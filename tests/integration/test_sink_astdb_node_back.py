@@ -31,7 +31,8 @@ def expected(items: list[Any], family: str = "astreg") -> dict[str, str]:
 
 
 def tree(sim: Simulator, node: str) -> dict[str, str]:
-    return {k: v for k, v in sim.node(node).astdb.as_dict().items() if k.startswith("/astreg/")}
+    return {k: v for k, v in sim.node(node).astdb.as_dict().items()
+            if k.startswith("/astreg/") and not k.startswith("/astreg/offsets/")}
 
 
 def settings(sim: Simulator, *nodes: str) -> AstDbSettings:

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 
 from schemas.models import DeviceState
 from sinks.redis import RedisSettings, RedisSink, hash_of
+from sinks.routes import preferred
 from tests.support.sink_records import NASTY, eventually, final_state, location, produce, running
 from tests.support.wait import until
 
@@ -21,20 +22,31 @@ async def snapshot(url: str, prefix: str) -> dict[str, Any]:
         out: dict[str, Any] = {}
         async for key in client.scan_iter(match=f"{prefix}*", count=1000):
             if key.startswith(f"{prefix}meta:"):
-                continue  # the sink's own marker, not data for the dialplan
+                continue  # the sink's own offsets, not data for the dialplan
             kind = await client.type(key)
-            out[key] = await client.hgetall(key) if kind == "hash" else await client.get(key)
+            if kind == "hash":
+                out[key] = await client.hgetall(key)
+            elif kind == "set":
+                out[key] = await client.smembers(key)
+            else:
+                out[key] = await client.get(key)
         return out
     finally:
         await client.aclose()
 
 
 def expected(prefix: str, items: list[Any]) -> dict[str, Any]:
+    """The keys a store equal to the log holds; one node key per resource (sinks.routes)."""
     out: dict[str, Any] = {}
+    by_resource: dict[str, list[Any]] = {}
     for key, loc in final_state(items).items():
         out[f"{prefix}loc:{key}"] = hash_of(key, loc)
-        if loc.primary_node is not None:
-            out[f"{prefix}node:{loc.resource}"] = loc.primary_node
+        out.setdefault(f"{prefix}res:{loc.resource}", set()).add(key)
+        by_resource.setdefault(loc.resource, []).append(loc)
+    for resource, locs in by_resource.items():
+        chosen = preferred(locs)
+        if chosen is not None and chosen.primary_node is not None:
+            out[f"{prefix}node:{resource}"] = chosen.primary_node
     return out
 
 
@@ -104,7 +116,7 @@ async def test_redis_that_lost_its_data_is_rebuilt_from_the_topic(kafka, topics,
         await admin.delete(*[k async for k in admin.scan_iter(match=f"{redis_prefix}*")])
         got = await eventually(lambda: snapshot(redis_url, redis_prefix), lambda s: s == expected(redis_prefix, items))
         assert got == expected(redis_prefix, items)
-        assert await admin.exists(f"{redis_prefix}meta:store")
+        assert await admin.exists(f"{redis_prefix}meta:offsets:{topics.topic_locations}")
         assert store_lost._value.get() == lost_before + 1
         await eventually(lambda: _value(runner.rebuilds_done), lambda n: n > rebuilds)
         # And the sink goes on with new records afterwards.

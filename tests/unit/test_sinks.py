@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from urllib.parse import unquote
 
+import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
@@ -133,3 +134,85 @@ def test_postgres_arrays_are_the_rows_column_by_column() -> None:
         got = {c: arrays[j][i] for j, c in enumerate(_COLUMNS)}
         assert json.loads(got.pop("contacts")) == row.pop("contacts")
         assert got == row
+
+
+# ------------------------------------------------------------------ error classes and the route rule
+
+
+class _PgError(Exception):
+    def __init__(self, sqlstate: str):
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+@pytest.mark.parametrize(("orig", "kind"), [
+    (_PgError("42P01"), "lost"),          # undefined_table: dropped and recreated
+    (_PgError("28P01"), "fatal"),         # wrong password
+    (_PgError("42501"), "fatal"),         # no privilege
+    (_PgError("3D000"), "database"),      # no such database
+    (_PgError("22001"), "row"),           # value too long
+    (_PgError("23505"), "row"),           # unique violation
+    (_PgError("57P01"), "transient"),     # admin shutdown
+    (_PgError("55000"), "transient"),     # database does not allow connections
+    (Exception(1146, "Table 'x.astreg_locations' doesn't exist"), "lost"),
+    (Exception(1045, "Access denied"), "fatal"),
+    (Exception(1049, "Unknown database"), "database"),
+    (Exception(1406, "Data too long"), "row"),
+    (Exception(2013, "Lost connection"), "transient"),
+    (Exception("no such table: astreg_locations"), "lost"),  # SQLite
+    (Exception("database is locked"), "transient"),
+])
+def test_sql_errors_are_classified(orig: Exception, kind: str) -> None:
+    from sqlalchemy.exc import DBAPIError
+
+    from sinks.sql import classify
+
+    assert classify(DBAPIError("stmt", None, orig)) == kind
+
+
+@pytest.mark.parametrize(("exc", "kind"), [
+    ("OutOfMemoryError", "transient"),
+    ("ReadOnlyError", "transient"),
+    ("BusyLoadingError", "transient"),
+    ("ConnectionError", "transient"),
+    ("TimeoutError", "transient"),
+    ("AuthenticationError", "fatal"),
+    ("NoPermissionError", "fatal"),
+])
+def test_redis_errors_are_classified(exc: str, kind: str) -> None:
+    from redis import exceptions
+
+    from sinks.redis import classify
+
+    assert classify(getattr(exceptions, exc)("message")) == kind
+
+
+@pytest.mark.parametrize(("message", "kind"), [
+    ("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist", "transient"),
+    ("BUSY Redis is busy running a script", "transient"),
+    ("NOAUTH Authentication required.", "fatal"),
+    ("WRONGPASS invalid username-password pair", "fatal"),
+    ("ERR Error running script: bad argument", "row"),
+])
+def test_redis_error_replies_are_classified(message: str, kind: str) -> None:
+    from redis.exceptions import ResponseError
+
+    from sinks.redis import classify
+
+    assert classify(ResponseError(message)) == kind
+
+
+def test_the_route_rule_prefers_routable_then_pjsip_sip_iax2() -> None:
+    from sinks.routes import preferred, route_rank
+
+    pjsip, sip, iax = (location(f"{t}/7777", "node1", technology=t) for t in ("PJSIP", "SIP", "IAX2"))
+    dahdi = location("DAHDI/7777", "node1", technology="DAHDI")
+    unroutable_pjsip = location("PJSIP/7777", None, technology="PJSIP")
+    assert preferred([iax, sip, pjsip, dahdi]) is pjsip
+    assert preferred([iax, sip]) is sip
+    assert preferred([dahdi, iax]) is iax
+    assert preferred([unroutable_pjsip, sip]) is sip  # a routable endpoint first
+    assert preferred([unroutable_pjsip]) is unroutable_pjsip
+    assert preferred([]) is None
+    assert [route_rank(t, True) for t in ("PJSIP", "SIP", "IAX2", "X")] == [0, 1, 2, 3]
+    assert route_rank("PJSIP", False) == 100
