@@ -244,8 +244,7 @@ class SinkRunner:
             while not self._stop.is_set():
                 await self._step()
         except _Stopping as exc:
-            logger.warning("sink %s stopping while the store is down (%s); nothing committed past what it holds",
-                           self.sink.kind, exc)
+            logger.warning("sink %s stopping %s; nothing committed past what the store holds", self.sink.kind, exc)
         finally:
             await self._close()
 
@@ -458,7 +457,7 @@ class SinkRunner:
         """Await ``work`` unless a stop comes first: then cancel it (a transaction in progress
         rolls back) and raise _Stopping."""
         if self._stop.is_set():
-            raise _Stopping("stopped before the store answered")
+            raise _Stopping("before a store call")
         task = asyncio.ensure_future(work)
         stopper = asyncio.ensure_future(self._stop.wait())
         try:
@@ -469,7 +468,7 @@ class SinkRunner:
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            raise _Stopping("stopped while waiting for the store")
+            raise _Stopping("during a store call (abandoned: its transaction rolls back)")
         return task.result()
 
     async def _outage(self, exc: SinkUnavailable, what: str, failures: int, delay: float) -> float:
@@ -488,7 +487,7 @@ class SinkRunner:
             await asyncio.wait_for(self._stop.wait(), wait)
         except TimeoutError:
             return min(delay * 2, cap)
-        raise _Stopping(exc.reason)
+        raise _Stopping(f"while the store is down ({exc.reason})")
 
     def _back(self, failures: int, what: str) -> None:
         self.metrics.store_up.labels(self.sink.kind).set(1)

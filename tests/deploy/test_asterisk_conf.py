@@ -17,6 +17,9 @@ CONF = ROOT / "deploy" / "asterisk"
 ASTDB_FAMILY = "astreg"
 ASTDB_KEYS = {"node", "addr", "state", "contact"}
 SQL_TABLE = "astreg_locations"
+ROUTES_VIEW = "astreg_routes"
+ROUTES_COLUMNS = {"resource", "endpoint", "technology", "node", "ip", "port", "transport", "status",
+                  "device_state", "contact_uri", "updated_at"}
 SQL_COLUMNS = {"endpoint", "technology", "resource", "node", "ip", "port", "transport", "status",
                "device_state", "contact_uri", "user_agent", "rtt_us", "expires_at", "updated_at", "contacts"}
 REDIS_PREFIX = "astreg:"
@@ -246,10 +249,13 @@ def test_func_odbc_reads_the_sql_sink_table() -> None:
     for name, sect in funcs.items():
         assert sect.get("dsn") in res_odbc, f"{name}: dsn {sect.get('dsn')} not in res_odbc.conf"
         sql = sect.get("readsql") or ""
-        m = re.fullmatch(r"SELECT (.+) FROM (\w+) WHERE (\w+) = 'PJSIP/\$\{SQL_ESC\(\$\{ARG1\}\)\}'", sql)
+        m = re.fullmatch(r"SELECT (.+) FROM (\w+) WHERE (\w+) = '(PJSIP/)?\$\{SQL_ESC\(\$\{ARG1\}\)\}'", sql)
         assert m, f"{name}: unexpected SQL {sql!r} (arguments must go through SQL_ESC)"
-        assert m.group(2) == SQL_TABLE
-        assert {c.strip() for c in m.group(1).split(",")} | {m.group(3)} <= SQL_COLUMNS
+        assert m.group(2) in (SQL_TABLE, ROUTES_VIEW)
+        columns = SQL_COLUMNS if m.group(2) == SQL_TABLE else ROUTES_COLUMNS
+        assert {c.strip() for c in m.group(1).split(",")} | {m.group(3)} <= columns
+        # By resource in the view (one row per resource), by endpoint id in the table.
+        assert (m.group(3), bool(m.group(4))) in (("resource", False), ("endpoint", True)), sql
 
 
 def test_odbc_ini_examples_name_installed_style_drivers() -> None:

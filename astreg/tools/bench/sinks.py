@@ -146,6 +146,8 @@ async def _scratch_sql(kind: str, name: str) -> AsyncIterator[str]:
 
 async def store_rate(kind: str, *, rows: int = 50_000, batch: int = 5000) -> dict[str, Any]:
     """Upserts/s of ``write_batch`` alone: ``rows`` new endpoints, then the same rows again."""
+    from aiokafka import TopicPartition
+
     records = [sample(i) for i in range(rows)]
     async with scratch_sink(kind) as sink:
         figures: dict[str, Any] = {"sink": kind, "rows": rows, "batch": batch, "load_avg_1m": os.getloadavg()[0]}
@@ -153,7 +155,9 @@ async def store_rate(kind: str, *, rows: int = 50_000, batch: int = 5000) -> dic
             recs = records if version == 1 else [sample(i, 2) for i in range(rows)]
             started, cpu = time.perf_counter(), time.process_time()
             for i in range(0, rows, batch):
-                await sink.write_batch({r.endpoint: r for r in recs[i : i + batch]}, set())
+                # With the offsets, as the runner writes them: four partitions per batch.
+                offsets = {TopicPartition("astreg.bench", p): version * rows + i + batch for p in range(4)}
+                await sink.write_batch({r.endpoint: r for r in recs[i : i + batch]}, set(), offsets)
             elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
             figures[f"{label}_rows_per_s"] = round(rows / elapsed)
             # Client CPU per row: the part of the cost that does not depend on the machine's load.
@@ -196,11 +200,11 @@ class _Gated:
         self.last: float | None = None
         sink.write_batch = self
 
-    async def __call__(self, upserts: Any, deletes: Any) -> None:
+    async def __call__(self, upserts: Any, deletes: Any, offsets: Any = None) -> None:
         self.arrived.set()
         await self.gate.wait()
         started = time.perf_counter()
-        await self.write(upserts, deletes)
+        await self.write(upserts, deletes, offsets)
         self.first = self.first or started
         self.last = time.perf_counter()
 
