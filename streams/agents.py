@@ -10,6 +10,7 @@ reason in headers; nothing here raises on bad input. Outputs go through
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from astreg.auth import Verifier
+from astreg.delivery import delivered
 from astreg.errors import UndecodableRecord
 from astreg.partition import partition_for
 from astreg.patches import bulk
@@ -119,6 +121,7 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
     before: dict[str, Row | None] = {}
     rows: dict[str, Row] = {}
     last_event: dict[str, Any] = {}
+    replayed: set[str] = set()  # endpoints with an event read again (a restart, a rebalance)
     outcomes = plan.outcomes
     checks = checks or Checks()
     epoch_of = checks.epoch_of
@@ -149,6 +152,8 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
             plan.deadletters.append((msg, out.reason, None))
             continue
         outcomes[out.reason] += 1
+        if out.reason == "replay":
+            replayed.add(key)
         if current is None and not is_synthetic(rec):
             plan.nodes.add(rec.node)  # never announced on the nodes topic (yet): the timers watch it
         rows[key] = out.row
@@ -159,18 +164,31 @@ def plan_batch(events: list[Any], read: Callable[[str, Any], Row | None], decode
         # unchanged version means an unchanged visible_key; only the rest of the durable state
         # (snapshot confirmations, expiries, devices) is compared then. A changed version may
         # (rarely: A -> B -> A inside one batch) republish an identical record: harmless.
+        # An event read again was applied before, but its location record may never have been
+        # acknowledged (the source offset stays uncommitted until it is, then the worker
+        # stopped): publish the row again. Replays happen only after a restart or a rebalance,
+        # the locations topic is compacted and every consumer is idempotent.
+        again = key in replayed and old is not None
         if old is not None and (row is old or (
                 old.version == row.version and durable_rest(old) == durable_rest(row))):
+            if again:
+                plan.publish.append((key, row, _source_partition(last_event[key])))
             continue
         plan.writes.append((key, row, last_event[key]))
         had, has = bool(old is not None and old.contacts), bool(row.contacts)
         plan.size_delta += has - had
         if old is None and not row.contacts:
             continue  # nothing was ever published for it
-        if old is None or old.version != row.version:
-            msg = last_event[key].message  # keyed by the endpoint: placed by murmur2 (see Outputs.publish)
-            plan.publish.append((key, row, msg.partition if msg.key is not None else None))
+        if again or old is None or old.version != row.version:
+            plan.publish.append((key, row, _source_partition(last_event[key])))
     return plan
+
+
+def _source_partition(event: Any) -> int | None:
+    """The partition of the event's record when it is keyed by the endpoint (placed by murmur2,
+    like the location record: see Outputs.publish), else None."""
+    msg = event.message
+    return msg.partition if msg.key is not None else None
 
 
 def attach(stream: StreamApp) -> None:
@@ -185,7 +203,13 @@ def attach(stream: StreamApp) -> None:
         """Apply every registration event to its endpoint's row, a batch at a time."""
         async for events in records.take_events(settings.batch_size, within=settings.batch_within):
             t0 = time.perf_counter()
-            await apply_batch(events)
+            # Faust acks these events when the next batch is taken: wait for the cluster to
+            # acknowledge their outputs first (the bulk ingest acks asynchronously instead).
+            try:
+                await delivered(await apply_batch(events))
+            except Exception as exc:  # noqa: BLE001 - any delivery failure stops the worker
+                await outputs_lost(exc, len(events))
+                raise
             logger.debug("batch of %d events applied in %.1f ms", len(events), (time.perf_counter() - t0) * 1000)
             yield len(events)
 
@@ -194,14 +218,27 @@ def attach(stream: StreamApp) -> None:
     checks = Checks(verifier=stream.verifier, partitions=stream.topics.names.partitions,
                     epoch_of=stream.nodes.epoch_of)
 
-    async def apply_batch(events: list[Any]) -> None:
+    async def outputs_lost(exc: BaseException, count: int) -> None:
+        """The cluster refused the outputs of ``count`` events: their offsets stay uncommitted
+        and the worker stops, so that they are applied and published again (by its restart or
+        by the next owner of the partitions)."""
+        metrics.outputs_failed.inc()
+        logger.error("the outputs of %d registration events were not acknowledged by the cluster (%s: %s); "
+                     "their offsets stay uncommitted and the worker stops", count, type(exc).__name__, exc)
+        await app.crash(exc)
+
+    async def apply_batch(events: list[Any]) -> list[asyncio.Future[Any]]:
+        """Apply a batch; return the delivery futures of everything it sent (changelog,
+        locations, dead letters): its offsets may be committed once they are acknowledged."""
         plan = plan_batch(events, table.read, codec.decode, int(time.time() * 1000),
                           int(stream.settings.max_clock_skew * 1000), checks)
         # Each changelog record goes to the partition of the endpoint's last event (co-partitioned).
-        await table.write_batch(plan.writes)
+        futures = await table.write_batch(plan.writes)
         for msg, reason, error in plan.deadletters:
-            await outputs.deadletter(src, msg.key, msg.value, reason, msg.partition, msg.offset, error)
-        await outputs.publish(plan.publish)
+            sent = await outputs.deadletter(src, msg.key, msg.value, reason, msg.partition, msg.offset, error)
+            if isinstance(sent, asyncio.Future):
+                futures.append(sent)
+        futures += await outputs.publish(plan.publish)
         for outcome, n in plan.outcomes.items():
             metrics.events.labels(outcome).inc(n)
         if plan.writes:
@@ -212,8 +249,9 @@ def attach(stream: StreamApp) -> None:
             stream.table_nodes.update(plan.nodes)
         for event in events:  # per partition in offset order: the last one is the highest
             applied[event.message.partition] = event.message.offset
+        return futures
 
     stream.apply_batch = apply_batch
     if settings.ingest == "bulk":  # the agent stays declared: subscription + co-partitioning
-        bulk.install(app, src, apply_batch, settings.batch_size)
+        bulk.install(app, src, apply_batch, settings.batch_size, outputs_lost, metrics)
     stream.agent = track_registrations

@@ -56,6 +56,14 @@ class StreamMetrics(ComponentMetrics):
             "out of range), by reason.", ["reason"], registry=r)
         self.unheard_nodes = Gauge(
             "astreg_stream_unheard_nodes", "Nodes with contacts in the table that never sent a heartbeat.", registry=r)
+        self.outputs_failed = Counter(
+            "astreg_stream_outputs_failed", "Batches whose outputs the cluster refused (the worker stopped).", registry=r)
+        self.outputs_pending = Gauge(
+            "astreg_stream_outputs_pending", "Applied batches waiting for the cluster to acknowledge their outputs "
+            "(their offsets are not committed meanwhile).", registry=r)
+        self.outputs_pending_since = Gauge(
+            "astreg_stream_outputs_pending_since_seconds", "Unix time of the oldest batch still waiting for its "
+            "outputs to be acknowledged (0: none waiting).", registry=r)
         self.web = WebMetrics(r)
         self._faust_monitor: Any = None
 

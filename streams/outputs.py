@@ -7,6 +7,7 @@ and dead letters through it, the timers their synthetic events and undecodable n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -51,7 +52,9 @@ class Outputs:
     ) -> Any:
         return await self.app.producer.send(topic, key, value, None, None, headers)
 
-    async def _producer_send_batch(self, topic: str, records: list[tuple[bytes, bytes | None, int | None]]) -> None:
+    async def _producer_send_batch(
+        self, topic: str, records: list[tuple[bytes, bytes | None, int | None]]
+    ) -> list[asyncio.Future[Any]]:
         # One record batch per partition instead of one producer.send per record (streams/produce.py).
         producer = app_producer(self.app)
         count = len(await producer.partitions_for(topic))
@@ -59,17 +62,18 @@ class Outputs:
             self._source_count = len(await producer.partitions_for(self.topics.topic_registrations))
         if count != self._source_count:  # not co-partitioned: every key through murmur2
             records = [(k, v, None) for k, v, _ in records]
-        await send_batches(producer, topic, (
+        sent = await send_batches(producer, topic, (
             (partition_for(k, count) if p is None else p, k, v) for k, v, p in records))
+        return [fut for _, fut, _ in sent]
 
     def encode_location(self, row: Row | None) -> bytes | None:
         loc = location_of(row)
         return None if loc is None else self.locations.encode(loc)
 
-    async def location(self, endpoint: str, row: Row | None) -> None:
-        await self.publish([(endpoint, row, None)])
+    async def location(self, endpoint: str, row: Row | None) -> list[asyncio.Future[Any]]:
+        return await self.publish([(endpoint, row, None)])
 
-    async def publish(self, rows: Sequence[tuple[str, Row | None, int | None]]) -> None:
+    async def publish(self, rows: Sequence[tuple[str, Row | None, int | None]]) -> list[asyncio.Future[Any]]:
         """Publish rows (None or no contact left: tombstone) to the locations topic, batched.
 
         Each row comes with the partition of the registration record it was read from, or
@@ -77,9 +81,10 @@ class Outputs:
         (murmur2 of the same key), so on a topic with as many partitions the location
         record's partition is the same one: no second murmur2 (pure Python in aiokafka,
         1.4 µs) per record. Rows without it, or a locations topic with another partition
-        count, get murmur2."""
+        count, get murmur2. Returns the delivery futures: the caller lets the source offsets be
+        committed only once they are acknowledged."""
         if not rows:
-            return
+            return []
         records = [(endpoint.encode(), self.encode_location(row), partition) for endpoint, row, partition in rows]
         tombstones = sum(1 for _, value, _ in records if value is None)
         published = self.metrics.published
@@ -89,18 +94,19 @@ class Outputs:
             published.labels("row").inc(len(records) - tombstones)
         topic = self.topics.topic_locations
         if self._send == self._producer_send:
-            await self._producer_send_batch(topic, records)
-        else:  # a stand-in send (tests): one call per record
-            for key, value, _ in records:
-                await self._send(topic, key, value, None)
+            return await self._producer_send_batch(topic, records)
+        futures = []
+        for key, value, _ in records:  # a stand-in send (tests): one call per record
+            futures.append(await self._send(topic, key, value, None))
+        return [f for f in futures if isinstance(f, asyncio.Future)]
 
     async def deadletter(self, src_topic: str, key: bytes | None, value: bytes | None, reason: str,
-                         partition: int | None, offset: int | None, error: str | None = None) -> None:
+                         partition: int | None, offset: int | None, error: str | None = None) -> Any:
         self.metrics.deadletters.labels(src_topic, reason).inc()
         logger.warning("dead letter from %s[%s]@%s: %s %s", src_topic, partition, offset, reason, error or "")
         headers = deadletter_headers(reason, component="stream", topic=src_topic, partition=partition,
                                      offset=offset, error=error)
-        await self._send(self.topics.topic_deadletter, key, value, headers)
+        return await self._send(self.topics.topic_deadletter, key, value, headers)  # its delivery future
 
     async def synthetic(self, event: RegistrationEvent) -> Any:
         """Send a synthetic event; returns its delivery future (RecordMetadata: partition, offset)."""

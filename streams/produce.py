@@ -34,3 +34,4 @@ async def send_batches(
             count += 1
         sent.append((partition, await producer.send_batch(batch, topic, partition=partition), count))
     return sent
+

@@ -7,6 +7,7 @@ themselves to its Faust app; the web views read its table and node book; tests u
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,8 +27,8 @@ from .topics import StreamTopics
 __all__ = ["StreamApp", "ApplyBatch"]
 
 # One batch of Faust events (or the bulk ingest's records wrapped alike: ``event.message``)
-# applied to the table and published.
-ApplyBatch = Callable[[list[Any]], Awaitable[None]]
+# applied to the table and published; returns the delivery futures of what it sent.
+ApplyBatch = Callable[[list[Any]], Awaitable[list["asyncio.Future[Any]"]]]
 
 
 @dataclass

@@ -154,16 +154,17 @@ class LocationsTable(faust.Table):
             self._rows.remember(key, row)
         return row  # type: ignore[no-any-return]
 
-    async def write_batch(self, writes: list[tuple[str, Row, Any]]) -> None:
-        """Write ``(key, row, event)``: the row lands in the partition of ``event`` (its source)."""
+    async def write_batch(self, writes: list[tuple[str, Row, Any]]) -> list[asyncio.Future[Any]]:
+        """Write ``(key, row, event)``: the row lands in the partition of ``event`` (its source).
+        Returns the changelog's delivery futures (none on Faust's own path, which tracks its own)."""
         if not writes:
-            return
+            return []
         store = self.data
         if self.app.in_transaction or not isinstance(store, SerializedStore):
             for key, row, event in writes:  # exactly-once or memory store: Faust's own path
                 set_current_event(event)
                 self[key] = row
-            return
+            return []
         access = self.raw_store()
         encode_key, encode_value = access.encode_key, access.encode_value
         if self.value_serializer == "astreg-row" and self.key_serializer == "raw":
@@ -192,8 +193,11 @@ class LocationsTable(faust.Table):
             db_for(partition).write(wb)  # type: ignore[misc]
         producer = app_producer(self.app)
         topic = self.changelog_topic.get_topic_name()
+        futures = []
         for partition, fut, count in await send_batches(producer, topic, records):
             fut.add_done_callback(functools.partial(self._on_batch_sent, TP(topic, partition), count))
+            futures.append(fut)
+        return futures
 
     def _on_batch_sent(self, tp: TP, count: int, fut: asyncio.Future[Any]) -> None:
         # What Faust's _on_changelog_sent does per record: remember in RocksDB which changelog

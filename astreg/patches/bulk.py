@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import types
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,9 @@ from faust.types import TP, AppT
 from faust.types.tuples import ack_lock
 from mode.utils.futures import notify
 
-__all__ = ["INTERNALS", "BulkEvent", "Apply", "install", "drain"]
+from astreg.delivery import delivered
+
+__all__ = ["INTERNALS", "BulkEvent", "Apply", "OnLost", "Deliveries", "install", "drain"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,26 +66,76 @@ class BulkEvent:
         self.message = message
 
 
-Apply = Callable[[list[Any]], Awaitable[None]]
+# Applies a batch; returns the delivery futures of everything the batch sent.
+Apply = Callable[[list[Any]], Awaitable[list["asyncio.Future[Any]"]]]
+# Told when the cluster refused a batch's outputs (exception, number of records); stops the worker.
+OnLost = Callable[[BaseException, int], Awaitable[None]]
 
 
-def install(app: AppT, topic: str, apply: Apply, batch_size: int) -> None:
+class Deliveries:
+    """Batches applied whose outputs the cluster has not acknowledged yet, acked as they are.
+
+    Waiting here instead of in the fetch loop keeps the loop applying the next batches while
+    the broker replicates the previous ones (acks=all); Faust commits the highest offset below
+    which every record is acked, so a batch still waiting holds back its partitions' commits
+    and nothing else."""
+
+    def __init__(self, on_lost: OnLost, metrics: Any = None):
+        self.on_lost = on_lost
+        self.metrics = metrics
+        self.waiting: dict[asyncio.Task[None], float] = {}  # task -> when its batch was applied
+
+    def ack_when_delivered(self, consumer: Any, batch: list[Any], futures: list[asyncio.Future[Any]]) -> None:
+        task = asyncio.ensure_future(self._ack(consumer, batch, futures))
+        self.waiting[task] = time.time()
+        task.add_done_callback(self._done)
+        self._report()
+
+    async def _ack(self, consumer: Any, batch: list[Any], futures: list[asyncio.Future[Any]]) -> None:
+        try:
+            await delivered(futures)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the producer failed with
+            await self.on_lost(exc, len(batch))
+            return
+        assigned = consumer.assignment()
+        _ack_all(consumer, [r for r in batch if TP(r.topic, r.partition) in assigned])
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.waiting.pop(task, None)
+        self._report()
+
+    def _report(self) -> None:
+        if self.metrics is not None:
+            self.metrics.outputs_pending.set(len(self.waiting))
+            self.metrics.outputs_pending_since.set(min(self.waiting.values(), default=0))
+
+
+def install(app: AppT, topic: str, apply: Apply, batch_size: int, on_lost: OnLost, metrics: Any = None) -> Deliveries:
     """Make the app's consumer drain ``topic`` in batches of at most ``batch_size`` into ``apply``."""
     consumer: Any = app.consumer
+    deliveries = Deliveries(on_lost, metrics)
     consumer._drain_messages = types.MethodType(  # Fetcher calls consumer._drain_messages(fetcher)
-        lambda self, fetcher: drain(self, fetcher, topic, apply, batch_size), consumer)
+        lambda self, fetcher: drain(self, fetcher, topic, apply, batch_size, deliveries), consumer)
+    return deliveries
 
 
-async def _apply_acked(consumer: Any, apply: Apply, batch: list[Any]) -> None:
-    """Apply one batch, then ack it: Faust commits only offsets whose rows are written.
+async def _apply_acked(consumer: Any, apply: Apply, batch: list[Any], deliveries: Deliveries) -> None:
+    """Apply one batch, then ack it once the cluster acknowledged what it sent: Faust commits
+    only offsets whose rows are written and whose outputs (changelog, locations, dead letters)
+    are on the brokers.
 
     The batch is never in Faust's unacked set (``track_message``: a WeakSet insert plus sensor
-    calls per message): nothing of it is acked until ``apply`` returned, so a rebalance that
-    commits meanwhile commits none of it, and a cancelled or failed batch leaves its offsets
-    where they were for the next owner (replays are harmless: rules compare the row's offset).
+    calls per message): nothing of it is acked until its outputs are delivered, so a rebalance
+    that commits meanwhile commits none of it, and a cancelled or failed batch leaves its
+    offsets where they were for the next owner (replayed events publish their rows again).
     """
-    await apply([BulkEvent(m) for m in batch])
-    _ack_all(consumer, batch)
+    futures = await apply([BulkEvent(m) for m in batch])
+    if not futures or all(f.done() and not f.cancelled() and f.exception() is None for f in futures):
+        _ack_all(consumer, batch)
+    else:
+        deliveries.ack_when_delivered(consumer, batch, futures)
 
 
 def _ack_all(consumer: Any, batch: list[Any]) -> None:
@@ -118,7 +171,8 @@ def _unread(consumer: Any, batch: list[Any]) -> None:
             read_offset[tp] = offset or None
 
 
-async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_size: int = 2000) -> None:
+async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_size: int = 2000,
+                deliveries: Deliveries | None = None) -> None:
     """Faust's ``Consumer._drain_messages`` with one batch per fetch round for ``topic``.
 
     Faust's ``getmany`` turns every record into a ConsumerMessage, asks for the highwater and
@@ -135,6 +189,8 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
     get_read_offset = consumer._read_offset.__getitem__
     set_read_offset = consumer._read_offset.__setitem__
     acks_enabled_for = app.topics.acks_enabled_for
+    if deliveries is None:
+        deliveries = Deliveries(_raise)
     try:
         while not (consumer_should_stop() or fetcher_should_stop()):
             await consumer.sleep(0)
@@ -188,7 +244,7 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
                 _unread(consumer, batch)
                 continue
             for start in range(0, len(batch), batch_size):  # at most batch_size per table write
-                await _apply_acked(consumer, apply, batch[start:start + batch_size])
+                await _apply_acked(consumer, apply, batch[start:start + batch_size], deliveries)
             commit_every = consumer._commit_every
             if commit_every is not None and consumer._n_acked >= commit_every:
                 consumer._n_acked = 0
@@ -204,3 +260,7 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
     except Exception as exc:
         logger.exception("bulk drain raised: %r", exc)
         raise
+
+
+async def _raise(exc: BaseException, _count: int) -> None:
+    raise exc

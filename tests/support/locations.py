@@ -43,9 +43,11 @@ async def read_all(kafka: KafkaSettings, topic: str, timeout: float = 2.0,
     await consumer.start()
     try:
         tps = await topic_partitions(consumer, topic)
+        out: list[tuple[bytes | None, bytes | None, list]] = []
+        if not tps:  # the topic does not exist (yet)
+            return out
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        out: list[tuple[bytes | None, bytes | None, list]] = []
         done: set[TopicPartition] = set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

@@ -245,3 +245,17 @@ def test_signatures_depend_on_the_topic_kind() -> None:
     """A nodes-topic record cannot be replayed into the registrations topic under its signature."""
     key = KEYS.verifier.key_of("node1")
     assert signature_of(key, b"nodes", b"k", b"v") != signature_of(key, b"registrations", b"k", b"v")
+
+
+def test_an_event_read_again_publishes_its_row_again(log: Log) -> None:
+    """A worker stopped before the cluster acknowledged a batch's location records reads the
+    events again (their offsets were not committed): the rows are unchanged, yet published."""
+    first = log.record(contact("node1", E1, 1))
+    plan = log.apply(first)
+    assert [key for key, _row, _p in plan.publish] == ["PJSIP/1001"]
+    again = log.apply(first)  # the same record, same offset: a replay
+    assert again.outcomes["replay"] == 1 and not again.writes
+    assert [(key, row) for key, row, _p in again.publish] == [("PJSIP/1001", log.rows["PJSIP/1001"])]
+    # A new event that changes nothing visible is not a replay: nothing published.
+    same = log.apply(log.record(contact("node1", E1, 1)))
+    assert same.outcomes["duplicate"] == 1 and not same.publish
