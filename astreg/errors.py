@@ -28,7 +28,8 @@
 ``InvalidSipUri``, ``BadQuery`` and ``SimulatorError`` are ``ValueError`` too: they are bad
 input, and callers that validate input catch ``ValueError``. The only exceptions defined
 elsewhere are private control flow that never leaves its module (``schemas.codec``'s generated
-Avro reader: a bad body becomes :class:`UndecodableRecord`, an unsupported shape selects fastavro).
+Avro reader: a bad body becomes :class:`UndecodableRecord`, an unsupported shape selects fastavro;
+``sinks.base``'s runner: a stop while it waits for its store, a write dropped for a rebuild).
 
 Every error says what was wrong and where; wrap lower-level errors with ``raise ... from exc``.
 This module imports nothing from the rest of astreg, so every package may use it.

@@ -52,7 +52,7 @@ from .routes import resource_of, route_rank
 from .settings import AstDbSettings
 
 __all__ = [
-    "AstDbSink", "AstDbSettings", "AmiClient", "entries", "key_part", "value_text", "KINDS", "all_keys",
+    "AstDbSink", "AstDbSettings", "AmiClient", "entries", "key_part", "value_text", "KINDS", "all_keys", "offset_key",
 ]
 
 logger = logging.getLogger(__name__)

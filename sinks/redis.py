@@ -34,7 +34,7 @@ from .routes import resource_of
 from .settings import RedisSettings
 from .sql import row_of
 
-__all__ = ["RedisSink", "RedisSettings", "hash_of"]
+__all__ = ["RedisSink", "RedisSettings", "hash_of", "classify"]
 
 logger = logging.getLogger(__name__)
 

@@ -53,7 +53,7 @@ from schemas.models import Contact, EndpointLocation
 from .routes import UNROUTABLE, route_rank
 from .settings import SqlSettings
 
-__all__ = ["SqlSink", "SqlSettings", "TABLE", "OFFSETS", "ROUTES_VIEW", "row_of", "contact_dict"]
+__all__ = ["SqlSink", "SqlSettings", "TABLE", "OFFSETS", "ROUTES_VIEW", "row_of", "contact_dict", "classify"]
 
 logger = logging.getLogger(__name__)
 
