@@ -64,6 +64,9 @@ class StreamMetrics(ComponentMetrics):
         self.outputs_pending_since = Gauge(
             "astreg_stream_outputs_pending_since_seconds", "Unix time of the oldest batch still waiting for its "
             "outputs to be acknowledged (0: none waiting).", registry=r)
+        self.cluster_write_wait = Gauge(
+            "astreg_stream_cluster_write_wait_seconds", "How long the worker's write probe has waited for the cluster "
+            "to acknowledge it (0: acknowledged); node silence is not counted while it waits.", registry=r)
         self.web = WebMetrics(r)
         self._faust_monitor: Any = None
 

@@ -294,6 +294,12 @@ class NodeBook:
     completed: list[tuple[str, str, int, int]] = field(default_factory=list)  # node, snap id, epoch, begin
     heard_at_ms: int | None = None  # worker clock at the broker's last answer on the nodes topic
     blind_ms: int = 0  # total time the worker could not hear the broker (for metrics and logs)
+    # Worker clock when its last write probe was sent, of those the cluster acknowledged (None:
+    # no probe yet, or probing off). While the cluster takes no writes (below min.insync.replicas,
+    # no controller quorum) heartbeats cannot arrive either, so the worker does not count that
+    # time as node silence, even when the broker still answers its fetches.
+    writable_at_ms: int | None = None
+    probing: bool = False
 
     def heard(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> int:
         """The broker answered a fetch of the nodes topic at ``now_ms``; returns the blind time credited.
@@ -317,6 +323,21 @@ class NodeBook:
     def listening(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> bool:
         """True while the worker hears the broker, i.e. node silence is evidence about nodes."""
         return self.heard_at_ms is not None and now_ms - self.heard_at_ms <= blind_after_ms
+
+    def answered(self, fetched_ms: int) -> int:
+        """Up to when the cluster was heard, given the last fetch answer: also no later than the
+        last acknowledged write probe when probing (a cluster that serves reads but takes no
+        writes delivers no heartbeat either)."""
+        if not self.probing:
+            return fetched_ms
+        return min(fetched_ms, self.writable_at_ms if self.writable_at_ms is not None else 0)
+
+    def judged_now(self, wall_ms: int) -> int:
+        """The time up to which node silence is evidence: the wall clock while the worker hears
+        the cluster, else the last moment it did (what the API's ``stale`` is judged at)."""
+        if self.heard_at_ms is None or self.listening(wall_ms):
+            return wall_ms
+        return min(wall_ms, self.heard_at_ms)
 
     def items(self) -> list[tuple[str, NodeState]]:
         return sorted(self.nodes.items())

@@ -11,6 +11,7 @@ registrations topic (the agent applies them: single writer, every change in the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -28,6 +29,7 @@ from schemas.validate import node_status_problem
 from .rules import Row
 from .stream_app import StreamApp
 from .tables import NodeState
+from .topics import probe_name
 
 __all__ = ["synthetic_for", "next_deadline", "attach"]
 
@@ -125,8 +127,8 @@ def attach(stream: StreamApp) -> None:
                 batches = await consumer.getmany(timeout_ms=500, max_records=5000)
                 now = int(time.time() * 1000)
                 answered = consumer.last_poll_timestamp(tp)  # last fetch answer, records or not
-                if answered is not None:
-                    blind = stream.nodes.heard(min(answered, now))
+                if answered is not None and stream.nodes.answered(min(answered, now)):
+                    blind = stream.nodes.heard(stream.nodes.answered(min(answered, now)))
                     if blind:
                         logger.warning("nodes topic silent for %.1fs (broker unreachable?): not counted as "
                                        "node silence", blind / 1000)
@@ -144,6 +146,40 @@ def attach(stream: StreamApp) -> None:
                         stream.nodes.observe(st, now)
         finally:
             await consumer.stop()
+
+    probe_topic = probe_name(app.conf.id)
+    probe: dict[str, Any] = {"fut": None, "since": None, "warned": False}
+    stream.nodes.probing = True
+
+    @app.timer(interval=min(settings.tick, 1.0))
+    async def probe_writes() -> None:
+        """Write a small record and note when the cluster acknowledged it (see NodeBook.answered)."""
+        now = int(time.time() * 1000)
+        fut: Any = probe["fut"]
+        if fut is not None and not fut.done():
+            # Still on its way: the cluster takes no writes now. Say so once it lasts.
+            waiting = (now - probe["since"]) / 1000
+            stream.metrics.cluster_write_wait.set(waiting)
+            if waiting > 10 and not probe["warned"]:
+                probe["warned"] = True
+                logger.warning("the cluster has not acknowledged a write for %.0f s (below min.insync.replicas or "
+                               "no controller quorum?): node silence is not counted meanwhile", waiting)
+            return
+        stream.metrics.cluster_write_wait.set(0)
+        if probe["warned"]:
+            probe["warned"] = False
+            logger.info("the cluster takes writes again")
+        probe["since"] = now
+        fut = await app.producer.send(probe_topic, settings.worker_id.encode(), str(now).encode(), None, None, None)
+        probe["fut"] = fut
+        fut.add_done_callback(functools.partial(_probe_done, now))
+
+    def _probe_done(sent_at: int, fut: Any) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        book = stream.nodes
+        if book.writable_at_ms is None or sent_at > book.writable_at_ms:
+            book.writable_at_ms = sent_at
 
     def believable(st: NodeStatus, r: Any, now: int) -> str | None:
         """Why a nodes-topic record must not move the node book, or None: a forged heartbeat

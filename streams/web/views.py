@@ -19,7 +19,6 @@ answers themselves (JSON shape, filters, paging) live in the pure :mod:`streams.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import ipaddress
@@ -690,7 +689,10 @@ def register(stream: Any, settings: WebSettings | None = None) -> WebService:
         nodes=stream.nodes,
         settings=settings,
         location_of=tables.location_of,
-        node_view=functools.partial(tables.node_view, node_timeout=worker.node_timeout),
+        # Judged at the last moment the worker heard the cluster: its own outage, or its own
+        # lateness, is not node silence.
+        node_view=lambda value: tables.node_view(
+            value, now_ms=stream.nodes.judged_now(int(time.time() * 1000)), node_timeout=worker.node_timeout),
         metrics=stream.metrics,
         node_grace_s=worker.node_grace,
         peer_key=peer_key_of(stream.verifier.secret),

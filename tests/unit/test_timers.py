@@ -179,3 +179,34 @@ def test_next_deadline_of_a_down_node_ignores_the_grace() -> None:
     assert deadline(row, book, T0 + 1_000) == T0 + 95_001  # only the contact's expiry
     row2 = row_of(contact("A", 1, "sip:a"))  # no known expiry: nothing by time (AMI down ≠ gone)
     assert deadline(row2, book, T0 + 1_000) is None
+
+
+def test_node_silence_is_judged_only_while_the_cluster_is_heard_and_takes_writes() -> None:
+    """A broker that answers fetches but acknowledges no write (below min.insync.replicas, no
+    controller quorum) delivers no heartbeat either: that time is not node silence, and the API
+    judges ``stale`` at the last moment the worker heard the cluster."""
+    from schemas.models import NodeEventKind
+    from streams.tables import NodeBook, NodeState
+
+    book = NodeBook(probing=True)
+    book.nodes["n1"] = NodeState(node="n1", kind=NodeEventKind.HEARTBEAT, seen_at_ms=1_000)
+    assert book.answered(5_000) == 0  # no write acknowledged yet: not heard
+    book.writable_at_ms = 1_000
+    book.heard(book.answered(1_000))
+    # Fetches keep being answered, writes are not acknowledged: heard time stays at 1 s.
+    for t in range(2_000, 30_000, 1_000):
+        book.heard(book.answered(t))
+    assert book.heard_at_ms == 1_000
+    assert not book.listening(30_000)
+    now = book.judged_now(30_000)
+    assert now == 1_000 and not book.nodes["n1"].stale(now, 6.0)
+    # Writes are acknowledged again: the gap is credited, the node is fresh until it stays silent.
+    book.writable_at_ms = 30_000
+    blind = book.heard(book.answered(30_000))
+    assert blind == 29_000 and book.listening(30_000)
+    assert not book.nodes["n1"].stale(book.judged_now(30_000), 6.0)
+    # Heard every second from then on, and no heartbeat: after the timeout the node is stale.
+    for t in range(31_000, 38_000, 1_000):
+        book.writable_at_ms = t
+        book.heard(book.answered(t))
+    assert book.nodes["n1"].stale(book.judged_now(37_000), 6.0)
