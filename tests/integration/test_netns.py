@@ -327,3 +327,16 @@ def test_two_hosts_independent_and_close_leaves_nothing(svc: str, procs: list[su
     assert not [line for line in links().splitlines() if ": astv" in line], links()
     with pytest.raises(NetnsError, match="closed"):
         a.cut()
+
+
+def test_taken_index_or_name_fails_clearly_and_spares_the_first(svc: str,
+                                                                procs: list[subprocess.Popen[str]]) -> None:
+    root_port = start_echo(procs, svc)
+    with Host("first", 217) as first:
+        with pytest.raises(NetnsError, match="another host using this index"):
+            Host("second", 217)
+        with pytest.raises(NetnsError, match="exists already"):
+            Host("first", 218)
+        assert f"{NAMESPACE_PREFIX}second" not in namespaces().split()
+        assert " astv218r:" not in links()
+        assert connect_from(first, svc, root_port, 5) == "ok"

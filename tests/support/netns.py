@@ -268,7 +268,10 @@ class Host:
         self._set(float(loss_percent), int(delay_ms))
 
     def close(self) -> None:
-        """Stop the link's relay and delete the namespace; safe to call again."""
+        """Stop the link's relay (its TUN devices vanish with it) and delete the namespace.
+
+        Safe to call again; removes only what this host created.
+        """
         if self._closed:
             return
         self._closed = True
@@ -281,12 +284,6 @@ class Host:
                 _run("ip", "netns", "del", self.namespace)
             except NetnsError as exc:
                 errors.append(str(exc))
-        for device in (self.root_device, self.host_device):
-            if device in _links():  # gone with the relay; removed only if something kept it
-                try:
-                    _run("ip", "link", "del", device)
-                except NetnsError as exc:
-                    errors.append(str(exc))
         if errors:
             raise NetnsError("; ".join(errors))
 
@@ -376,7 +373,12 @@ def _relay_main(root_device: str, host_device: str) -> int:
     ``ok``. Runs until stdin closes. Each wakeup reads at most 64 packets a device, so control
     commands are served under load.
     """
-    a, b = _open_tun(root_device), _open_tun(host_device)
+    try:
+        a, b = _open_tun(root_device), _open_tun(host_device)
+    except OSError as exc:
+        print(f"cannot create the TUN devices {root_device}/{host_device} (is another host using "
+              f"this index?): {exc}", file=sys.stderr)
+        return 1
     peer = {a: b, b: a}
     control = sys.stdin.fileno()
     out = sys.stdout.buffer
