@@ -130,9 +130,9 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
     """The next stdout line of ``proc``, waiting at most ``timeout`` seconds."""
     assert proc.stdout is not None
     readable, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert readable, f"no output from {proc.args} within {timeout:g} s"
+    assert readable, f"no output from {proc.args!r} within {timeout:g} s"
     line = proc.stdout.readline()
-    assert line, f"{proc.args} exited (status {proc.poll()}) without output"
+    assert line, f"{proc.args!r} exited (status {proc.poll()}) without output"
     return line.strip()
 
 

@@ -35,6 +35,11 @@ IP packet from one to the other, dropping or delaying it as configured:
   ``netem loss`` plus ``netem delay`` on both ends of a link. At most ``QUEUE_LIMIT`` packets
   wait in the delay line (more are dropped, like netem's queue limit).
 
+No sysctl is changed: both ends of every connection are local to a namespace (the service address
+and the root side of each link are local to the root namespace), so nothing is forwarded and
+``ip_forward`` may stay 0; and each namespace's route back to the other side leaves through the
+link the packet came in on, so even strict ``rp_filter`` accepts it.
+
 The relay lives as long as its control pipe: when the test process ends, however it ends, the
 relay exits and the TUN devices vanish with it. The service address is a ``bridge`` without
 ports, since the ``dummy`` type is missing; it only carries a local address.
