@@ -300,6 +300,7 @@ class NodeBook:
     # time as node silence, even when the broker still answers its fetches.
     writable_at_ms: int | None = None
     probing: bool = False
+    fetched_at_ms: int | None = None  # worker clock at the broker's last answer to a fetch of the nodes topic
 
     def heard(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> int:
         """The broker answered a fetch of the nodes topic at ``now_ms``; returns the blind time credited.

@@ -137,8 +137,13 @@ class WebService:
         metrics: StreamMetrics,
         node_grace_s: float | None = None,
         peer_key: bytes | None = None,
+        cut_off_s: float | None = None,
     ) -> None:
         self.app = app
+        # A worker that has heard nothing from the cluster for longer than its group session
+        # timeout may have lost its partitions to another worker without knowing it yet: it
+        # stops claiming them (not ready) until the cluster answers again.
+        self.cut_off_ms = None if cut_off_s is None else int(cut_off_s * 1000)
         # Workers vouch for the requests they forward with a MAC under this key (derived from the
         # cluster secret), never with the caller's token (docs/web.md "Authentication").
         self.peer_key = peer_key
@@ -172,6 +177,12 @@ class WebService:
         recovery = app.tables.recovery  # type: ignore[attr-defined]  # concrete TableManager only
         if getattr(app, "in_recovery", False) or not recovery.completed.is_set():
             return "table recovery in progress"
+        fetched = getattr(self.nodes, "fetched_at_ms", None)
+        if self.cut_off_ms is not None and fetched is not None:
+            silent = int(time.time() * 1000) - fetched
+            if silent > self.cut_off_ms:
+                return (f"no answer from the Kafka cluster for {silent / 1000:.0f} s: its partitions may "
+                        "belong to another worker now")
         if not self.active_partitions():
             return "owns no partition of the table"
         return None
@@ -633,6 +644,7 @@ def install(
     node_grace_s: float | None = None,
     faust_metrics: bool = True,
     peer_key: bytes | None = None,
+    cut_off_s: float | None = None,
 ) -> WebService:
     """Add the page and API to ``app`` (call before the app starts).
 
@@ -645,7 +657,8 @@ def install(
         node_view = node_view or tables.node_view
     settings = settings or WebSettings()
     metrics = metrics or StreamMetrics()
-    service = WebService(app, locations, nodes, settings, location_of, node_view, metrics, node_grace_s, peer_key)
+    service = WebService(app, locations, nodes, settings, location_of, node_view, metrics, node_grace_s, peer_key,
+                         cut_off_s)
     on_every_response(app, _security_headers)
     drop_blueprints(app, _FAUST_BLUEPRINTS_REPLACED)
     for path, view in ROUTES:
@@ -696,6 +709,7 @@ def register(stream: Any, settings: WebSettings | None = None) -> WebService:
         metrics=stream.metrics,
         node_grace_s=worker.node_grace,
         peer_key=peer_key_of(stream.verifier.secret),
+        cut_off_s=6.0 if stream.kafka.embedded else stream.kafka.session_timeout,
     )
 
 

@@ -1,12 +1,15 @@
 """Fault-injection suite: during a steady load, break one thing at a time, then check that every
 store converges to the simulator's truth with nothing lost, and record how long it took.
 
-Run alone with ``make test-faults`` (``pytest -m faults``). One pipeline serves the whole module
-(3 simulated nodes, a producer per node, two workers with RocksDB state, the SQL sink on
-PostgreSQL and the Redis sink); faults run in order and each starts from a converged state.
-Convergence times go to ``test-artifacts/faults.json`` and are printed.
+Run alone with ``make test-faults`` (``pytest -m faults``). One pipeline per broker serves the
+module (3 simulated nodes, a producer per node, two workers with RocksDB state, the SQL sink on
+PostgreSQL and the Redis sink): first on the embedded broker, then on a three-broker Apache Kafka
+cluster (KRaft, every topic at replication factor 3 and min.insync.replicas 2), where the
+cluster's own faults run too (the leader of the busiest partition killed, a rolling restart,
+two brokers down). Faults run in order and each starts from a converged state. Convergence times
+and counts go to ``test-artifacts/faults.json`` (keyed "<broker>: <fault>") and are printed.
 
-Decisions: the broker outage is SIGSTOP/SIGCONT of the embedded broker (it is memory-only: a real
+Decisions: on the embedded broker the broker outage is SIGSTOP/SIGCONT (it is memory-only: a real
 restart would test a total data loss no Kafka deployment has); PostgreSQL and Redis are really
 stopped and started (this suite runs serially, never beside other tests), and a stop or start
 command that fails, or a service still answering after its stop, fails the test: an outage that
@@ -17,6 +20,7 @@ test when the load stops.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -24,6 +28,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -37,11 +42,14 @@ import pytest
 import redis
 
 from astreg.broker import EmbeddedBroker, free_port
+from astreg.kafka import ApacheKafka
 from astreg.proc import Child, ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.tools.e2e import primaries
 from astreg.topics import ensure_topics
-from tests.conftest import ARTIFACTS, PG_ADMIN, REDIS_URL, unique_name
+from tests.conftest import ARTIFACTS, PG_ADMIN, REDIS_URL, TEST_BROKER_CONFIG, unique_name
+from tests.support.netns import Host, service_address
+from tests.support.netns import available as netns_available
 from tests.support.truth import diff
 from tests.support.wait import until_sync
 
@@ -49,7 +57,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.timeout(900)]
 
 PHONES = 240
 CONVERGE_TIMEOUT = 120.0
-RESULTS: dict[str, float] = {}
+RESULTS: dict[str, Any] = {}
 CLOCK_SKEW = 0.5  # seconds, the workers' --max-clock-skew (see where the workers start)
 SERVICES = Path(__file__).resolve().parents[2] / "deploy" / "dev" / "services.sh"
 MOVE_AGAIN = 10.0  # seconds before the load moves the same phone again (see Load._run)
@@ -71,7 +79,11 @@ def _pg(sql: str, db: str = "test") -> list[tuple[Any, ...]]:
 
 @dataclass
 class Stack:
-    broker: EmbeddedBroker
+    kind: str  # "embedded" or "apache3"
+    broker: EmbeddedBroker | None
+    cluster: ApacheKafka | None
+    kafka: KafkaSettings
+    topics: TopicSettings
     procs: ProcessGroup
     control: str
     sim: Child
@@ -79,6 +91,7 @@ class Stack:
     redis_prefix: str
     children: dict[str, Child] = field(default_factory=dict)
     web: dict[str, str] = field(default_factory=dict)  # worker name -> base URL of its web API
+    hosts: dict[str, Host] = field(default_factory=dict)  # simulated hosts (apache3): "p1", "w2"
     load: Load = field(init=False)
 
     def __post_init__(self) -> None:
@@ -146,11 +159,11 @@ class Stack:
             want = primaries(self.truth(), live_only=live_only)
             sql, red = self.sql_nodes(), self.redis_nodes()
             problems = [f"sql: {p}" for p in diff(want, sql)] + [f"redis: {p}" for p in diff(want, red)]
-            if problems and time.monotonic() - start > 5 and name not in SLOW:
-                SLOW[name] = self.explain(want, sql)  # what a slow convergence was waiting for
+            if problems and time.monotonic() - start > 5 and f"{self.kind}: {name}" not in SLOW:
+                SLOW[f"{self.kind}: {name}"] = self.explain(want, sql)  # what a slow convergence was waiting for
             if not problems:
                 took = time.monotonic() - start
-                RESULTS[name] = round(took, 2)
+                RESULTS[f"{self.kind}: {name}"] = round(took, 2)
                 return took
             time.sleep(0.25)  # poll interval of this convergence loop
         logs = {n: c.log()[-1500:] for n, c in self.children.items()}
@@ -217,39 +230,69 @@ class Load:
         return error
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    work = tmp_path_factory.mktemp("faults")
+BROKERS = ["embedded", "apache3"]
+
+
+@pytest.fixture(scope="module", params=BROKERS)
+def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    kind = request.param
+    work = tmp_path_factory.mktemp(f"faults-{kind}")
     db = unique_name("faults")
     _pg(f'CREATE DATABASE "{db}"')
-    broker = EmbeddedBroker(log_file=work / "broker.log").start()
-    kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+    broker: EmbeddedBroker | None = None
+    cluster: ApacheKafka | None = None
+    network = contextlib.ExitStack()
+    hosts: dict[str, Host] = {}
+    addr = "127.0.0.1"
+    if kind == "embedded":
+        broker = EmbeddedBroker(log_file=work / "broker.log").start()
+        kafka = KafkaSettings(bootstrap=broker.bootstrap, embedded=True)
+    else:
+        # node1's producer and worker2 run on hosts of their own (network namespaces), whose
+        # link the network faults cut or degrade; the brokers and the simulator listen on the
+        # service address every host reaches.
+        reason = netns_available()
+        if reason is not None:
+            pytest.fail(f"the network faults need network namespaces: {reason}")
+        addr = network.enter_context(service_address())
+        hosts = {"p1": network.enter_context(Host("p1", 41)), "w2": network.enter_context(Host("w2", 42))}
+        cluster = ApacheKafka(brokers=3, host=addr, data_dir=work / "kafka", config=TEST_BROKER_CONFIG,
+                              heap="384m").start()
+        kafka = cluster.client_settings(embedded=False)
     topics = TopicSettings(partitions=4)
-    asyncio.run(ensure_topics(kafka, topics))
+    asyncio.run(ensure_topics(kafka, topics))  # RF 3 and min.insync.replicas 2 on three brokers
     procs = ProcessGroup(log_dir=work / "logs", env={
-        "ASTREG_BOOTSTRAP": broker.bootstrap, "ASTREG_EMBEDDED": "1", "ASTREG_PARTITIONS": "4",
-        "ASTREG_HEARTBEAT_INTERVAL": "1", "ASTREG_NODE_TIMEOUT": "6", "ASTREG_LOG_LEVEL": "INFO"})
+        "ASTREG_BOOTSTRAP": kafka.bootstrap, "ASTREG_EMBEDDED": "1" if kafka.embedded else "0",
+        "ASTREG_PARTITIONS": "4", "ASTREG_HEARTBEAT_INTERVAL": "1", "ASTREG_NODE_TIMEOUT": "6",
+        "ASTREG_LOG_LEVEL": "INFO"})
     prefix = f"{db}:"
     s: Stack | None = None
     try:
         sim = procs.start("simulator", astreg_argv("simulate", "--nodes", "3", "--phones", str(PHONES),
-                                                   "--ami-port", "0", "--control-port", "0"))
+                                                   "--ami-port", "0", "--control-port", "0", "--host", addr))
         until_sync(lambda: re.search(r"^control=", sim.log(), re.M), 60, interval=0.1,
                    what="the simulator to print its control address")
         ami = dict(re.findall(r"^ami=(\S+)@(\S+)$", sim.log(), re.M))
         control = re.search(r"^control=(\S+)$", sim.log(), re.M).group(1)  # type: ignore[union-attr]
-        s = Stack(broker, procs, control, sim, db, prefix)
-        for node, addr in sorted(ami.items()):
-            s.children[f"producer-{node}"] = procs.start(f"producer-{node}", astreg_argv(
-                "producer", "--ami", addr, "--ami-user", "astreg", "--node", node), env={"ASTREG_AMI_SECRET": "astreg"})
+        s = Stack(kind, broker, cluster, kafka, topics, procs, control, sim, db, prefix, hosts=hosts)
+        for node, ami_addr in sorted(ami.items()):
+            argv = astreg_argv("producer", "--ami", ami_addr, "--ami-user", "astreg", "--node", node)
+            if node == "node1" and "p1" in hosts:
+                argv = hosts["p1"].argv(argv)
+            s.children[f"producer-{node}"] = procs.start(f"producer-{node}", argv, env={"ASTREG_AMI_SECRET": "astreg"})
         for i in (1, 2):
             port = free_port()
-            s.web[f"worker{i}"] = f"http://127.0.0.1:{port}"
-            s.children[f"worker{i}"] = procs.start(f"worker{i}", astreg_argv(
-                "worker", "--web-port", str(port), "--store", "rocksdb", "--data-dir", str(work / f"w{i}"),
+            web_host = hosts["w2"].address if i == 2 and "w2" in hosts else addr
+            s.web[f"worker{i}"] = f"http://{web_host}:{port}"
+            argv = astreg_argv(
+                "worker", "--web-port", str(port), "--web-host", web_host, "--store", "rocksdb",
+                "--data-dir", str(work / f"w{i}"),
                 # The simulated nodes share this host's clock: the skew bound is the resolution of
                 # Asterisk's expirations (whole seconds), not the 2 s default meant for NTP'd hosts.
-                "--max-clock-skew", str(CLOCK_SKEW)))
+                "--max-clock-skew", str(CLOCK_SKEW))
+            if i == 2 and "w2" in hosts:
+                argv = hosts["w2"].argv(argv)
+            s.children[f"worker{i}"] = procs.start(f"worker{i}", argv)
         s.children["sink-sql"] = procs.start("sink-sql", astreg_argv(
             "sink", "sql", "--url", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
         s.children["sink-redis"] = procs.start("sink-redis", astreg_argv(
@@ -260,11 +303,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # Stopped before the processes it talks to; what it raised is re-raised after the cleanup.
         load_error = s.load.halt() if s is not None else None
         procs.stop_all()
-        broker.stop()
+        if broker is not None:
+            broker.stop()
+        if cluster is not None:
+            cluster.stop()
+        network.close()
         ARTIFACTS.mkdir(exist_ok=True)
         (ARTIFACTS / "faults.json").write_text(json.dumps(RESULTS, indent=2))
         (ARTIFACTS / "faults-slow.json").write_text(json.dumps(SLOW, indent=1, default=str))
-        print("\nconvergence times (s):", json.dumps(RESULTS, indent=1))
+        print("\nconvergence times (s) and counts:", json.dumps(RESULTS, indent=1))
         try:
             _pg(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
         except Exception:  # noqa: BLE001
@@ -319,7 +366,9 @@ def test_ami_link_cut(stack: Stack, mode: str) -> None:
     stack.converge(f"AMI link cut ({mode})")
 
 
+@pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_broker_outage(stack: Stack) -> None:
+    assert stack.broker is not None
     _under_load(stack)
     os.kill(stack.broker.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
     try:
@@ -384,8 +433,8 @@ def test_redis_down(stack: Stack) -> None:
         until_sync(_redis_up, 60, interval=0.2, what="Redis to answer after its start command")
     _under_load(stack)
     _settle(stack)
-    # Redis keeps nothing on disk here, so the restart lost every key: the sink must notice (its
-    # marker key is gone) and rebuild the store from the compacted locations topic.
+    # Redis keeps nothing on disk here, so the restart lost every key: the sink must notice (the
+    # offsets it keeps in Redis are gone) and rebuild the store from the compacted locations topic.
     stack.converge("Redis down (6 s)")
 
 
@@ -397,6 +446,221 @@ def test_asterisk_node_restart(stack: Stack) -> None:
     stack.converge("Asterisk node restart")
 
 
+# ------------------------------------------------------------------ the cluster's own faults
+
+
+async def _partitions(kafka: KafkaSettings, topics: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
+    """(topic, partition) -> leader, isr and end offset, from the cluster itself."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka.aiokafka_kwargs())
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for t in described:
+        for p in t["partitions"]:
+            out[(t["topic"], p["partition"])] = {"leader": p["leader"], "isr": sorted(p["isr"])}
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), group_id=None)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(t, p) for t, p in out])
+    finally:
+        await consumer.stop()
+    for tp, end in ends.items():
+        out[(tp.topic, tp.partition)]["end"] = end
+    return out
+
+
+def _cluster_topics(stack: Stack) -> list[str]:
+    t = stack.topics
+    return [t.topic_registrations, t.topic_nodes, t.topic_locations]
+
+
+def _in_sync(stack: Stack) -> bool:
+    """Every partition of the contract's topics has its three replicas in sync."""
+    try:
+        parts = asyncio.run(_partitions(stack.kafka, _cluster_topics(stack)))
+    except Exception:  # noqa: BLE001 - the cluster may not answer while it elects
+        return False
+    return bool(parts) and all(len(p["isr"]) == 3 for p in parts.values())
+
+
+def _watch_nodes(stack: Stack, seconds: float, stale: dict[str, float]) -> None:
+    """For ``seconds``, record every node a worker reports stale (node -> first time seen)."""
+    start = time.monotonic()
+    while time.monotonic() - start < seconds:
+        for name, view in stack.node_views().items():
+            if view.get("stale"):
+                stale.setdefault(name, round(time.monotonic() - start, 2))
+        time.sleep(0.5)  # the sampling period of what is observed, not a wait for a condition
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_leader_of_the_busiest_partition_killed(stack: Stack) -> None:
+    assert stack.cluster is not None
+    _under_load(stack)
+    parts = asyncio.run(_partitions(stack.kafka, [stack.topics.topic_registrations]))
+    (topic, partition), busiest = max(parts.items(), key=lambda kv: kv[1]["end"])
+    leader = busiest["leader"]
+    stack.cluster.kill(leader)
+    try:
+        _under_load(stack, 10)  # the broker stays down 10 s, under load
+    finally:
+        stack.cluster.start_broker(leader)
+    until_sync(lambda: _in_sync(stack), 120, interval=1.0, what="every partition back in sync")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge(f"SIGKILL of the leader of {topic.split('.')[1]}[{partition}], back after 10 s")
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_rolling_restart(stack: Stack) -> None:
+    assert stack.cluster is not None
+    _under_load(stack)
+    for node_id in (1, 2, 3):
+        stack.cluster.stop_broker(node_id)  # controlled shutdown: leadership moves first
+        stack.cluster.start_broker(node_id)
+        until_sync(lambda: _in_sync(stack), 120, interval=1.0,
+                   what=f"every partition back in sync after broker {node_id}'s restart")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("rolling restart of the three brokers")
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_two_brokers_down(stack: Stack) -> None:
+    """Below min.insync.replicas, then without a controller quorum: producers buffer, workers and
+    sinks wait, no node is marked stale because the cluster was away, then everything heals."""
+    assert stack.cluster is not None
+    _under_load(stack)
+    stale: dict[str, float] = {}
+    stack.cluster.kill(2)
+    stack.cluster.kill(3)
+    try:
+        _watch_nodes(stack, 20, stale)
+    finally:
+        stack.cluster.start_broker(2)
+        stack.cluster.start_broker(3)
+    until_sync(lambda: _in_sync(stack), 180, interval=1.0, what="every partition back in sync")
+    _watch_nodes(stack, 3, stale)
+    _settle(stack)
+    stack.converge("two brokers down (20 s)")
+    RESULTS[f"{stack.kind}: two brokers down (20 s): false stale nodes"] = len(stale)
+    assert stale == {}, f"nodes reported stale while the cluster was away: {stale}"
+
+
+def test_starved_cpu(stack: Stack) -> None:
+    """A CPU hog beside the workers for 30 s (one busy process per core): healthy nodes are
+    never reported stale because the worker itself is late."""
+    _under_load(stack)
+    stale: dict[str, float] = {}
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        _watch_nodes(stack, 30, stale)
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait(10)
+    _watch_nodes(stack, 3, stale)
+    _settle(stack)
+    stack.converge("CPU hog beside the workers (30 s)")
+    RESULTS[f"{stack.kind}: CPU hog (30 s): false stale nodes"] = len(stale)
+    assert stale == {}, f"healthy nodes reported stale while the CPU was starved: {stale}"
+
+
+# ------------------------------------------------------------------ network faults (simulated hosts)
+
+
+def _ready_from(host: Host, base: str) -> tuple[int, Any]:
+    """(HTTP status, body) of ``base``/readyz asked from inside ``host`` (0: no answer)."""
+    code = (
+        "import json, sys, urllib.request, urllib.error\n"
+        "try:\n"
+        f"    r = urllib.request.urlopen({base + '/readyz'!r}, timeout=3)\n"
+        "    print(r.status, r.read().decode())\n"
+        "except urllib.error.HTTPError as e:\n"
+        "    print(e.code, e.read().decode())\n"
+        "except Exception as e:\n"
+        "    print(0, json.dumps(str(e)))\n"
+    )
+    done = subprocess.run(host.argv([sys.executable, "-c", code]), capture_output=True, text=True, timeout=15)
+    status, _, body = done.stdout.strip().partition(" ")
+    return int(status or 0), body
+
+
+def _not_ready_from(host: Host, base: str) -> str | None:
+    """The reason ``base`` gives for not being ready, asked from inside ``host`` (None: ready)."""
+    status, body = _ready_from(host, base)
+    return body if status == 503 else None
+
+
+def _ready_partitions(base: str) -> set[int]:
+    try:
+        r = httpx.get(f"{base}/readyz", timeout=3)
+    except httpx.HTTPError:
+        return set()
+    return set(r.json().get("partitions", [])) if r.status_code == 200 else set()
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_producer_host_cut(stack: Stack) -> None:
+    host = stack.hosts["p1"]
+    _under_load(stack)
+    host.cut()
+    try:
+        _under_load(stack, 20)  # node1's producer cannot reach the brokers (nor its AMI) for 20 s
+    finally:
+        host.heal()
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("producer host (node1) cut from the brokers for 20 s")
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_worker_host_cut(stack: Stack) -> None:
+    """worker2's host is cut off: worker1 takes every partition, and worker2, asked on its own
+    host, stops claiming readiness for the partitions it lost."""
+    host = stack.hosts["w2"]
+    _under_load(stack)
+    started = time.monotonic()
+    host.cut()
+    try:
+        until_sync(lambda: _ready_partitions(stack.web["worker1"]) == set(range(stack.topics.partitions)), 60,
+                   interval=0.5, what="worker1 to serve every partition")
+        body = until_sync(lambda: _not_ready_from(host, stack.web["worker2"]), 60, interval=1.0,
+                          what="worker2 to stop claiming readiness")
+        assert "no answer from the Kafka cluster" in body, body
+        RESULTS[f"{stack.kind}: worker host cut: not ready after (s)"] = round(time.monotonic() - started, 1)
+        _under_load(stack, max(0.0, 20 - (time.monotonic() - started)))
+    finally:
+        host.heal()
+    until_sync(lambda: _ready_partitions(stack.web["worker2"]), 90, interval=0.5,
+               what="worker2 to serve partitions again")
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("worker host (worker2) cut for 20 s")
+
+
+@pytest.mark.parametrize("stack", ["apache3"], indirect=True)
+def test_lossy_slow_links(stack: Stack) -> None:
+    _under_load(stack)
+    for host in stack.hosts.values():
+        host.degrade(loss_percent=5, delay_ms=200)
+    try:
+        _under_load(stack, 20)
+    finally:
+        for host in stack.hosts.values():
+            host.heal()
+    _under_load(stack)
+    _settle(stack)
+    stack.converge("5 % loss and 200 ms delay each way on the producer's and the worker's hosts (20 s)")
+
+
+# The storm kills node1 for good: it runs last on each broker.
 def test_storm(stack: Stack) -> None:
     _settle(stack)
     r = httpx.post(f"{stack.control}/scenario", json={"name": "storm", "params": {"node": "node1"}}, timeout=120)
