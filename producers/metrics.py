@@ -26,6 +26,9 @@ class ProducerMetrics(ComponentMetrics):
         self.coalesced = Counter("astreg_producer_coalesced", "Superseded records coalesced away in a full buffer", registry=r)
         self.buffer_depth = Gauge("astreg_producer_buffer_depth", "Records waiting for Kafka", registry=r)
         self.kafka_up = Gauge("astreg_producer_kafka_up", "1 when the last send to Kafka succeeded", registry=r)
+        self.waiting_since = Gauge(
+            "astreg_producer_waiting_since_seconds", "Unix time the batch being sent was first handed to Kafka "
+            "(0: nothing waiting); with the buffer depth, what waits for Kafka and since when", registry=r)
         self.send_errors = Counter("astreg_producer_kafka_send_errors", "Failed send attempts", registry=r)
         self.send_latency = Histogram(
             "astreg_producer_kafka_send_seconds", "Time for one batch to be acknowledged", registry=r,

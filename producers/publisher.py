@@ -206,6 +206,7 @@ class Publisher:
             if not self._inflight:
                 n = min(BATCH, len(self._buffer))
                 self._inflight = [self._buffer.popleft() for _ in range(n)]
+                self.metrics.waiting_since.set(time.time())
             try:
                 producer = await self._ensure_producer()
                 started = time.perf_counter()
@@ -232,6 +233,7 @@ class Publisher:
                 self.metrics.events_out.labels(kind).inc(n)
             self.sent += len(self._inflight)
             self._inflight = []
+            self.metrics.waiting_since.set(0)
             self.metrics.buffer_depth.set(self.depth)
             backoff = BACKOFF_MIN
             if not self._kafka_up:

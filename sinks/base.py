@@ -475,6 +475,8 @@ class SinkRunner:
         """Count and log a failed attempt, pause the partitions, wait the backoff; return the next one."""
         self.metrics.unavailable.labels(self.sink.kind).inc()
         self.metrics.store_up.labels(self.sink.kind).set(0)
+        if failures == 1:
+            self.metrics.waiting_since.labels(self.sink.kind).set(time.time())
         self._check_now = True
         # Log the outage once, then quietly; the metric counts every attempt.
         log = logger.warning if failures == 1 else logger.debug
@@ -492,6 +494,7 @@ class SinkRunner:
     def _back(self, failures: int, what: str) -> None:
         self.metrics.store_up.labels(self.sink.kind).set(1)
         if failures:
+            self.metrics.waiting_since.labels(self.sink.kind).set(0)
             logger.info("sink %s: store is back after %d failed %s attempts", self.sink.kind, failures, what)
             if self._consumer is not None:
                 self._consumer.resume(*self._consumer.assignment())

@@ -28,6 +28,8 @@ class SinkMetrics(ComponentMetrics):
                                    ["sink"], registry=r)
         self.store_up = Gauge("astreg_sink_store_up", "1 when the last write succeeded, 0 while retrying",
                               ["sink"], registry=r)
+        self.waiting_since = Gauge("astreg_sink_waiting_since_seconds", "Unix time of the first failed attempt of "
+                                   "the current store outage (0: the store answers)", ["sink"], registry=r)
         self.lag = Gauge("astreg_sink_lag_records", "High watermark minus committed position, all partitions",
                          ["sink"], registry=r)
         self.reconciled = Counter("astreg_sink_reconciled_deletes", "Stale keys removed by a rebuild",

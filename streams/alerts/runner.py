@@ -266,7 +266,7 @@ class Alerter:
                     if caught_up:
                         logger.info("alerter caught up with its inputs")
                 if caught_up and now - last_tick >= tick_ms:
-                    out += self.engine.tick(now)
+                    out += self.engine.tick(self._judged_now(consumer, now))
                     last_tick = now
                 if out or self._pending_dead:
                     await self._publish_until_sent(producer, out, stop)
@@ -285,6 +285,14 @@ class Alerter:
             if site is not None:
                 await site.cleanup()
             logger.info("alerter stopped (%d alerts published)", self.published)
+
+    def _judged_now(self, consumer: AIOKafkaConsumer, now: int) -> int:
+        """The time up to which node silence is evidence: the broker's last answer to a fetch of
+        the nodes topic, when it is older than now. An alerter that is late (a starved CPU, a
+        stalled loop) or cannot reach the broker has not read the heartbeats written meanwhile:
+        that time is not the nodes' silence, so it raises no NODE_STALE for it."""
+        answered = consumer.last_poll_timestamp(TopicPartition(self.topics.topic_nodes, 0))
+        return now if answered is None else min(now, int(answered))
 
     async def _restore(self, stop: asyncio.Event) -> list[Alert]:
         """The active alerts a previous run left, read back from the alerts topic (retried while

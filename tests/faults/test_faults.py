@@ -297,6 +297,9 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
             "sink", "sql", "--url", f"postgresql+asyncpg://postgres@127.0.0.1:5432/{db}"))
         s.children["sink-redis"] = procs.start("sink-redis", astreg_argv(
             "sink", "redis", "--url", REDIS_URL, "--key-prefix", prefix))
+        # NODE_STALE after the workers' node timeout: as sensitive to false silence as they are.
+        s.children["alerter"] = procs.start("alerter", astreg_argv("alerts", "run"),
+                                            env={"ASTREG_ALERT_NODE_STALE_S": "6"})
         s.converge("initial", timeout=180)
         yield s
     finally:
@@ -489,6 +492,30 @@ def _in_sync(stack: Stack) -> bool:
     return bool(parts) and all(len(p["isr"]) == 3 for p in parts.values())
 
 
+def _alerts(stack: Stack) -> list[Any]:
+    from streams.alerts.runner import read_alerts
+
+    return asyncio.run(read_alerts(stack.kafka, stack.topics.topic_alerts))
+
+
+def _false_alerts(stack: Stack, since_ms: int) -> list[str]:
+    """NODE_STALE / NODE_DOWN raised since ``since_ms``, and any alert raised twice in a row
+    (without a resolve between): what a worker or alerter that mistakes its own lateness or the
+    cluster's absence for node silence produces."""
+    from schemas.quality import AlertKind, AlertState
+
+    problems = []
+    last: dict[str, Any] = {}
+    for a in _alerts(stack):
+        if a.state is AlertState.RAISED and last.get(a.alert_id) is AlertState.RAISED:
+            problems.append(f"raised twice: {a.alert_id}")
+        last[a.alert_id] = a.state
+        if (a.state is AlertState.RAISED and a.raised_at_ms >= since_ms
+                and a.kind in (AlertKind.NODE_STALE, AlertKind.NODE_DOWN)):
+            problems.append(f"{a.kind.value} {a.node} at {a.raised_at_ms}: {a.summary}")
+    return problems
+
+
 def _watch_nodes(stack: Stack, seconds: float, stale: dict[str, float]) -> None:
     """For ``seconds``, record every node a worker reports stale (node -> first time seen)."""
     start = time.monotonic()
@@ -538,6 +565,7 @@ def test_two_brokers_down(stack: Stack) -> None:
     assert stack.cluster is not None
     _under_load(stack)
     stale: dict[str, float] = {}
+    since = int(time.time() * 1000)
     stack.cluster.kill(2)
     stack.cluster.kill(3)
     try:
@@ -549,8 +577,11 @@ def test_two_brokers_down(stack: Stack) -> None:
     _watch_nodes(stack, 3, stale)
     _settle(stack)
     stack.converge("two brokers down (20 s)")
+    alerts = _false_alerts(stack, since)
     RESULTS[f"{stack.kind}: two brokers down (20 s): false stale nodes"] = len(stale)
+    RESULTS[f"{stack.kind}: two brokers down (20 s): false or doubled alerts"] = len(alerts)
     assert stale == {}, f"nodes reported stale while the cluster was away: {stale}"
+    assert alerts == [], alerts
 
 
 def test_starved_cpu(stack: Stack) -> None:
@@ -558,6 +589,7 @@ def test_starved_cpu(stack: Stack) -> None:
     never reported stale because the worker itself is late."""
     _under_load(stack)
     stale: dict[str, float] = {}
+    since = int(time.time() * 1000)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
     try:
         _watch_nodes(stack, 30, stale)
@@ -568,8 +600,11 @@ def test_starved_cpu(stack: Stack) -> None:
     _watch_nodes(stack, 3, stale)
     _settle(stack)
     stack.converge("CPU hog beside the workers (30 s)")
+    alerts = _false_alerts(stack, since)
     RESULTS[f"{stack.kind}: CPU hog (30 s): false stale nodes"] = len(stale)
+    RESULTS[f"{stack.kind}: CPU hog (30 s): false or doubled alerts"] = len(alerts)
     assert stale == {}, f"healthy nodes reported stale while the CPU was starved: {stale}"
+    assert alerts == [], alerts
 
 
 # ------------------------------------------------------------------ network faults (simulated hosts)
