@@ -31,7 +31,7 @@ from astreg.kafka import ApacheKafka
 from astreg.proc import ProcessGroup
 from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
-from tests.support.databases import MYSQL_HOST, PG_ADMIN, REDIS_URL
+from tests.support.databases import MYSQL_HOST, PG_ADMIN, REDIS_URL, mysql_admin
 from tests.support.redis_server import PrivateRedis
 
 # hypothesis is imported here, not lazily by its pytest plugin at the end of the session: after
@@ -203,16 +203,7 @@ async def pg_url(unique: str) -> AsyncIterator[str]:
 @pytest.fixture
 async def mysql_url(unique: str) -> AsyncIterator[str]:
     """SQLAlchemy URL of a fresh MariaDB database for this test."""
-    import asyncmy
-
-    async def run(sql: str) -> None:
-        conn = await asyncmy.connect(host=MYSQL_HOST, port=3306, user="root", password="")
-        try:
-            async with conn.cursor() as cur:
-                await cur.execute(sql)
-        finally:
-            conn.close()
-
+    run = mysql_admin
     try:
         await run(f"CREATE DATABASE `{unique}` CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     except Exception as exc:  # noqa: BLE001

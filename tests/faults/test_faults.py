@@ -344,6 +344,20 @@ def _restart(stack: Stack, name: str) -> None:
     stack.children[name] = stack.procs.restart(child)
 
 
+def _broken(stack: Stack, name: str, seconds: float, begin: Any, end: Any) -> float:
+    """Under load: ``begin()`` the fault, keep the load on for ``seconds``, ``end()`` it (always),
+    then 3 s more load and the convergence check named ``name``; returns its time."""
+    _under_load(stack)
+    begin()
+    try:
+        _under_load(stack, seconds)
+    finally:
+        end()
+    _under_load(stack)
+    _settle(stack)
+    return stack.converge(name)
+
+
 @pytest.mark.parametrize("name", ["producer-node2", "worker1", "sink-sql", "sink-redis"])
 def test_kill9_and_restart(stack: Stack, name: str) -> None:
     _under_load(stack)
@@ -371,16 +385,11 @@ def test_ami_link_cut(stack: Stack, mode: str) -> None:
 
 @pytest.mark.parametrize("stack", ["embedded"], indirect=True)
 def test_broker_outage(stack: Stack) -> None:
-    assert stack.broker is not None
-    _under_load(stack)
-    os.kill(stack.broker.proc.pid, signal.SIGSTOP)  # type: ignore[union-attr]
-    try:
-        _under_load(stack, 6)
-    finally:
-        os.kill(stack.broker.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
-    _under_load(stack)
-    _settle(stack)
-    stack.converge("broker outage (6 s)")
+    broker = stack.broker
+    assert broker is not None and broker.proc is not None
+    _broken(stack, "broker outage (6 s)", 6,
+            lambda: os.kill(broker.proc.pid, signal.SIGSTOP),  # type: ignore[union-attr]
+            lambda: os.kill(broker.proc.pid, signal.SIGCONT))  # type: ignore[union-attr]
 
 
 def _service(cmd: str) -> None:
@@ -516,6 +525,19 @@ def _false_alerts(stack: Stack, since_ms: int) -> list[str]:
     return problems
 
 
+def _no_false_silence(stack: Stack, fault: str, stale: dict[str, float], since: int) -> None:
+    """After a fault no node was really silent in: watch 3 s more, converge, then record and
+    check that no worker reported a node stale and the alerter raised nothing for it."""
+    _watch_nodes(stack, 3, stale)
+    _settle(stack)
+    stack.converge(fault)
+    alerts = _false_alerts(stack, since)
+    RESULTS[f"{stack.kind}: {fault}: false stale nodes"] = len(stale)
+    RESULTS[f"{stack.kind}: {fault}: false or doubled alerts"] = len(alerts)
+    assert stale == {}, f"healthy nodes reported stale: {stale}"
+    assert alerts == [], alerts
+
+
 def _watch_nodes(stack: Stack, seconds: float, stale: dict[str, float]) -> None:
     """For ``seconds``, record every node a worker reports stale (node -> first time seen)."""
     start = time.monotonic()
@@ -529,19 +551,18 @@ def _watch_nodes(stack: Stack, seconds: float, stale: dict[str, float]) -> None:
 @pytest.mark.parametrize("stack", ["apache3"], indirect=True)
 def test_leader_of_the_busiest_partition_killed(stack: Stack) -> None:
     assert stack.cluster is not None
-    _under_load(stack)
     parts = asyncio.run(_partitions(stack.kafka, [stack.topics.topic_registrations]))
     (topic, partition), busiest = max(parts.items(), key=lambda kv: kv[1]["end"])
     leader = busiest["leader"]
-    stack.cluster.kill(leader)
-    try:
-        _under_load(stack, 10)  # the broker stays down 10 s, under load
-    finally:
-        stack.cluster.start_broker(leader)
-    until_sync(lambda: _in_sync(stack), 120, interval=1.0, what="every partition back in sync")
-    _under_load(stack)
-    _settle(stack)
-    stack.converge(f"SIGKILL of the leader of {topic.split('.')[1]}[{partition}], back after 10 s")
+    cluster = stack.cluster
+
+    def back() -> None:
+        cluster.start_broker(leader)
+        until_sync(lambda: _in_sync(stack), 120, interval=1.0, what="every partition back in sync")
+
+    # The broker stays down 10 s, under load.
+    _broken(stack, f"SIGKILL of the leader of {topic.split('.')[1]}[{partition}], back after 10 s", 10,
+            lambda: cluster.kill(leader), back)
 
 
 @pytest.mark.parametrize("stack", ["apache3"], indirect=True)
@@ -574,14 +595,7 @@ def test_two_brokers_down(stack: Stack) -> None:
         stack.cluster.start_broker(2)
         stack.cluster.start_broker(3)
     until_sync(lambda: _in_sync(stack), 180, interval=1.0, what="every partition back in sync")
-    _watch_nodes(stack, 3, stale)
-    _settle(stack)
-    stack.converge("two brokers down (20 s)")
-    alerts = _false_alerts(stack, since)
-    RESULTS[f"{stack.kind}: two brokers down (20 s): false stale nodes"] = len(stale)
-    RESULTS[f"{stack.kind}: two brokers down (20 s): false or doubled alerts"] = len(alerts)
-    assert stale == {}, f"nodes reported stale while the cluster was away: {stale}"
-    assert alerts == [], alerts
+    _no_false_silence(stack, "two brokers down (20 s)", stale, since)
 
 
 def test_starved_cpu(stack: Stack) -> None:
@@ -597,14 +611,7 @@ def test_starved_cpu(stack: Stack) -> None:
         for hog in hogs:
             hog.kill()
             hog.wait(10)
-    _watch_nodes(stack, 3, stale)
-    _settle(stack)
-    stack.converge("CPU hog beside the workers (30 s)")
-    alerts = _false_alerts(stack, since)
-    RESULTS[f"{stack.kind}: CPU hog (30 s): false stale nodes"] = len(stale)
-    RESULTS[f"{stack.kind}: CPU hog (30 s): false or doubled alerts"] = len(alerts)
-    assert stale == {}, f"healthy nodes reported stale while the CPU was starved: {stale}"
-    assert alerts == [], alerts
+    _no_false_silence(stack, "CPU hog beside the workers (30 s)", stale, since)
 
 
 # ------------------------------------------------------------------ network faults (simulated hosts)
@@ -644,15 +651,8 @@ def _ready_partitions(base: str) -> set[int]:
 @pytest.mark.parametrize("stack", ["apache3"], indirect=True)
 def test_producer_host_cut(stack: Stack) -> None:
     host = stack.hosts["p1"]
-    _under_load(stack)
-    host.cut()
-    try:
-        _under_load(stack, 20)  # node1's producer cannot reach the brokers (nor its AMI) for 20 s
-    finally:
-        host.heal()
-    _under_load(stack)
-    _settle(stack)
-    stack.converge("producer host (node1) cut from the brokers for 20 s")
+    # node1's producer cannot reach the brokers (nor its AMI) for 20 s.
+    _broken(stack, "producer host (node1) cut from the brokers for 20 s", 20, host.cut, host.heal)
 
 
 @pytest.mark.parametrize("stack", ["apache3"], indirect=True)
@@ -682,17 +682,18 @@ def test_worker_host_cut(stack: Stack) -> None:
 
 @pytest.mark.parametrize("stack", ["apache3"], indirect=True)
 def test_lossy_slow_links(stack: Stack) -> None:
-    _under_load(stack)
-    for host in stack.hosts.values():
-        host.degrade(loss_percent=5, delay_ms=200)
-    try:
-        _under_load(stack, 20)
-    finally:
-        for host in stack.hosts.values():
+    hosts = list(stack.hosts.values())
+
+    def degrade() -> None:
+        for host in hosts:
+            host.degrade(loss_percent=5, delay_ms=200)
+
+    def heal() -> None:
+        for host in hosts:
             host.heal()
-    _under_load(stack)
-    _settle(stack)
-    stack.converge("5 % loss and 200 ms delay each way on the producer's and the worker's hosts (20 s)")
+
+    _broken(stack, "5 % loss and 200 ms delay each way on the producer's and the worker's hosts (20 s)", 20,
+            degrade, heal)
 
 
 # The storm kills node1 for good: it runs last on each broker.
