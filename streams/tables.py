@@ -34,10 +34,11 @@ from schemas.models import EndpointLocation, LinkState, NodeEventKind, NodeStatu
 from .produce import send_batches
 from .rules import Row
 from .rules import location_of as _location_of
+from .silence import BLIND_AFTER_MS, FLOW_GRACE_MS
 
 __all__ = [
     "RowCodec", "LocationsTable", "NodeState", "NodeBook", "location_of", "node_view", "declare_locations",
-    "BLIND_AFTER_MS", "RowCache",
+    "BLIND_AFTER_MS", "FLOW_GRACE_MS", "RowCache",
 ]
 
 logger = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ logger = logging.getLogger(__name__)
 # The broker answers a fetch of the nodes topic at least every fetch_max_wait_ms (500 ms by
 # default) even when no record came; a longer silence means the worker could not hear anybody
 # (broker stopped or unreachable, worker's loop stalled), which says nothing about the nodes.
-BLIND_AFTER_MS = 2500
+
 
 
 class RowCodec(codecs.Codec):
@@ -301,6 +302,9 @@ class NodeBook:
     writable_at_ms: int | None = None
     probing: bool = False
     fetched_at_ms: int | None = None  # worker clock at the broker's last answer to a fetch of the nodes topic
+    # Set when a blind period ended: until a record of any node arrives (or FLOW_GRACE_MS),
+    # the worker is still deaf (the heartbeats have not resumed yet).
+    awaiting_flow_since_ms: int | None = None
 
     def heard(self, now_ms: int, blind_after_ms: int = BLIND_AFTER_MS) -> int:
         """The broker answered a fetch of the nodes topic at ``now_ms``; returns the blind time credited.
@@ -312,8 +316,15 @@ class NodeBook:
         added to every node's last-seen time.
         """
         blind = 0
+        waiting = self.awaiting_flow_since_ms
+        if waiting is not None:
+            if now_ms - waiting < FLOW_GRACE_MS:
+                return 0  # deaf until the heartbeats flow again: the gap is credited when they do
+            self.awaiting_flow_since_ms = None
         if self.heard_at_ms is not None and now_ms - self.heard_at_ms > blind_after_ms:
             blind = now_ms - self.heard_at_ms
+            if waiting is None:
+                self.awaiting_flow_since_ms = now_ms
             for name, st in self.nodes.items():
                 self.nodes[name] = replace(st, seen_at_ms=min(now_ms, st.seen_at_ms + blind))
             self.blind_ms += blind
@@ -352,6 +363,7 @@ class NodeBook:
         return st.producer_epoch if st is not None and st.producer_epoch else None
 
     def observe(self, st: NodeStatus, now_ms: int) -> None:
+        self.awaiting_flow_since_ms = None  # the heartbeats flow (again)
         old = self.nodes.get(st.node) or NodeState(node=st.node)
         if (st.producer_epoch, st.seq) <= (old.producer_epoch, old.seq):
             return  # duplicate or replay

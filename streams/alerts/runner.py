@@ -39,6 +39,7 @@ from schemas.quality import Alert, AlertState, QualitySample
 from streams.alerts.engine import AlertEngine, AlertSettings
 from streams.alerts.metrics import AlerterMetrics
 from streams.alerts.webhook import WebhookSender
+from streams.silence import BLIND_AFTER_MS, FLOW_GRACE_MS
 
 __all__ = [
     "AlerterSettings",
@@ -176,6 +177,7 @@ class Alerter:
         self.settings = settings or AlerterSettings()
         self.engine = AlertEngine(alerts or AlertSettings())
         self.clock = clock
+        self._flow_at: int | None = None  # when the last record of any node arrived
         self.metrics = metrics or AlerterMetrics()
         self._codecs: dict[str, Codec[Any]] = {
             topics.topic_registrations: Codec.for_model(RegistrationEvent),
@@ -287,12 +289,22 @@ class Alerter:
             logger.info("alerter stopped (%d alerts published)", self.published)
 
     def _judged_now(self, consumer: AIOKafkaConsumer, now: int) -> int:
-        """The time up to which node silence is evidence: the broker's last answer to a fetch of
-        the nodes topic, when it is older than now. An alerter that is late (a starved CPU, a
-        stalled loop) or cannot reach the broker has not read the heartbeats written meanwhile:
-        that time is not the nodes' silence, so it raises no NODE_STALE for it."""
+        """The time up to which node silence is evidence.
+
+        * No later than the broker's last answer to a fetch of the nodes topic: an alerter that
+          is late (a starved CPU, a stalled loop) or cannot reach the broker has not read the
+          heartbeats written meanwhile.
+        * While *no* node's record arrives at all (every producer silent at once: the cluster
+          takes no writes, or the path to it is cut, far likelier than every Asterisk failing in
+          the same second), no later than the last record plus ``BLIND_AFTER_MS``, for at most
+          ``FLOW_GRACE_MS``: a silence of every node is alerted that much later.
+        """
         answered = consumer.last_poll_timestamp(TopicPartition(self.topics.topic_nodes, 0))
-        return now if answered is None else min(now, int(answered))
+        judged = now if answered is None else min(now, int(answered))
+        flow = self._flow_at
+        if flow is not None and BLIND_AFTER_MS < now - flow < FLOW_GRACE_MS:
+            judged = min(judged, flow + BLIND_AFTER_MS)
+        return judged
 
     async def _restore(self, stop: asyncio.Event) -> list[Alert]:
         """The active alerts a previous run left, read back from the alerts topic (retried while
@@ -355,6 +367,7 @@ class Alerter:
         if isinstance(rec, RegistrationEvent):
             return self.engine.on_registration(rec, now)
         if isinstance(rec, NodeStatus):
+            self._flow_at = now
             return self.engine.on_node(rec, now)
         return self.engine.on_quality(rec, now)
 

@@ -184,9 +184,15 @@ def test_next_deadline_of_a_down_node_ignores_the_grace() -> None:
 def test_node_silence_is_judged_only_while_the_cluster_is_heard_and_takes_writes() -> None:
     """A broker that answers fetches but acknowledges no write (below min.insync.replicas, no
     controller quorum) delivers no heartbeat either: that time is not node silence, and the API
-    judges ``stale`` at the last moment the worker heard the cluster."""
-    from schemas.models import NodeEventKind
+    judges ``stale`` at the last moment the worker heard the cluster. Once writes are back, the
+    worker waits for the heartbeats to flow again (the nodes topic's partition may take writes
+    later than the rest) before it counts silence."""
+    from schemas.models import LinkState, NodeEventKind, NodeStatus
     from streams.tables import NodeBook, NodeState
+
+    def beat(node: str, seq: int, at: int) -> None:
+        book.observe(NodeStatus(node=node, producer_epoch=1, seq=seq, event_time_ms=at,
+                                kind=NodeEventKind.HEARTBEAT, ami_link=LinkState.UP), at)
 
     book = NodeBook(probing=True)
     book.nodes["n1"] = NodeState(node="n1", kind=NodeEventKind.HEARTBEAT, seen_at_ms=1_000)
@@ -200,13 +206,37 @@ def test_node_silence_is_judged_only_while_the_cluster_is_heard_and_takes_writes
     assert not book.listening(30_000)
     now = book.judged_now(30_000)
     assert now == 1_000 and not book.nodes["n1"].stale(now, 6.0)
-    # Writes are acknowledged again: the gap is credited, the node is fresh until it stays silent.
+    # Writes are acknowledged again: the gap is credited; no heartbeat flows yet (the nodes
+    # topic still refuses writes): still deaf, nothing judged stale for 9 s.
     book.writable_at_ms = 30_000
-    blind = book.heard(book.answered(30_000))
-    assert blind == 29_000 and book.listening(30_000)
-    assert not book.nodes["n1"].stale(book.judged_now(30_000), 6.0)
-    # Heard every second from then on, and no heartbeat: after the timeout the node is stale.
-    for t in range(31_000, 38_000, 1_000):
+    assert book.heard(book.answered(30_000)) == 29_000
+    for t in range(31_000, 40_000, 1_000):
         book.writable_at_ms = t
         book.heard(book.answered(t))
-    assert book.nodes["n1"].stale(book.judged_now(37_000), 6.0)
+    assert not book.nodes["n1"].stale(book.judged_now(39_000), 6.0)
+    # n2's heartbeats flow again, n1 stays silent: heard again, and n1 stale after its timeout.
+    for seq, t in enumerate(range(40_000, 48_000, 1_000), 1):
+        beat("n2", seq, t)
+        book.writable_at_ms = t
+        book.heard(book.answered(t))
+    assert book.listening(47_000)
+    assert not book.nodes["n2"].stale(book.judged_now(47_000), 6.0)
+    assert book.nodes["n1"].stale(book.judged_now(47_000), 6.0)
+
+
+def test_after_the_flow_grace_silence_counts_again() -> None:
+    """A node that died while the cluster was away: no heartbeat ever flows again, and after
+    FLOW_GRACE_MS the worker judges silence again (the node goes stale then)."""
+    from schemas.models import NodeEventKind
+    from streams.tables import FLOW_GRACE_MS, NodeBook, NodeState
+
+    book = NodeBook()
+    book.nodes["n1"] = NodeState(node="n1", kind=NodeEventKind.HEARTBEAT, seen_at_ms=0)
+    book.heard(0)
+    assert book.heard(10_000) == 10_000  # a 10 s blind period ends
+    t = 10_000
+    while t < 10_000 + FLOW_GRACE_MS + 10_000:
+        t += 1_000
+        book.heard(t)
+    assert book.listening(t)
+    assert book.nodes["n1"].stale(book.judged_now(t), 6.0)
