@@ -163,6 +163,12 @@ class AlertEngine:
 
     # ------------------------------------------------------------------ inputs
 
+    def credit_silence(self, gap_ms: int, now_ms: int) -> None:
+        """Every node was silent for ``gap_ms`` because nothing could be heard (the cluster took
+        no writes, or the alerter could not read): that time is not any node's silence."""
+        for n in self._nodes.values():
+            n.last_seen_ms = min(now_ms, n.last_seen_ms + gap_ms)
+
     def on_node(self, ns: NodeStatus, now_ms: int) -> list[Alert]:
         self.counts["nodes"] += 1
         n = self._node(ns.node, min(ns.event_time_ms, now_ms))

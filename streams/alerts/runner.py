@@ -367,7 +367,11 @@ class Alerter:
         if isinstance(rec, RegistrationEvent):
             return self.engine.on_registration(rec, now)
         if isinstance(rec, NodeStatus):
-            self._flow_at = now
+            flow, self._flow_at = self._flow_at, now
+            if flow is not None and now - flow > BLIND_AFTER_MS:
+                # The first record after every node was silent at once: credit that gap to
+                # every node, as the workers do (streams/tables.py NodeBook.heard).
+                self.engine.credit_silence(now - flow, now)
             return self.engine.on_node(rec, now)
         return self.engine.on_quality(rec, now)
 

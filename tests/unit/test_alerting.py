@@ -326,3 +326,17 @@ def test_a_restarted_producer_is_no_duplicate() -> None:
     stopped = e.on_node(beat("node1", 100, T0 + 12 * S, NodeEventKind.STOPPED), T0 + 12 * S)
     assert late == [] and stopped == []
     assert not [a for a in e.active() if a.kind is AlertKind.DUPLICATE_PRODUCER]
+
+
+def test_a_silence_credited_to_every_node_raises_nothing() -> None:
+    """Every node silent for 40 s because nothing could be heard (the cluster took no writes):
+    credited when the heartbeats flow again, it is no node's silence."""
+    e = AlertEngine(cfg())
+    out = e.on_node(hb("node1", T0), T0) + e.on_node(hb("node2", T0), T0)
+    t = T0 + 40 * S
+    e.credit_silence(40 * S, t)
+    out += e.on_node(hb("node2", t), t) + e.tick(t) + e.tick(t + 20 * S)
+    assert transitions(out, AlertKind.NODE_STALE) == []
+    # node1 stays silent after the credit: NODE_STALE 30 s after the heartbeats flowed again.
+    late = e.on_node(hb("node2", t + 30 * S), t + 30 * S) + e.tick(t + 31 * S)
+    assert transitions(late, AlertKind.NODE_STALE) == [("NODE_STALE/node1", AlertState.RAISED)]
