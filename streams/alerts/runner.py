@@ -294,7 +294,7 @@ class Alerter:
         * No later than the broker's last answer to a fetch of the nodes topic: an alerter that
           is late (a starved CPU, a stalled loop) or cannot reach the broker has not read the
           heartbeats written meanwhile.
-        * While *no* node's record arrives at all (every producer silent at once: the cluster
+        * While *no* producer's record arrives at all (every producer silent at once: the cluster
           takes no writes, or the path to it is cut, far likelier than every Asterisk failing in
           the same second), no later than the last record plus ``BLIND_AFTER_MS``, for at most
           ``FLOW_GRACE_MS``: a silence of every node is alerted that much later.
@@ -364,14 +364,15 @@ class Alerter:
         if refused is not None:
             self.metrics.refused.labels(tp.topic, refused).inc()
             return []
+        if isinstance(rec, NodeStatus) or (isinstance(rec, RegistrationEvent) and not synthetic):
+            flow, self._flow_at = self._flow_at, now
+            if flow is not None and now - flow > BLIND_AFTER_MS:
+                # The first record of any producer after every node was silent at once: credit
+                # that gap to every node, as the workers do (streams/tables.py NodeBook.heard).
+                self.engine.credit_silence(now - flow, now)
         if isinstance(rec, RegistrationEvent):
             return self.engine.on_registration(rec, now)
         if isinstance(rec, NodeStatus):
-            flow, self._flow_at = self._flow_at, now
-            if flow is not None and now - flow > BLIND_AFTER_MS:
-                # The first record after every node was silent at once: credit that gap to
-                # every node, as the workers do (streams/tables.py NodeBook.heard).
-                self.engine.credit_silence(now - flow, now)
             return self.engine.on_node(rec, now)
         return self.engine.on_quality(rec, now)
 
