@@ -21,6 +21,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from astreg.errors import UndecodableRecord
 from astreg.partition import partition_for
+from astreg.patches.aiokafka import app_producer
 from astreg.patches.faust_store import partition_db
 from schemas.codec import node_codec
 from schemas.models import EventKind, NodeStatus, RegistrationEvent, Source
@@ -150,12 +151,24 @@ def attach(stream: StreamApp) -> None:
             await consumer.stop()
 
     probe_topic = probe_name(app.conf.id)
-    probe: dict[str, Any] = {"fut": None, "since": None, "warned": False}
+    probe: dict[str, Any] = {"fut": None, "since": None, "warned": False, "checked": False}
     stream.nodes.probing = True
 
     @app.timer(interval=min(settings.tick, 1.0))
     async def probe_writes() -> None:
         """Write a small record and note when the cluster acknowledged it (see NodeBook.answered)."""
+        if not probe["checked"]:
+            probe["checked"] = True
+            client = app_producer(app).client
+            await client.force_metadata_update()
+            if probe_topic not in client.cluster.topics():
+                # A worker started without `astreg worker`'s topic set-up: judge silence without
+                # the probe rather than never (a send to a missing topic would wait for ever).
+                stream.nodes.probing = False
+                logger.error("topic %s is missing (astreg worker creates it): node silence is judged "
+                             "without knowing whether the cluster takes writes", probe_topic)
+        if not stream.nodes.probing:
+            return
         now = int(time.time() * 1000)
         fut: Any = probe["fut"]
         if fut is not None and not fut.done():

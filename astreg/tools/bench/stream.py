@@ -33,7 +33,7 @@ from astreg.broker import free_port
 from astreg.patches.aiokafka import refresh_metadata
 from astreg.proc import ProcessGroup, astreg_argv
 from astreg.settings import KafkaSettings, TopicSettings
-from astreg.topics import TopicSpec, ensure_topics
+from astreg.topics import ensure_topics
 from schemas.codec import location_codec, registration_codec
 from schemas.models import ContactStatus, DeviceState, EventKind, RegistrationEvent, Source
 
@@ -339,9 +339,10 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
         for variant in variants:
             topics = TopicSettings(partitions=partitions).with_suffix(f"bench{variant}{int(time.time())}")
             app_id = f"bench-{variant}-{int(time.time() * 1000)}"
-            await ensure_topics(kafka, topics, extra=[
-                TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
-                TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
+            # The worker's own topics, as `astreg worker` makes them.
+            from streams.topics import changelog_specs
+
+            await ensure_topics(kafka, topics, extra=changelog_specs(app_id, topics))
             if variant == "astreg":
                 argv = _worker_argv(kafka, topics, work / variant, "rocksdb", free_port(), app_id)
             else:
@@ -398,8 +399,10 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
     try:
         topics = TopicSettings(partitions=partitions).with_suffix(f"benchrec{int(time.time())}")
         app_id = f"bench-rec-{int(time.time() * 1000)}"
-        await ensure_topics(kafka, topics, extra=[TopicSpec(f"{app_id}-locations-changelog", partitions, "compact"),
-                                                  TopicSpec(f"{app_id}-__assignor-__leader", 1, "compact")])
+        # The worker's own topics, as `astreg worker` makes them.
+        from streams.topics import changelog_specs
+
+        await ensure_topics(kafka, topics, extra=changelog_specs(app_id, topics))
         t0 = time.monotonic()
         events = workload(endpoints, endpoints)  # one registration per endpoint
         sent = _sentinels(partitions, 10**9)
