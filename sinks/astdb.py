@@ -356,9 +356,15 @@ class AstDbSink:
                     members[resource].add(ep)
                 else:
                     members[resource].discard(ep)
+        def after(ep: str) -> _Endpoint:
+            """The endpoint as this batch leaves it (members hold no deleted endpoint)."""
+            entry = staged[ep] if ep in staged else self.endpoints[ep]
+            assert entry is not None
+            return entry
+
         for resource, eps in members.items():
-            chosen = min((e for e in (staged[ep] if ep in staged else self.endpoints[ep] for ep in eps) if e is not None),
-                         key=lambda e: (e.rank, e.technology), default=None)
+            # The endpoint that speaks for the resource: sinks.routes' order, on the stored ranks.
+            chosen = min((after(ep) for ep in eps), key=lambda e: (e.rank, e.technology), default=None)
             changes[resource] = (all_keys(resource), dict(chosen.keys) if chosen is not None else {})
         marks = {offset_key(tp.topic, tp.partition): str(off) for tp, off in (offsets or {}).items()}
         await self._on_all(lambda n: self._apply(n, changes, marks))

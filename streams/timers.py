@@ -128,10 +128,12 @@ def attach(stream: StreamApp) -> None:
                 batches = await consumer.getmany(timeout_ms=500, max_records=5000)
                 now = int(time.time() * 1000)
                 answered = consumer.last_poll_timestamp(tp)  # last fetch answer, records or not
+                heard = 0
                 if answered is not None:
                     stream.nodes.fetched_at_ms = min(answered, now)
-                if answered is not None and stream.nodes.answered(min(answered, now)):
-                    blind = stream.nodes.heard(stream.nodes.answered(min(answered, now)))
+                    heard = stream.nodes.answered(min(answered, now))
+                if heard:
+                    blind = stream.nodes.heard(heard)
                     if blind:
                         logger.warning("nodes topic silent for %.1fs (broker unreachable?): not counted as "
                                        "node silence", blind / 1000)
