@@ -19,6 +19,7 @@ applied in that order). Messages of any other topic take Faust's normal per-mess
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import types
@@ -207,7 +208,15 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
                 continue
             batch: list[Any] = []
             buffered = consumer._buffered_partitions
+
+            # Faust's getmany checks this before every record it yields: a rebalance while a
+            # callback waits seeks the partitions (recovery seeks the changelogs to where the
+            # store is) and the rest of this round must not move their read offsets past it.
+            current = functools.partial(_current, consumer, app, generation)
+
             for tp, recs in records.items():
+                if not current():
+                    break
                 if not recs or (active is not None and tp not in active and tp not in buffered):
                     continue
                 app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
@@ -227,17 +236,21 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
                         set_read_offset(tp, prev)
                     continue
                 for record in recs:
+                    if not current():
+                        break
                     offset = record.offset
                     if r_offset is not None and offset < r_offset:
                         continue
                     if r_offset and offset - r_offset > 1 and acks:
                         await consumer._add_gap(tp, r_offset + 1, offset)
                     await consumer.wait_first(callback(to_message(tp, record)), consumer.suspend_flow.wait())
+                    if not current():
+                        break  # the new generation's seek decides where this partition is read
                     set_read_offset(tp, offset)
                     r_offset = offset
             if not batch:
                 continue
-            if not app.flow_control.is_active() or generation != app.consumer_generation_id:
+            if not app.flow_control.is_active() or not current():
                 # A rebalance started while fetching: these partitions may no longer be ours and
                 # Faust seeks back to the committed offsets; drop the batch unapplied, unacked.
                 logger.info("rebalance during fetch: %d registrations left to the new owner", len(batch))
@@ -260,6 +273,11 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
     except Exception as exc:
         logger.exception("bulk drain raised: %r", exc)
         raise
+
+
+def _current(consumer: Any, app: Any, generation: int) -> bool:
+    """Whether records fetched in ``generation`` may still be handed on."""
+    return bool(consumer.flow_active) and generation == app.consumer_generation_id
 
 
 async def _raise(exc: BaseException, _count: int) -> None:
