@@ -45,6 +45,7 @@ class SimConfig(AstregSettings):
     trunks: bool = Field(True, description="Each node has a static trunk endpoint to every other node (PJSIP/nodeX).")
     split_writes: bool = Field(False, description="Fault: split every message into random small chunks (even inside UTF-8 characters).")
     client_buffer_limit: int = Field(4 * 1024 * 1024, ge=1024, description="Bytes queued for a client that does not read before it is dropped.")
+    journal: bool = Field(False, description="Keep the registration events sent to each AMI session (GET /journal on the control server; grows without bound).")
     shuffle_order: bool = Field(False, description="Shuffle the events of one change (Asterisk does not order them consistently).")
     rtcp_interval: float = Field(5.0, ge=0, description="Seconds between RTCP reports of an answered call (RTCPSent/RTCPReceived; 0 = none).")
     rtcp_jitter_ms: float = Field(0.0, ge=0, description="Interarrival jitter the phones' call legs report (ms, +-15 %).")

@@ -2,6 +2,7 @@
 
     GET  /truth                     the state the pipeline must converge to (JSON)
     GET  /stats                     events/bytes/clients per node
+    GET  /journal                   with --journal: the registration events each AMI session was sent
     POST /scenario {"name": "move", "params": {"count": 5}}
     POST /action   {"op": "register", "params": {"phone": 3, "node": "node2"}}
          ops: register refresh unregister expire move qualify device_state call hold unhold
@@ -39,6 +40,7 @@ class ControlServer:
         app = web.Application()
         app.router.add_get("/truth", self._truth)
         app.router.add_get("/stats", self._stats)
+        app.router.add_get("/journal", self._journal)
         app.router.add_post("/scenario", self._scenario)
         app.router.add_post("/action", self._action)
         self._runner = web.AppRunner(app, access_log=None)
@@ -62,6 +64,9 @@ class ControlServer:
 
     async def _stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.sim.stats())
+
+    async def _journal(self, request: web.Request) -> web.Response:
+        return web.json_response(self.sim.journal())
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:

@@ -414,6 +414,11 @@ class Simulator:
             }
         return {"nodes": nodes, "seq": self.seq}
 
+    def journal(self) -> dict[str, Any]:
+        """Per node, every AMI session's journal (``--journal``; empty lists without it)."""
+        return {"enabled": self.config.journal,
+                "nodes": {name: [j.as_json() for j in n.journals] for name, n in self.nodes.items()}}
+
     def stats(self) -> dict[str, Any]:
         return {name: {"events": n.stats_events, "bytes": n.stats_bytes, "clients": len(n.sessions),
                        "clients_total": n.stats_clients_total, "bad_input": n.stats_bad_input,

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from .astdb import AstDB
 from .config import SimConfig
 from .details import detail
+from .journal import SessionJournal, entry_of
 from .state import (
     ALL_CLASSES,
     HUMAN_STATE,
@@ -71,6 +72,7 @@ class AmiSession(asyncio.Protocol):
         self._out: asyncio.Queue[bytes | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.rng = random.Random(node.rng.random())
+        self.journal: SessionJournal | None = None  # with --journal: what this session was sent
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -80,6 +82,9 @@ class AmiSession(asyncio.Protocol):
         self.local = transport.get_extra_info("sockname") or self.local
         self.node.sessions.add(self)
         self.node.stats_clients_total += 1
+        if self.node.config.journal:
+            self.journal = SessionJournal(self.session_id, self.peer)
+            self.node.journals.append(self.journal)
         if self.node.config.split_writes:
             self._out = asyncio.Queue()
             self._writer = asyncio.get_running_loop().create_task(self._split_writer())
@@ -89,6 +94,8 @@ class AmiSession(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
+        if self.journal is not None:
+            self.journal.closed_at = time.time()
         self.node.sessions.discard(self)
         self._can_write.set()
         self._queue.put_nowait(None)
@@ -102,6 +109,8 @@ class AmiSession(asyncio.Protocol):
         self._can_write.set()
 
     def data_received(self, data: bytes) -> None:
+        if self.journal is not None:
+            self.journal.last_rx = time.time()
         if self.closing or self.node.ami != "up":
             return  # half-open node: reads and never answers
         try:
@@ -218,6 +227,7 @@ class AmiNode:
         self.stats_clients_total = 0
         self.stats_bad_input = 0
         self.stats_slow_dropped = 0
+        self.journals: list[SessionJournal] = []  # every session's, with --journal (closed ones too)
         self._call_ids = 0
         # What ModuleCheck finds loaded: an Asterisk 22 (no chan_sip) with what astreg uses.
         self.modules = frozenset({"res_pjsip", "res_pjsip_registrar", "chan_pjsip", "res_pjsip_session",
@@ -311,6 +321,11 @@ class AmiNode:
             if data:
                 self.stats_bytes += len(data)
                 s.send(data)
+        if self.config.journal:
+            entries = [(c, e) for c, b in rendered if (e := entry_of(b)) is not None]
+            for s in receivers:
+                if s.journal is not None:
+                    s.journal.sent.extend((now, e) for c, e in entries if c & s.mask)
 
     def inject_raw(self, data: bytes) -> None:
         """Fault injection: write bytes as-is to every subscribed client (after pending events)."""

@@ -13,6 +13,7 @@ import socket
 from producers.simulator import SimConfig, Simulator
 from tests.support.amiclient import RawAmi
 from tests.support.transcripts import parse_messages, split_messages
+from tests.support.wait import until
 
 
 def cfg(**kw: object) -> SimConfig:
@@ -186,3 +187,42 @@ async def test_timestamps_and_no_system_name_options() -> None:
             assert sec.isdigit() and len(usec) == 6
         finally:
             await c.close()
+
+
+async def test_journal_keeps_what_each_session_was_sent() -> None:
+    async with Simulator(cfg(timestamps=True, journal=True, security_events=False)) as sim:
+        c = await RawAmi.connect("127.0.0.1", sim.ports["node1"])
+        await c.login()
+        await c.read(1)
+        await sim.register(1, "node1", qualify=False)
+        sent = [parse_messages(m) for m in await c.read(3)]  # PeerStatus, ContactStatus, DeviceStateChange
+        await c.close()
+        await until(lambda: not sim.node("node1").sessions, 5, what="the simulator to see the session end")
+        await sim.register(2, "node1", qualify=False)  # after the session ended: not in its journal
+        journal = sim.journal()
+        assert journal["enabled"] is True
+        (session,) = journal["nodes"]["node1"]
+        assert session["closed_at"] is not None and session["closed_at"] >= session["last_rx"] >= session["opened_at"]
+        got = [tuple(e[1:]) for e in session["events"]]
+        want = []
+        for h in map(dict, sent):
+            sec, _, usec = h["Timestamp"].partition(".")
+            ms = int(sec) * 1000 + int(usec[:3])
+            if h["Event"] == "ContactStatus":
+                want.append(("ContactStatus", "PJSIP/" + h["EndpointName"], h["ContactStatus"], h["URI"], ms))
+            elif h["Event"] == "PeerStatus":
+                want.append(("PeerStatus", h["Peer"], h["PeerStatus"], "", ms))
+            else:
+                want.append(("DeviceStateChange", h["Device"], h["State"], "", ms))
+        assert got == want and len(got) == 3
+        assert all(e[2] == "PJSIP/1001" for e in session["events"])
+
+
+async def test_no_journal_unless_asked() -> None:
+    async with Simulator(cfg(timestamps=True)) as sim:
+        c = await RawAmi.connect("127.0.0.1", sim.ports["node1"])
+        await c.login()
+        await sim.register(1, "node1", qualify=False)
+        await c.read(2)
+        await c.close()
+        assert sim.journal() == {"enabled": False, "nodes": {"node1": []}}
