@@ -32,6 +32,8 @@ from mode.utils.futures import notify
 
 from astreg.delivery import delivered
 
+from .rewind import rewind_dropped
+
 __all__ = ["INTERNALS", "BulkEvent", "Apply", "OnLost", "Deliveries", "install", "drain"]
 
 logger = logging.getLogger(__name__)
@@ -204,20 +206,29 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
             if not records or consumer.should_stop:
                 continue
             if not consumer.flow_active:
-                await consumer.perform_seek()  # what getmany does: back to the committed offsets
+                # What getmany does (back to the committed offsets), after giving back what the
+                # fetch took: the changelogs have no committed offsets to go back to.
+                await rewind_dropped(consumer, records)
+                await consumer.perform_seek()
                 continue
             batch: list[Any] = []
             buffered = consumer._buffered_partitions
+            dropped: dict[Any, list[Any]] = {}  # records taken from the consumer, not handed on
 
             # Faust's getmany checks this before every record it yields: a rebalance while a
             # callback waits seeks the partitions (recovery seeks the changelogs to where the
             # store is) and the rest of this round must not move their read offsets past it.
             current = functools.partial(_current, consumer, app, generation)
 
-            for tp, recs in records.items():
+            items = list(records.items())
+            for i, (tp, recs) in enumerate(items):
                 if not current():
+                    dropped.update(items[i:])
                     break
-                if not recs or (active is not None and tp not in active and tp not in buffered):
+                if not recs:
+                    continue
+                if active is not None and tp not in active and tp not in buffered:
+                    dropped[tp] = recs  # paused since the fetch began
                     continue
                 app.monitor.track_tp_end_offset(tp, consumer.highwater(tp))
                 r_offset = get_read_offset(tp)
@@ -235,8 +246,9 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
                     if prev is not None:
                         set_read_offset(tp, prev)
                     continue
-                for record in recs:
+                for j, record in enumerate(recs):
                     if not current():
+                        dropped[tp] = recs[j:]
                         break
                     offset = record.offset
                     if r_offset is not None and offset < r_offset:
@@ -245,16 +257,22 @@ async def drain(consumer: Any, fetcher: Any, topic: str, apply: Apply, batch_siz
                         await consumer._add_gap(tp, r_offset + 1, offset)
                     await consumer.wait_first(callback(to_message(tp, record)), consumer.suspend_flow.wait())
                     if not current():
-                        break  # the new generation's seek decides where this partition is read
+                        # the new generation's seek decides where this partition is read
+                        dropped[tp] = recs[j + 1:]
+                        break
                     set_read_offset(tp, offset)
                     r_offset = offset
-            if not batch:
-                continue
-            if not app.flow_control.is_active() or not current():
+            if batch and (not app.flow_control.is_active() or not current()):
                 # A rebalance started while fetching: these partitions may no longer be ours and
                 # Faust seeks back to the committed offsets; drop the batch unapplied, unacked.
                 logger.info("rebalance during fetch: %d registrations left to the new owner", len(batch))
                 _unread(consumer, batch)
+                for record in batch:
+                    dropped.setdefault(TP(record.topic, record.partition), []).append(record)
+                batch = []
+            if dropped:
+                await rewind_dropped(consumer, dropped)
+            if not batch:
                 continue
             for start in range(0, len(batch), batch_size):  # at most batch_size per table write
                 await _apply_acked(consumer, apply, batch[start:start + batch_size], deliveries)

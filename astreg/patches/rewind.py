@@ -24,7 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-__all__ = ["INTERNALS", "install", "seek_to_committed_or_beginning"]
+__all__ = ["INTERNALS", "install", "seek_to_committed_or_beginning", "rewind_dropped", "unread_positions"]
 
 INTERNALS = [
     # the hook: what Faust's Consumer.perform_seek calls, in the consumer's thread
@@ -36,6 +36,9 @@ INTERNALS = [
     "faust.transport.consumer:Consumer.perform_seek uses seek_to_committed",
     # what it corrects: no seek for a partition without a committed offset above 0
     "aiokafka.consumer.consumer:AIOKafkaConsumer.seek_to_committed uses if offset and offset > 0",
+    # rewind_dropped: the app consumer's aiokafka thread, where its aiokafka consumer lives
+    "faust.transport.consumer:ThreadDelegateConsumer._thread",
+    "mode.threads:QueueServiceThread.call_thread(self, fun, *args, **kwargs)",
 ]
 
 
@@ -49,6 +52,39 @@ async def seek_to_committed_or_beginning(
     if unset:
         await consumer.seek_to_beginning(*unset)
     return committed
+
+
+async def unread_positions(consumer: AIOKafkaConsumer, dropped: dict[TopicPartition, tuple[int, int]]) -> list[TopicPartition]:
+    """Seek each partition of ``dropped`` (first, last offset of records taken from the consumer
+    and then dropped unread) back to ``first``, if it is still assigned and still positioned
+    right after ``last``: a partition sought meanwhile (by recovery, by a rebalance) keeps the
+    newer position. Returns the partitions moved back."""
+    assigned = consumer.assignment()
+    moved = []
+    for tp, (first, last) in dropped.items():
+        if tp in assigned and await consumer.position(tp) == last + 1:
+            consumer.seek(tp, first)
+            moved.append(tp)
+    return moved
+
+
+async def rewind_dropped(app_consumer: Any, records: dict[Any, list[Any]]) -> list[TopicPartition]:
+    """Give back records a fetch round took from Faust's consumer but did not hand on.
+
+    aiokafka moves a partition's position past the records it returns. Faust drops a round's
+    records when its flow stopped meanwhile and seeks "to the committed offsets", which puts the
+    group's partitions back but not the table changelog's, which have none: recovery, which had
+    just sought a changelog partition to where its store is, then waits for ever for records
+    its consumer already took (seen: "No event received for active tp ... since recovery
+    start", a worker never ready again after a rebalance). This seeks them back in the
+    consumer's own thread (see :func:`unread_positions`)."""
+    dropped = {TopicPartition(tp.topic, tp.partition): (recs[0].offset, recs[-1].offset)
+               for tp, recs in records.items() if recs}
+    if not dropped:
+        return []
+    thread = app_consumer._thread
+    consumer = thread._ensure_consumer()
+    return await thread.call_thread(unread_positions, consumer, dropped)  # type: ignore[no-any-return]
 
 
 def install() -> None:

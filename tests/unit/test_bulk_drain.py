@@ -29,6 +29,33 @@ def _record(tp: TP, offset: int) -> Any:
     return SimpleNamespace(topic=tp.topic, partition=tp.partition, offset=offset, key=b"k", value=b"v")
 
 
+class Kafka:
+    """The aiokafka consumer in Faust's consumer thread: positions, seeks."""
+
+    def __init__(self) -> None:
+        self.positions: dict[Any, int] = {}
+
+    def assignment(self) -> set[Any]:
+        return set(self.positions)
+
+    async def position(self, tp: Any) -> int:
+        return self.positions[tp]
+
+    def seek(self, tp: Any, offset: int) -> None:
+        self.positions[tp] = offset
+
+
+class Thread:
+    def __init__(self, kafka: Kafka) -> None:
+        self.kafka = kafka
+
+    def _ensure_consumer(self) -> Kafka:
+        return self.kafka
+
+    async def call_thread(self, fun: Any, *args: Any) -> Any:
+        return await fun(*args)
+
+
 class Round:
     """A consumer whose first fetch round returns ``records``, then stops the loop."""
 
@@ -59,6 +86,11 @@ class Round:
         self.should_stop = False
         self.suspend_flow = asyncio.Event()
         self.consumer_stopped_errors = ()
+        self.kafka = Kafka()
+        self._thread = Thread(self.kafka)
+        self.sought_committed = 0
+        for tp, recs in records.items():  # aiokafka moved past what it returned
+            self.kafka.positions[tp] = recs[-1].offset + 1
 
     async def sleep(self, _s: float) -> None:
         await asyncio.sleep(0)
@@ -85,6 +117,7 @@ class Round:
             # what a rebalance does meanwhile: new generation, recovery seeks the changelog
             self.app.consumer_generation_id += 1
             self._read_offset[CHANGELOG] = self.seek_to
+            self.kafka.positions[CHANGELOG] = self.seek_to
 
     async def wait_first(self, *coros: Any) -> None:
         tasks = [asyncio.ensure_future(c) for c in coros]
@@ -93,7 +126,7 @@ class Round:
             t.cancel()
 
     async def perform_seek(self) -> None:
-        pass
+        self.sought_committed += 1
 
     async def commit(self) -> None:
         pass
@@ -110,6 +143,7 @@ async def test_a_rebalance_during_a_changelog_callback_ends_the_round() -> None:
     await asyncio.wait_for(drain(consumer, fetcher, REG, lambda ev: _apply(consumer, ev)), 5)
     assert consumer.called == [10, 11]
     assert consumer._read_offset[CHANGELOG] == 5, "the read offset must stay where recovery sought it"
+    assert consumer.kafka.positions[CHANGELOG] == 5, "a newer seek is not undone"
 
 
 async def test_registrations_of_a_round_a_rebalance_interrupted_are_not_applied() -> None:
@@ -120,6 +154,42 @@ async def test_registrations_of_a_round_a_rebalance_interrupted_are_not_applied(
     await asyncio.wait_for(drain(consumer, fetcher, REG, lambda ev: _apply(consumer, ev)), 5)
     assert consumer.applied == []
     assert consumer._read_offset[SOURCE] in (None, 40), "the dropped registrations are read again"
+    assert consumer.kafka.positions[SOURCE] == 40
+
+
+async def test_records_fetched_while_the_flow_stopped_are_given_back() -> None:
+    """The hang: recovery sought a new changelog partition to 0 and resumes it; a fetch that
+    returns before the flow resumes is dropped, and its records must be fetched again."""
+    records = {CHANGELOG: [_record(CHANGELOG, o) for o in range(0, 115)],
+               SOURCE: [_record(SOURCE, o) for o in range(40, 43)]}
+    consumer = Round(records, rebalance_at=-1, seek_to=0)
+    consumer.flow_active = False
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    await asyncio.wait_for(drain(consumer, fetcher, REG, lambda ev: _apply(consumer, ev)), 5)
+    assert consumer.called == [] and consumer.applied == []
+    assert consumer.kafka.positions == {CHANGELOG: 0, SOURCE: 40}
+    assert consumer.sought_committed == 1
+
+
+async def test_records_of_a_partition_paused_since_the_fetch_are_given_back() -> None:
+    records = {CHANGELOG: [_record(CHANGELOG, o) for o in range(7, 9)]}
+    consumer = Round(records, rebalance_at=-1, seek_to=0)
+    consumer._wait_next_records = _paused_round(consumer)  # type: ignore[method-assign]
+    fetcher = SimpleNamespace(_stopped=asyncio.Event())
+    await asyncio.wait_for(drain(consumer, fetcher, REG, lambda ev: _apply(consumer, ev)), 5)
+    assert consumer.called == []
+    assert consumer.kafka.positions[CHANGELOG] == 7
+
+
+def _paused_round(consumer: Round) -> Any:
+    async def wait_next(_timeout: float) -> tuple[dict[TP, list[Any]], set[TP]]:
+        consumer.rounds += 1
+        if consumer.rounds > 1:
+            consumer._stopped.set()
+            return {}, set()
+        return consumer.records, set()  # the partition left the active set meanwhile
+
+    return wait_next
 
 
 async def test_a_round_without_a_rebalance_is_applied_whole() -> None:
