@@ -18,11 +18,14 @@ already holds (``streams/rules.py``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["INTERNALS", "install", "seek_to_committed_or_beginning", "rewind_dropped", "unread_positions"]
 
@@ -84,7 +87,11 @@ async def rewind_dropped(app_consumer: Any, records: dict[Any, list[Any]]) -> li
         return []
     thread = app_consumer._thread
     consumer = thread._ensure_consumer()
-    return await thread.call_thread(unread_positions, consumer, dropped)  # type: ignore[no-any-return]
+    moved: list[TopicPartition] = await thread.call_thread(unread_positions, consumer, dropped)
+    if moved:
+        logger.info("fetched during a rebalance and not handed on, read again: %s",
+                    ", ".join(f"{tp.topic}[{tp.partition}] from {dropped[tp][0]}" for tp in sorted(moved)))
+    return moved
 
 
 def install() -> None:
