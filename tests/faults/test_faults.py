@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,8 +269,11 @@ def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     prefix = f"{db}:"
     s: Stack | None = None
     try:
+        # Timestamps as deploy/asterisk/manager.conf sets them (timestampevents = yes); the journal
+        # of what each AMI session was sent is what test_every_ami_event_accounted_for checks.
         sim = procs.start("simulator", astreg_argv("simulate", "--nodes", "3", "--phones", str(PHONES),
-                                                   "--ami-port", "0", "--control-port", "0", "--host", addr))
+                                                   "--ami-port", "0", "--control-port", "0", "--host", addr,
+                                                   "--timestamps", "--journal"))
         until_sync(lambda: re.search(r"^control=", sim.log(), re.M), 60, interval=0.1,
                    what="the simulator to print its control address")
         ami = dict(re.findall(r"^ami=(\S+)@(\S+)$", sim.log(), re.M))
@@ -703,3 +707,126 @@ def test_storm(stack: Stack) -> None:
     r = httpx.post(f"{stack.control}/scenario", json={"name": "storm", "params": {"node": "node1"}}, timeout=120)
     assert r.status_code == 200, r.text
     stack.converge("storm (node1 dies, its phones re-register elsewhere)", live_only=True)
+
+
+# ------------------------------------------------------------------ the end check: every AMI event
+
+READ_GRACE = 2.0  # s: events sent this long before the client was last heard from had been read
+_CONTACT_TEXT = {"created": "NON_QUALIFIED", "nonqualified": "NON_QUALIFIED", "unknown": "NON_QUALIFIED",
+                 "reachable": "REACHABLE", "unreachable": "UNREACHABLE", "removed": "REMOVED"}
+_KIND_EVENT = {"CONTACT": "ContactStatus", "PEER": "PeerStatus", "DEVICE": "DeviceStateChange"}
+
+
+def _ami_key(node: str, event: str, endpoint: str, status: str, uri: str, ts: int | None) -> tuple[Any, ...]:
+    """An AMI event as the producer must have recorded it (the status in the schema's terms)."""
+    status = _CONTACT_TEXT.get(status.lower(), status.upper()) if event == "ContactStatus" else status.upper()
+    return (node, event, endpoint, status, uri, ts)
+
+
+async def _read_all(kafka: KafkaSettings, topic: str) -> list[Any]:
+    """Every record of ``topic`` up to its end offsets now, partition by partition in order."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, group_id=None,
+                                auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20)
+    await consumer.start()
+    try:
+        await consumer.topics()  # the cluster's metadata, partitions included
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        assert parts, f"{topic}: no partitions known"
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        out: list[Any] = []
+        pending = {tp for tp in parts if ends[tp] > 0}
+        deadline = time.monotonic() + 120
+        while pending and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
+                out.extend(r for r in records if r.offset < ends[tp])
+                if records and records[-1].offset >= ends[tp] - 1:
+                    pending.discard(tp)
+        assert not pending, f"{topic}: could not read {sorted(pending)} to their end offsets in 120 s"
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+def _accountable(journal: dict[str, Any], until: float) -> tuple[Counter[tuple[Any, ...]], int]:
+    """The journal's events the producers must have recorded, and how many a fault left unknowable.
+
+    An event counts when it was sent ``READ_GRACE`` s before ``until`` and, on a session that
+    ended, ``READ_GRACE`` s before the simulator last heard from that client: the producer pings
+    every second, so it was reading then. What a session was sent after that (a producer killed,
+    a link cut) may never have been read; the snapshot after the reconnect covers it."""
+    want: Counter[tuple[Any, ...]] = Counter()
+    unknowable = 0
+    for node, sessions in journal["nodes"].items():
+        for session in sessions:
+            limit = until - READ_GRACE
+            if session["closed_at"] is not None:
+                limit = min(limit, session["last_rx"] - READ_GRACE)
+            for at, event, endpoint, status, uri, ts in session["events"]:
+                if at <= limit:
+                    want[_ami_key(node, event, endpoint, status, uri, ts)] += 1
+                elif session["closed_at"] is not None:
+                    unknowable += 1
+    return want, unknowable
+
+
+def test_every_ami_event_accounted_for(stack: Stack) -> None:
+    """Every AMI event the simulator sent to a producer is in the registrations topic (or, refused,
+    in the dead letters), and no record the producers sent twice was applied twice."""
+    from producers.simulator.journal import ami_fields, entry_of
+    from schemas.codec import Codec
+    from schemas.models import RegistrationEvent, Source
+    from streams.rules import decide
+
+    _settle(stack)
+    journal = httpx.get(f"{stack.control}/journal", timeout=60).json()
+    assert journal["enabled"], "the simulator runs without --journal"
+    asked = time.time()
+    want, unknowable = _accountable(journal, asked)
+    per_node = Counter(k[0] for k in want.elements())
+    assert set(per_node) == {"node1", "node2", "node3"} and sum(per_node.values()) >= 100, \
+        f"too few events to account for: {dict(per_node)}"
+    codec = Codec.for_model(RegistrationEvent)
+    deadline = time.monotonic() + 30
+    while True:
+        records = asyncio.run(_read_all(stack.kafka, stack.topics.topic_registrations))
+        events = [(r, codec.decode(r.value)) for r in records]
+        got: Counter[tuple[Any, ...]] = Counter()
+        for _r, ev in events:
+            if ev.source is Source.LIVE and ev.kind.name in _KIND_EVENT:
+                status = {"CONTACT": ev.contact_status, "PEER": ev.peer_status, "DEVICE": ev.device_state}[ev.kind.name]
+                got[(ev.node, _KIND_EVENT[ev.kind.name], ev.endpoint, status.name if status else "",
+                     ev.contact_uri or "", ev.event_time_ms)] += 1
+        refused: Counter[tuple[Any, ...]] = Counter()
+        for r in asyncio.run(_read_all(stack.kafka, stack.topics.topic_deadletter)):
+            headers = dict(r.headers or ())
+            entry = entry_of(r.value or b"") if headers.get("astreg.component") == b"producer" else None
+            if entry is not None:
+                refused[_ami_key(ami_fields(r.value).get("SystemName", ""), *entry)] += 1
+        missing = want - got - refused
+        if not missing or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)  # poll interval: the last events may still be on their way
+    # Records sent twice (a batch retried after an unanswered send): the rules must ignore the copy.
+    seen: set[tuple[Any, ...]] = set()
+    rows: dict[str, Any] = {}
+    copies = applied_twice = 0
+    for r, ev in events:
+        stamp = (ev.node, ev.producer_epoch, ev.seq, ev.source is Source.SYNTHETIC)
+        again = stamp in seen
+        seen.add(stamp)
+        out = decide(rows.get(ev.endpoint), ev, r.offset, now_ms=r.timestamp, skew_ms=int(CLOCK_SKEW * 1000))
+        rows[ev.endpoint] = out.row
+        if again and ev.source is not Source.SYNTHETIC:
+            copies += 1
+            applied_twice += out.applied
+    RESULTS[f"{stack.kind}: AMI events accounted for"] = {
+        "sent": sum(want.values()), "in registrations": sum((want & got).values()),
+        "in dead letters": sum((want & refused).values()), "missing": sum(missing.values()),
+        "unknowable (sent to sessions a fault cut)": unknowable, "copies in topic": copies,
+        "copies applied": applied_twice}
+    assert not missing, f"{sum(missing.values())} AMI events in no topic, e.g. {sorted(missing)[:10]}"
+    assert applied_twice == 0, f"{applied_twice} of {copies} copied records were applied again"
