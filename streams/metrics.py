@@ -67,6 +67,9 @@ class StreamMetrics(ComponentMetrics):
         self.cluster_write_wait = Gauge(
             "astreg_stream_cluster_write_wait_seconds", "How long the worker's write probe has waited for the cluster "
             "to acknowledge it (0: acknowledged); node silence is not counted while it waits.", registry=r)
+        self.cluster_writable_at = Gauge(
+            "astreg_stream_cluster_writable_at_seconds", "Unix time the last write probe the cluster acknowledged was "
+            "sent: node silence is judged up to then (0: none yet, or no probe topic).", registry=r)
         self.web = WebMetrics(r)
         self._faust_monitor: Any = None
 

@@ -161,9 +161,10 @@ def attach(stream: StreamApp) -> None:
         """Write a small record and note when the cluster acknowledged it (see NodeBook.answered)."""
         if not probe["checked"]:
             probe["checked"] = True
-            client = app_producer(app).client
-            await client.force_metadata_update()
-            if probe_topic not in client.cluster.topics():
+            # Every topic's metadata: the producer's client only tracks the topics it has sent
+            # to, so its own view misses a probe topic it has not written yet.
+            cluster = await app_producer(app).client.fetch_all_metadata()
+            if probe_topic not in cluster.topics():
                 # A worker started without `astreg worker`'s topic set-up: judge silence without
                 # the probe rather than never (a send to a missing topic would wait for ever).
                 stream.nodes.probing = False
@@ -197,6 +198,7 @@ def attach(stream: StreamApp) -> None:
         book = stream.nodes
         if book.writable_at_ms is None or sent_at > book.writable_at_ms:
             book.writable_at_ms = sent_at
+            stream.metrics.cluster_writable_at.set(sent_at / 1000)
 
     def believable(st: NodeStatus, r: Any, now: int) -> str | None:
         """Why a nodes-topic record must not move the node book, or None: a forged heartbeat

@@ -154,6 +154,23 @@ async def test_nodes(web_cluster: Cluster, http: aiohttp.ClientSession) -> None:
             assert n["state"] == "up" and n["ami_link"] == "UP" and n["asterisk_version"] == "22.10.1"
 
 
+async def test_every_worker_probes_the_cluster_writes(web_cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """Each worker's write probe runs (its topic exists: ``astreg worker`` creates it), and says
+    when the cluster last acknowledged a write: what node silence is judged against."""
+    import re
+    import time
+
+    for w in web_cluster.workers:
+        async def acked_at(w: Any = w) -> float:
+            text = (await get(http, f"{w.url}/metrics"))[1]
+            found = re.search(r"^astreg_stream_cluster_writable_at_seconds ([0-9.e+]+)$", text, re.M)
+            return float(found.group(1)) if found else 0.0
+
+        at = await until(acked_at, 30, interval=0.2, what=f"{w.child.name}'s write probe to be acknowledged")
+        assert time.time() - 60 < at <= time.time()
+        assert "is missing (astreg worker creates it)" not in w.child.log()
+
+
 async def test_health_ready_metrics_and_headers(web_cluster: Cluster, http: aiohttp.ClientSession) -> None:
     w = web_cluster.workers[0]
     assert (await get(http, f"{w.url}/healthz"))[0] == 200
