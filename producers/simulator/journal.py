@@ -6,7 +6,10 @@ when it last heard from that client: :class:`SessionJournal` keeps that per sess
 ``GET /journal`` on the control server returns it. Only the events a producer turns into
 registration records are kept (ContactStatus, PeerStatus, DeviceStateChange of an endpoint),
 reduced to what identifies them in the topic: endpoint, status, contact URI and the event time
-in ms as the producer computes it from ``Timestamp`` (so run with ``--timestamps``).
+in ms as the producer computes it from ``Timestamp`` (so run with ``--timestamps``); and the
+client's silences longer than a second (a producer pings every heartbeat interval: a longer
+silence is a link cut or a stalled client, and what was sent meanwhile may never have been read,
+even if the client's bytes arrive later).
 
 It grows with every event sent, so it is off by default (tests and fault runs only).
 """
@@ -63,7 +66,9 @@ def entry_of(rendered: bytes) -> Entry | None:
 class SessionJournal:
     """The registration events sent to one AMI session, and when the client was last heard."""
 
-    __slots__ = ("session", "peer", "opened_at", "closed_at", "last_rx", "sent")
+    __slots__ = ("session", "peer", "opened_at", "closed_at", "last_rx", "gaps", "sent")
+
+    GAP_S = 1.0  # a longer silence of the client is kept in ``gaps``
 
     def __init__(self, session: str, peer: Any):
         self.session = session
@@ -71,9 +76,16 @@ class SessionJournal:
         self.opened_at = time.time()
         self.closed_at: float | None = None
         self.last_rx = self.opened_at
+        self.gaps: list[tuple[float, float]] = []  # (from, to): the client sent nothing for over GAP_S
         self.sent: list[tuple[float, Entry]] = []
+
+    def heard(self, now: float) -> None:
+        """Bytes arrived from the client at ``now``."""
+        if now - self.last_rx > self.GAP_S:
+            self.gaps.append((self.last_rx, now))
+        self.last_rx = now
 
     def as_json(self) -> dict[str, Any]:
         return {"session": self.session, "peer": self.peer, "opened_at": self.opened_at,
-                "closed_at": self.closed_at, "last_rx": self.last_rx,
+                "closed_at": self.closed_at, "last_rx": self.last_rx, "gaps": [list(g) for g in self.gaps],
                 "events": [[at, *entry] for at, entry in self.sent]}

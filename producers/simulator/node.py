@@ -110,7 +110,7 @@ class AmiSession(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.journal is not None:
-            self.journal.last_rx = time.time()
+            self.journal.heard(time.time())
         if self.closing or self.node.ami != "up":
             return  # half-open node: reads and never answers
         try:
