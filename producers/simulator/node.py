@@ -72,7 +72,7 @@ class AmiSession(asyncio.Protocol):
         self._out: asyncio.Queue[bytes | None] | None = None
         self._writer: asyncio.Task[None] | None = None
         self.rng = random.Random(node.rng.random())
-        self.journal: SessionJournal | None = None  # with --journal: what this session was sent
+        self.journal: SessionJournal | None = None  # with --journal: what this AMI connection was sent
 
     # -- asyncio.Protocol -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
