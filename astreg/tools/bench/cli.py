@@ -60,8 +60,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "web": ("astreg.tools.bench.sections:web", "/node lookup latency, 50 concurrent clients"),
     "e2e": ("astreg.tools.bench.e2e:run_latency", "AMI event → SQL row latency at a steady rate"),
     "storm": ("astreg.tools.bench.e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
-    "recovery": ("astreg.tools.bench.sections:recovery",
-                 "restarted worker serving a large table; its RSS, RocksDB and row-cache bytes per endpoint"),
+    "recovery": ("astreg.tools.bench.sections:recovery", "restarted worker serving a large table"),
     "alerting": ("astreg.tools.bench.sections:alerting", "alert engine records/s, RTCP mapping/s"),
 }
 
