@@ -19,22 +19,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-__all__ = ["SessionJournal", "entry_of", "ami_fields", "TRACKED"]
+from astreg.amiwire import header_map
+
+__all__ = ["SessionJournal", "entry_of", "TRACKED"]
 
 TRACKED = (b"Event: ContactStatus\r\n", b"Event: PeerStatus\r\n", b"Event: DeviceStateChange\r\n")
 ENDPOINT_TECHS = ("PJSIP/", "SIP/", "IAX2/")
 
 # One journal entry: (event name, endpoint, status text, contact URI or "", event time ms or None)
 Entry = tuple[str, str, str, str, int | None]
-
-
-def ami_fields(raw: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in raw.decode("utf-8", "replace").split("\r\n"):
-        key, sep, value = line.partition(": ")
-        if sep and key not in out:
-            out[key] = value
-    return out
 
 
 def _ms(ts: str) -> int | None:
@@ -49,7 +42,7 @@ def entry_of(rendered: bytes) -> Entry | None:
     """The journal entry of one rendered event, or None when it is not a registration event."""
     if not rendered.startswith(TRACKED):
         return None
-    f = ami_fields(rendered)
+    f = header_map(rendered.decode("utf-8", "replace"))
     event = f.get("Event", "")
     ts = _ms(f.get("Timestamp", ""))
     if event == "ContactStatus":
