@@ -1,8 +1,9 @@
-"""End-to-end measurements across every part: AMI event → SQL row latency, storm convergence.
+"""A whole pipeline for end-to-end measurements, and readers of what each store holds.
 
-Used by ``astreg bench`` (sections ``e2e`` and ``storm``) and by the fault-injection suite. The
-simulator runs in this process (its Python API gives exact emit times); the producers, workers
-and the SQL sink run as separate ``astreg`` processes, exactly as deployed.
+Used by ``astreg bench`` (sections ``e2e`` and ``storm``; the latency itself is measured by
+:mod:`astreg.tools.latency`) and by the integration and fault suites. The simulator runs in the
+caller's process (its Python API gives exact emit times); the producers, workers and sinks run
+as separate ``astreg`` processes, exactly as deployed.
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import random
 import sqlite3
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,19 +25,11 @@ from astreg.settings import KafkaSettings, TopicSettings
 from astreg.topics import ensure_topics
 
 __all__ = [
-    "Pipeline", "pipeline", "sql_nodes", "redis_nodes", "astdb_nodes", "astdb_want", "percentile", "wait_stores",
-    "wait_converged", "primaries", "measure_latency",
+    "Pipeline", "pipeline", "sql_nodes", "redis_nodes", "redis_nodes_sync", "astdb_nodes", "astdb_want", "wait_stores",
+    "primaries",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def percentile(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
-    return s[k]
 
 
 def sql_nodes(path: Path) -> dict[str, str | None]:
@@ -67,6 +58,20 @@ async def redis_nodes(url: str, prefix: str) -> dict[str, str]:
         return {k[len(head):]: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
     finally:
         await client.aclose()
+
+
+def redis_nodes_sync(url: str, prefix: str) -> dict[str, str]:
+    """:func:`redis_nodes` for a thread: resource → node."""
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        head = f"{prefix}node:"
+        keys = list(client.scan_iter(match=f"{head}*", count=5000))
+        values = client.mget(keys) if keys else []
+        return {k[len(head):]: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
+    finally:
+        client.close()
 
 
 def astdb_nodes(db: Any, family: str = "astreg") -> dict[str, str]:
@@ -104,6 +109,7 @@ class Pipeline:
     astdb_sinks: list[str] = field(default_factory=list)  # the nodes that have their own AstDB sink
     redis_url: str = "redis://127.0.0.1:6379/0"
     redis_prefix: str = "astreg:"
+    sinks: tuple[str, ...] = ()
 
     def topic_args(self) -> list[str]:
         t = self.topics
@@ -148,7 +154,8 @@ def pipeline(
     env = {**kafka.env(), "ASTREG_LOG_LEVEL": "WARNING", "ASTREG_AMI_SECRET": "astreg", "ASTREG_ASTDB_AMI_SECRET": "astreg",
            **(extra_env or {})}
     procs = ProcessGroup(log_dir=work / "logs", env=env)
-    pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite", redis_url=redis_url, redis_prefix=redis_prefix)
+    pipe = Pipeline(kafka, topics, procs, work / "astreg.sqlite", redis_url=redis_url, redis_prefix=redis_prefix,
+                    sinks=sinks)
     try:
         _run_blocking(ensure_topics(kafka, topics))
         for node, port in ami.items():
@@ -183,17 +190,6 @@ def pipeline(
         procs.stop_all(grace=stop_grace)
         if broker is not None:
             broker.stop()
-
-
-async def wait_converged(path: Path, want: dict[str, str], timeout: float, poll: float = 0.05) -> float | None:
-    """Seconds until the SQL store's endpoint → node equals ``want`` (None on timeout)."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        have = await asyncio.to_thread(sql_nodes, path)
-        if have == want:
-            return time.monotonic() - start
-        await asyncio.sleep(poll)
-    return None
 
 
 def _wrong(have: dict[str, Any], want: dict[str, str]) -> int:
@@ -257,54 +253,3 @@ def primaries(truth: dict[str, Any], live_only: bool = True) -> dict[str, str]:
             if c["endpoint"] not in best or rank > best[c["endpoint"]]:
                 best[c["endpoint"]] = rank
     return {ep: r[2] for ep, r in best.items()}
-
-
-async def measure_latency(sim: Any, pipe: Pipeline, *, moves: int, rate: float, seed: int = 7) -> dict[str, Any]:
-    """Move phones between nodes at ``rate``/s; time each until its SQL row shows the new node."""
-    rng = random.Random(seed)
-    truth = sim.truth()
-    nodes = sorted(truth["nodes"])
-    current = primaries(truth)
-    pending: dict[str, tuple[str, float]] = {}
-    latencies: list[float] = []
-    timeline: list[tuple[float, float]] = []
-    t_start = time.perf_counter()
-
-    async def poll() -> None:
-        while True:
-            have = await asyncio.to_thread(sql_nodes, pipe.sqlite_path)
-            now = time.perf_counter()
-            for ep, (node, t0) in list(pending.items()):
-                if have.get(ep) == node:
-                    latencies.append(now - t0)
-                    timeline.append((now - t_start, now - t0))
-                    del pending[ep]
-            await asyncio.sleep(0.005)
-
-    poller = asyncio.create_task(poll())
-    try:
-        endpoints = sorted(current)
-        for _ in range(moves):
-            ep = rng.choice(endpoints)
-            if ep in pending:
-                continue
-            target = rng.choice([n for n in nodes if n != current[ep]])
-            phone = ep.split("/", 1)[1]
-            await sim.move(phone, target)
-            pending[ep] = (target, time.perf_counter())
-            current[ep] = target
-            await asyncio.sleep(1.0 / rate)
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-    finally:
-        poller.cancel()
-    return {
-        "moves": len(latencies),
-        "lost": len(pending),
-        "rate_per_s": rate,
-        "p50_ms": round(percentile(latencies, 50) * 1000, 1),
-        "p99_ms": round(percentile(latencies, 99) * 1000, 1),
-        "mean_ms": round(statistics.fmean(latencies) * 1000, 1) if latencies else None,
-        "timeline": timeline,
-    }

@@ -6,6 +6,7 @@ Pure storage with Asterisk's semantics for the DB* AMI actions; ``:memory:`` or 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 
 __all__ = ["AstDB"]
 
@@ -18,6 +19,9 @@ class AstDB:
         # A fault to inject: the database refuses writes (disk full, read-only file). Asterisk's
         # ast_db_put/ast_db_del then fail and the AMI actions answer Error.
         self.read_only = False
+        # Told (family, key, value) after every successful DBPut: how a benchmark sees the
+        # moment a row lands without polling the table.
+        self.watchers: list[Callable[[str, str, str], None]] = []
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db.execute("CREATE TABLE IF NOT EXISTS astdb (key VARCHAR(256), value VARCHAR(256), PRIMARY KEY(key))")
 
@@ -28,6 +32,8 @@ class AstDB:
         if self.read_only:
             return False
         self._db.execute("INSERT OR REPLACE INTO astdb (key, value) VALUES (?, ?)", (f"/{family}/{key}", value))
+        for watch in self.watchers:
+            watch(family, key, value)
         return True
 
     def get(self, family: str, key: str) -> str | None:

@@ -22,11 +22,10 @@ from astreg.settings import KafkaSettings
 from astreg.tools.e2e import (
     astdb_nodes,
     astdb_want,
-    measure_latency,
     pipeline,
     primaries,
+    redis_nodes_sync,
     sql_nodes,
-    wait_converged,
     wait_stores,
 )
 from producers.simulator.scenarios import run_scenario
@@ -51,62 +50,104 @@ def _suffix(name: str) -> str:
     return f"{name}{int(time.time() * 1000)}"
 
 
-E2E_QUICK = {"phones": 300, "moves": 120, "rate": 30.0}
-E2E_FULL = {"phones": 3000, "moves": 2000, "rate": 50.0}
+# AMI events/s (the simulator's count) and seconds of moves; the storm's phones in --quick.
+E2E_QUICK = {"phones": 900, "rate": 2000.0, "seconds": 3.0, "broker_seconds": 3.0}
+E2E_FULL = {"phones": 3000, "rate": 2000.0, "seconds": 20.0, "broker_seconds": 10.0}
 STORM_PHONES = {True: 900, False: 100_000}
+SINKS = ("sql", "redis", "astdb")
+
+
+def _redis_prefix(suffix: str) -> str:
+    return f"astreg-bench-{suffix}:"
 
 
 async def _latency_on(sim: Any, pipe: Any, quick: bool, phones: int) -> dict[str, Any]:
+    """Every store loaded; the broker's own latency at the rate; then the moves."""
+    from astreg.tools.latency import broker_latency, measure_store_latency
+
     sizes = E2E_QUICK if quick else E2E_FULL
+    want = primaries(sim.truth())
+    stores = _stores(sim, pipe, pipe.astdb_sinks)
     t0 = time.monotonic()
-    ready = await wait_converged(pipe.sqlite_path, primaries(sim.truth()), timeout=120)
-    if ready is None:
-        have = sql_nodes(pipe.sqlite_path)
-        raise RuntimeError(f"initial snapshot never reached the SQL sink ({len(have)}/{phones} rows)")
+    loaded = await wait_stores(stores, _wants(stores, want), timeout=120)
+    if any(v is None for v in loaded.values()):
+        raise RuntimeError(f"the initial snapshot never reached every store: {loaded}")
     initial = time.monotonic() - t0
-    figures = await measure_latency(sim, pipe, moves=int(sizes["moves"]), rate=sizes["rate"])
+    broker = await broker_latency(pipe.kafka, f"astreg-bench-latency-{int(time.time() * 1000)}",
+                                  rate=sizes["rate"], seconds=sizes["broker_seconds"], partitions=pipe.topics.partitions)
+    figures = await measure_store_latency(sim, pipe, rate=sizes["rate"], seconds=sizes["seconds"], current=want)
+    figures["broker_p50_ms"], figures["broker_p99_ms"] = broker["p50_ms"], broker["p99_ms"]
+    if broker["p50_ms"] and figures.get("every_store_p50_ms") is not None:
+        # The pipeline crosses the broker twice (registrations, then locations).
+        figures["every_store_p50_vs_two_broker_hops"] = round(figures["every_store_p50_ms"] / (2 * broker["p50_ms"]), 2)
     figures["phones"] = phones
     figures["initial_load_s"] = round(initial, 2)
     return figures
 
 
 async def run_latency(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    """AMI event emitted by the simulator → row visible in the SQLite sink, p50/p99."""
+    """AMI event emitted by the simulator → row in every store (SQL, Redis, AstDB of each node)."""
     phones = int((E2E_QUICK if quick else E2E_FULL)["phones"])
     sim = await _start_sim(3, phones)
+    suffix = _suffix("e2e")
     try:
-        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=_suffix("e2e"), stop_grace=STOP_GRACE) as pipe:
-            return await _latency_on(sim, pipe, quick, phones)
+        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=suffix, stop_grace=STOP_GRACE, sinks=SINKS,
+                      redis_prefix=_redis_prefix(suffix)) as pipe:
+            try:
+                return await _latency_on(sim, pipe, quick, phones)
+            finally:
+                await _drop_redis(pipe)
     finally:
         await sim.stop()
 
 
 async def run_latency_and_storm(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
-    """``--quick`` with both sections: one pipeline (SQLite + one AstDB sink per node) and one
-    simulator (the storm's phones) serve the latency measurement, then the storm; start-up is
-    most of a small run's time. Returns ``{"e2e": ..., "storm": ...}``."""
+    """``--quick`` with both sections: one pipeline (every sink) and one simulator (the storm's
+    phones) serve the latency measurement, then the storm; start-up is most of a small run's
+    time. Returns ``{"e2e": ..., "storm": ...}``."""
     phones = STORM_PHONES[quick]
     t_start = time.monotonic()
     sim = await _start_sim(3, phones)
+    suffix = _suffix("e2estorm")
     try:
-        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=_suffix("e2estorm"), sinks=("sql", "astdb"),
-                      stop_grace=STOP_GRACE) as pipe:
-            # Every store loaded first, so that no sink is still replaying while latency is measured.
-            loaded = await _initial(sim, pipe, quick)
-            e2e = await _latency_on(sim, pipe, quick, phones)
-            e2e["shared_with_storm"] = True
-            e2e["elapsed_s"] = round(time.monotonic() - t_start, 1)
-            t1 = time.monotonic()
-            storm = await _storm_on(sim, pipe, quick, phones, loaded)
-            storm["shared_with_e2e"] = True
-            storm["elapsed_s"] = round(time.monotonic() - t1, 1)
-            return {"e2e": e2e, "storm": storm}
+        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=suffix, sinks=SINKS, stop_grace=STOP_GRACE,
+                      redis_prefix=_redis_prefix(suffix)) as pipe:
+            try:
+                # Every store loaded first, so that no sink is still replaying while latency is measured.
+                loaded = await _initial(sim, pipe, quick)
+                e2e = await _latency_on(sim, pipe, quick, phones)
+                e2e["shared_with_storm"] = True
+                e2e["elapsed_s"] = round(time.monotonic() - t_start, 1)
+                t1 = time.monotonic()
+                storm = await _storm_on(sim, pipe, quick, phones, loaded)
+                storm["shared_with_e2e"] = True
+                storm["elapsed_s"] = round(time.monotonic() - t1, 1)
+                return {"e2e": e2e, "storm": storm}
+            finally:
+                await _drop_redis(pipe)
     finally:
         await sim.stop()
 
 
+async def _drop_redis(pipe: Any) -> None:
+    """Remove the run's keys from Redis (each run has its own prefix)."""
+    if "redis" not in pipe.sinks:
+        return
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(pipe.redis_url)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{pipe.redis_prefix}*", count=5000)]
+        for i in range(0, len(keys), 5000):
+            await client.unlink(*keys[i:i + 5000])
+    finally:
+        await client.aclose()
+
+
 def _stores(sim: Any, pipe: Any, nodes: list[str]) -> dict[str, Callable[[], dict[str, Any]]]:
     stores: dict[str, Callable[[], dict[str, Any]]] = {"sql": lambda: sql_nodes(pipe.sqlite_path)}
+    if "redis" in pipe.sinks:
+        stores["redis"] = lambda: redis_nodes_sync(pipe.redis_url, pipe.redis_prefix)
     for node in nodes:
         stores[f"astdb_{node}"] = (lambda db: lambda: astdb_nodes(db))(sim.nodes[node].astdb)
     return stores
@@ -114,7 +155,8 @@ def _stores(sim: Any, pipe: Any, nodes: list[str]) -> dict[str, Callable[[], dic
 
 def _wants(stores: dict[str, Any], want: dict[str, str]) -> dict[str, dict[str, str]]:
     astdb = astdb_want(want)
-    return {name: want if name == "sql" else astdb for name in stores}
+    redis = {ep.partition("/")[2] or ep: node for ep, node in want.items()}
+    return {name: want if name == "sql" else redis if name == "redis" else astdb for name in stores}
 
 
 async def run_storm(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
@@ -128,9 +170,13 @@ async def run_storm(quick: bool, work: Path, kafka: KafkaSettings | None = None)
     t_start = time.monotonic()
     sim = await _start_sim(3, phones)
     try:
-        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=_suffix("storm"), sinks=("sql", "astdb"),
-                      stop_grace=STOP_GRACE) as pipe:
-            figures = await _storm_on(sim, pipe, quick, phones)
+        suffix = _suffix("storm")
+        with pipeline(work, dict(sim.ports), kafka=kafka, suffix=suffix, sinks=SINKS, stop_grace=STOP_GRACE,
+                      redis_prefix=_redis_prefix(suffix)) as pipe:
+            try:
+                figures = await _storm_on(sim, pipe, quick, phones)
+            finally:
+                await _drop_redis(pipe)
             figures["pipeline_s"] = round(time.monotonic() - t_start, 1)
             return figures
     finally:
@@ -205,7 +251,7 @@ async def _storm_on(sim: Any, pipe: Any, quick: bool, phones: int,
 @click.option("--storm", is_flag=True, show_envvar=True,
               help="Measure storm convergence instead of the steady-rate latency.")
 def main(quick: bool, storm: bool) -> None:
-    """AMI event to SQL row latency, or storm convergence, as JSON."""
+    """AMI event to every store's row latency, or storm convergence, as JSON."""
     fn = run_storm if storm else run_latency
     with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
         click.echo(json.dumps(asyncio.run(fn(quick=quick, work=Path(tmp))), indent=2, default=str))
