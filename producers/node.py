@@ -104,7 +104,8 @@ class ProducerSettings(AuthSettings):
     ping_timeout: float = Field(5.0, gt=0, description="Seconds a Ping may take before the AMI link counts as dead.")
     buffer_size: int = Field(100_000, ge=100, description="Records buffered while Kafka is unreachable.")
     metrics_port: int = Field(0, ge=0, description="Prometheus /metrics port (0 = off).")
-    linger_ms: int = Field(5, ge=0, description="Kafka producer linger (ms).")
+    linger_ms: int = Field(0, ge=0, description="Kafka producer linger (ms). 0 sends at once: the client keeps one "
+                           "request in flight per broker, so what arrives meanwhile goes out together in the next one.")
     compression: Literal["none", "gzip", "lz4", "zstd"] = Field("lz4", description="Kafka compression.")
     epoch_file: Path | None = Field(None, description="File keeping producer epochs strictly increasing across restarts.")
     quality: bool = Field(True, description="Publish call quality (RTCP, AMI class reporting) and qualify RTT samples on the quality topic.")

@@ -58,7 +58,7 @@ class Publisher:
         kafka: KafkaSettings,
         *,
         buffer_size: int = 100_000,
-        linger_ms: int = 5,
+        linger_ms: int = 0,
         compression: str = "none",
         metrics: ProducerMetrics | None = None,
         on_recovered: Callable[[], None] | None = None,

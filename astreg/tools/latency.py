@@ -31,7 +31,7 @@ from typing import Any
 
 from astreg.settings import KafkaSettings
 
-__all__ = ["LatencyProbe", "measure_store_latency", "broker_latency", "summary"]
+__all__ = ["LatencyProbe", "CpuMeter", "measure_store_latency", "broker_latency", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,66 @@ def summary(values_s: list[float]) -> dict[str, float | None]:
 
     return {"p50_ms": r(_pct(ms, 50)), "p99_ms": r(_pct(ms, 99)), "max_ms": r(max(ms) if ms else None),
             "mean_ms": r(statistics.fmean(ms) if ms else None)}
+
+
+class CpuMeter:
+    """CPU used while the moves run: the machine's busy share and cores used per role.
+
+    ``pids``: process name → pid (``producer-node1``, ``worker1``, ``sink-sql`` ...); a name's
+    role is its part before the first ``-`` (producers and AstDB sinks are summed), this process
+    (simulator and probe) is ``bench`` (see :func:`_role`), and what the machine used besides them (the broker's JVM
+    on a one-machine run) is ``other``."""
+
+    def __init__(self, pids: dict[str, int]):
+        import psutil
+
+        self._procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self._procs["bench"] = psutil.Process()
+        self._start: dict[str, float] = {}
+        self._machine: Any = None
+        self._t0 = 0.0
+
+    @staticmethod
+    def _used(proc: Any) -> float:
+        try:
+            t = proc.cpu_times()
+            return float(t.user + t.system)
+        except Exception:  # noqa: BLE001 - a process that ended counts what it used before
+            return 0.0
+
+    def start(self) -> None:
+        import psutil
+
+        self._t0 = time.monotonic()
+        self._machine = psutil.cpu_times()
+        self._start = {name: self._used(p) for name, p in self._procs.items()}
+
+    def stop(self) -> dict[str, float]:
+        import psutil
+
+        wall = time.monotonic() - self._t0
+        end = psutil.cpu_times()
+        idle = (end.idle + getattr(end, "iowait", 0.0)) - (self._machine.idle + getattr(self._machine, "iowait", 0.0))
+        total = sum(end) - sum(self._machine)
+        cores: dict[str, float] = {}
+        for name, proc in self._procs.items():
+            role = _role(name)
+            cores[role] = cores.get(role, 0.0) + (self._used(proc) - self._start[name]) / wall
+        busy_cores = (total - idle) / wall
+        cores["other"] = max(0.0, busy_cores - sum(cores.values()))
+        out = {"cpu_machine_busy_pct": round(100 * (total - idle) / total, 1) if total else 0.0,
+               "cpu_cores": psutil.cpu_count() or 0}
+        out.update({f"cpu_cores_used_{role}": round(v, 2) for role, v in sorted(cores.items())})
+        return out
+
+
+def _role(name: str) -> str:
+    """``producer-node1`` → producers, ``worker2`` → workers, ``sink-astdb-node1`` → sinks_astdb,
+    ``sink-sql`` → sink_sql."""
+    for head, role in (("producer", "producers"), ("worker", "workers"), ("sink-astdb", "sinks_astdb")):
+        if name.startswith(head):
+            return role
+    return name.replace("-", "_")
 
 
 # ---------------------------------------------------------------------------- watchers
@@ -251,6 +311,8 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
         await stack.enter_async_context(_watch_topics(probe, pipe.kafka, t.topic_registrations, t.topic_locations,
                                                              t.partitions))
         sql.start()
+        meter = CpuMeter({c.name: c.pid for c in pipe.procs.children if c.alive()})
+        meter.start()
         try:
             sent0 = _ami_events(sim)
             endpoints = sorted(current)
@@ -270,6 +332,7 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
                 current[ep] = target
                 started += 1
             emitted, took = _ami_events(sim) - sent0, time.perf_counter() - t_start
+            cpu = meter.stop()
             deadline = time.monotonic() + drain_s
             while probe.pending and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -282,6 +345,7 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
     figures: dict[str, Any] = {
         "moves": len(moves), "lost": len(probe.pending), "ami_events": emitted,
         "ami_events_per_s": round(emitted / took, 1), "seconds": round(took, 1), "stores": ", ".join(stores),
+        **cpu,
     }
     every = [max(m.seen[s] for s in stores) - m.t0 for m in moves]
     figures.update({f"every_store_{k}": v for k, v in summary(every).items()})
@@ -302,7 +366,7 @@ def _ami_events(sim: Any) -> int:
 async def broker_latency(kafka: KafkaSettings, topic: str, *, rate: float, seconds: float,
                          partitions: int = 12) -> dict[str, Any]:
     """Produce → consume latency of the broker alone at ``rate`` records/s: one aiokafka
-    producer with the pipeline's settings (acks=all, idempotence, 5 ms linger) and one consumer
+    producer with the pipeline's settings (acks=all, idempotence, no linger) and one consumer
     reading every partition, in this process."""
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -315,7 +379,7 @@ async def broker_latency(kafka: KafkaSettings, topic: str, *, rate: float, secon
     finally:
         await admin.close()
     producer = AIOKafkaProducer(**kafka.aiokafka_kwargs(), acks="all", enable_idempotence=kafka.idempotent,
-                                linger_ms=5)
+                                linger_ms=0)
     fetch = {k: v for k, v in kafka.group_kwargs().items() if k == "fetch_max_wait_ms"}
     consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), enable_auto_commit=False, **fetch)
     await producer.start()

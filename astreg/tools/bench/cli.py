@@ -124,7 +124,7 @@ QUICK_SIZES = (
 FULL_SIZES = (
     "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 200,000 churn + "
     "200,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
-    "e2e 3,000 phones, 20 s of moves at 2,000 AMI events/s; storm 100,000 phones (33,334 re-register); recovery "
+    "e2e 3,000 phones, 20 s of moves at 200 then 2,000 AMI events/s; storm 100,000 phones (33,334 re-register); recovery "
     "1,000,000 rows; alerting 100,000 records"
 )
 NO_BROKER = {"simulator", "ami", "alerting"}
@@ -363,6 +363,7 @@ def failures(results: dict[str, Any]) -> list[str]:
             out.append(f"{name}: {figures['error']}")
         if figures.get("converged") is False:
             out.append(f"{name}: did not converge")
-        if figures.get("lost"):
-            out.append(f"{name}: {figures['lost']} lost")
+        for key in sorted(k for k in figures if k == "lost" or k.endswith("_lost")):
+            if figures[key]:
+                out.append(f"{name}: {figures[key]} lost" + ("" if key == "lost" else f" ({key})"))
     return out
