@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,7 +30,7 @@ import aiohttp
 import click
 
 from astreg.auth import Keyring
-from astreg.broker import free_port
+from astreg.broker import free_port, wait_port
 
 __all__ = ["measure_node_lookups", "measure_row_index", "run", "main"]
 
@@ -249,6 +250,18 @@ def run(endpoints: int = 10_000, clients: int = 50, requests: int = 20_000, max_
                 asyncio.run(_wait_rows(url, len(ids), timeout=120))
                 figures = asyncio.run(measure_node_lookups(
                     url, ids, clients=clients, requests=requests, max_seconds=max_seconds, bare=bare))
+                # The baseline, same load, same machine, same run: aiohttp serving a constant.
+                port = free_port()
+                procs.start("constant", [sys.executable, "-m", "astreg.tools.bench.constant", "--port", str(port)])
+                if not wait_port("127.0.0.1", port, 30):
+                    raise RuntimeError("the baseline HTTP server did not start")
+                base = asyncio.run(measure_node_lookups(
+                    f"http://127.0.0.1:{port}", ids, clients=clients, requests=requests, max_seconds=max_seconds,
+                    bare=bare))
+                figures.update({"baseline_p50_ms": base["p50_ms"], "baseline_p99_ms": base["p99_ms"],
+                                "baseline_requests_per_s": base["requests_per_s"]})
+                if base["p99_ms"]:
+                    figures["p99_vs_baseline"] = round(figures["p99_ms"] / base["p99_ms"], 2)
         finally:
             if broker is not None:
                 broker.stop()
