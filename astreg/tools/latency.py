@@ -25,7 +25,7 @@ import statistics
 import struct
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,9 +236,10 @@ def _watch_astdb(probe: LatencyProbe, sim: Any, node: str, endpoint_of: dict[str
 
 @contextlib.asynccontextmanager
 async def _watch_topics(probe: LatencyProbe, kafka: KafkaSettings, registrations: str,
-                        locations: str, partitions: int) -> AsyncIterator[None]:
+                        locations: str, partitions: int) -> AsyncIterator[Callable[[], Awaitable[int]]]:
     """The two broker hops: the first registration of the moved endpoint from its new node, and
-    the first location naming that node as primary."""
+    the first location naming that node as primary. Yields a reader of the registrations
+    topic's size (sum of its end offsets): the records the workers had to read."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     from schemas.codec import location_codec, registration_codec
@@ -278,9 +279,13 @@ async def _watch_topics(probe: LatencyProbe, kafka: KafkaSettings, registrations
                     except Exception as exc:  # a record this reader cannot decode is not a move
                         logger.debug("latency probe: %s", exc)
 
+    async def size() -> int:
+        ends = await consumer.end_offsets([tp for tp in tps if tp.topic == registrations])
+        return sum(ends.values())
+
     task = asyncio.create_task(read())
     try:
-        yield
+        yield size
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -308,13 +313,13 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
         if "redis" in pipe.sinks:
             await stack.enter_async_context(_watch_redis(probe, pipe.redis_url, pipe.redis_prefix, endpoint_of))
         t = pipe.topics
-        await stack.enter_async_context(_watch_topics(probe, pipe.kafka, t.topic_registrations, t.topic_locations,
+        size = await stack.enter_async_context(_watch_topics(probe, pipe.kafka, t.topic_registrations, t.topic_locations,
                                                              t.partitions))
         sql.start()
         meter = CpuMeter({c.name: c.pid for c in pipe.procs.children if c.alive()})
         meter.start()
         try:
-            sent0 = _ami_events(sim)
+            sent0, records0 = _ami_events(sim), await size()
             endpoints = sorted(current)
             t_start = time.perf_counter()
             started = 0
@@ -333,6 +338,7 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
                 started += 1
             emitted, took = _ami_events(sim) - sent0, time.perf_counter() - t_start
             cpu = meter.stop()
+            records = await size() - records0
             deadline = time.monotonic() + drain_s
             while probe.pending and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -345,8 +351,11 @@ async def measure_store_latency(sim: Any, pipe: Any, *, rate: float, seconds: fl
     figures: dict[str, Any] = {
         "moves": len(moves), "lost": len(probe.pending), "ami_events": emitted,
         "ami_events_per_s": round(emitted / took, 1), "seconds": round(took, 1), "stores": ", ".join(stores),
-        **cpu,
+        "registration_records": records, **cpu,
     }
+    if records:
+        # What the workers spent per record they read (timers and heartbeats included).
+        figures["workers_cpu_us_per_record"] = round(cpu["cpu_cores_used_workers"] * took * 1e6 / records, 1)
     every = [max(m.seen[s] for s in stores) - m.t0 for m in moves]
     figures.update({f"every_store_{k}": v for k, v in summary(every).items()})
     for name in stores:

@@ -61,6 +61,7 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "web": ("astreg.tools.bench.sections:web", "/node lookup latency, 50 concurrent clients"),
     "e2e": ("astreg.tools.bench.e2e:run_latency", "AMI event → every store's row at 2,000 events/s"),
     "storm": ("astreg.tools.bench.e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
+    "scale": ("astreg.tools.bench.e2e:run_scale", "one, two, three workers: latency and CPU per record"),
     "recovery": ("astreg.tools.bench.sections:recovery", "restarted worker serving a large table"),
     "alerting": ("astreg.tools.bench.sections:alerting", "alert engine records/s, RTCP mapping/s"),
 }
@@ -119,12 +120,14 @@ QUICK_SIZES = (
     "stream 10,000 churn events on 2,500 endpoints (astreg, naive Faust, raw aiokafka); sinks 4,000 rows "
     "(AstDB 400); web 2,000 endpoints, 2 workers, 50 clients, 2,000 requests; e2e + storm on one "
     "pipeline: 900 phones, every store loaded, 3 s of moves at 2,000 AMI events/s, then node1's ~300 phones re-register elsewhere; "
-    "recovery 2,000 rows; alerting 10,000 records"
+    "scale 900 phones, 3 s of moves at 500 AMI events/s through 1, 2, 3 workers; recovery 2,000 rows; "
+    "alerting 10,000 records"
 )
 FULL_SIZES = (
     "simulator 10 s, RSS at 1,000,000 phones; producer 200,000 AMI events; stream 200,000 churn + "
     "200,000 steady events; sinks 50,000 rows (AstDB 5,000); web 10,000 endpoints, 20,000 requests; "
-    "e2e 3,000 phones, 20 s of moves at 200 then 2,000 AMI events/s; storm 100,000 phones (33,334 re-register); recovery "
+    "e2e 3,000 phones, 20 s of moves at 200 then 2,000 AMI events/s; storm 100,000 phones (33,334 re-register); scale 3,000 phones, "
+    "15 s at 1,000 AMI events/s through 1, 2, 3 workers; recovery "
     "1,000,000 rows; alerting 100,000 records"
 )
 NO_BROKER = {"simulator", "ami", "alerting"}

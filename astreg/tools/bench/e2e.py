@@ -32,7 +32,7 @@ from producers.simulator.scenarios import run_scenario
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["run_latency", "run_storm", "run_latency_and_storm", "main"]
+__all__ = ["run_latency", "run_storm", "run_latency_and_storm", "run_scale", "main"]
 
 
 async def _start_sim(nodes: int, phones: int) -> Any:
@@ -136,6 +136,69 @@ async def run_latency_and_storm(quick: bool, work: Path, kafka: KafkaSettings | 
                 await _drop_redis(pipe)
     finally:
         await sim.stop()
+
+
+# One, two, then three workers on 12 partitions, each on a fresh pipeline, the same moves.
+SCALE: dict[bool, dict[str, Any]] = {True: {"phones": 900, "rate": 500.0, "seconds": 3.0},
+                                     False: {"phones": 3000, "rate": 1000.0, "seconds": 15.0}}
+SCALE_FIGURES = ("every_store_p50_ms", "every_store_p99_ms", "workers_cpu_us_per_record", "cpu_cores_used_workers",
+                 "cpu_machine_busy_pct", "registration_records", "lost")
+
+
+async def _wait_ready(urls: list[str], partitions: int, timeout: float) -> None:
+    """Until every worker is ready and together they own each partition exactly once."""
+    import aiohttp
+
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            owned: list[int] = []
+            try:
+                for url in urls:
+                    async with session.get(f"{url}/readyz") as resp:
+                        if resp.status != 200:
+                            break
+                        owned += (await resp.json())["partitions"]
+                else:
+                    if sorted(owned) == list(range(partitions)):
+                        return
+            except (aiohttp.ClientError, KeyError, ValueError):
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"the {len(urls)} workers did not share the {partitions} partitions within {timeout:.0f} s")
+
+
+async def run_scale(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
+    """The same moves through one, two and three workers on 12 partitions: every store's latency
+    and the workers' CPU per registration record, side by side (the one-worker run is the
+    baseline of the ratios)."""
+    from astreg.tools.latency import measure_store_latency
+
+    sizes = SCALE[quick]
+    out: dict[str, Any] = {"partitions": 12, "rate_per_s": sizes["rate"], "seconds": sizes["seconds"]}
+    for n in (1, 2, 3):
+        sim = await _start_sim(3, sizes["phones"])
+        suffix = _suffix(f"scale{n}w")
+        try:
+            with pipeline(work / f"workers{n}", dict(sim.ports), kafka=kafka, workers=n, partitions=12, suffix=suffix,
+                          sinks=SINKS, stop_grace=STOP_GRACE, redis_prefix=_redis_prefix(suffix)) as pipe:
+                try:
+                    await _wait_ready(pipe.web_urls, 12, timeout=120)
+                    await _initial(sim, pipe, quick)
+                    want = primaries(sim.truth())
+                    fig = await measure_store_latency(sim, pipe, rate=sizes["rate"], seconds=sizes["seconds"],
+                                                      current=want)
+                finally:
+                    await _drop_redis(pipe)
+        finally:
+            await sim.stop()
+        out.update({f"workers_{n}_{k}": fig.get(k) for k in SCALE_FIGURES})
+    for n in (2, 3):
+        for k in ("workers_cpu_us_per_record", "every_store_p50_ms"):
+            one, many = out.get(f"workers_1_{k}"), out.get(f"workers_{n}_{k}")
+            if one and many:
+                out[f"{k}_{n}_vs_1"] = round(many / one, 2)
+    return out
 
 
 async def _drop_redis(pipe: Any) -> None:
