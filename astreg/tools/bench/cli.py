@@ -62,7 +62,8 @@ SECTIONS: dict[str, tuple[str, str]] = {
     "e2e": ("astreg.tools.bench.e2e:run_latency", "AMI event → every store's row at 2,000 events/s"),
     "storm": ("astreg.tools.bench.e2e:run_storm", "convergence after a node's phones re-register elsewhere"),
     "scale": ("astreg.tools.bench.e2e:run_scale", "one, two, three workers: latency and CPU per record"),
-    "recovery": ("astreg.tools.bench.sections:recovery", "restarted worker serving a large table"),
+    "recovery": ("astreg.tools.bench.sections:recovery",
+                 "restarted worker serving a large table; its RSS, RocksDB and row-cache bytes per endpoint"),
     "alerting": ("astreg.tools.bench.sections:alerting", "alert engine records/s, RTCP mapping/s"),
 }
 

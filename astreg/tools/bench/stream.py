@@ -390,6 +390,30 @@ async def bench_throughput(kafka: KafkaSettings, n: int = 100_000, endpoints: in
             shutil.rmtree(work, ignore_errors=True)
 
 
+def _dir_bytes(path: Path) -> int:
+    """Bytes of the files below ``path`` (a worker's RocksDB stores)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _row_bytes(events: list[RegistrationEvent]) -> float:
+    """Python heap bytes per decoded table row, as the worker's row cache keeps them: one row per
+    endpoint of ``events`` built by the worker's rules (tracemalloc, the rows kept meanwhile)."""
+    import tracemalloc
+
+    from streams.rules import apply
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        rows: dict[str, Any] = {}
+        for offset, ev in enumerate(events):
+            rows[ev.endpoint] = apply(rows.get(ev.endpoint), ev, offset)
+        after = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return round((after - before) / max(len(rows), 1), 1)
+
+
 async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partitions: int = 4,
                          timeout: float = 900, work: Path | None = None) -> dict[str, Any]:
     """Seconds until a restarted worker answers correctly, warm (RocksDB kept) and cold (replay).
@@ -417,12 +441,19 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
         out: dict[str, Any] = {"table_rows": endpoints, "produce_s": round(time.monotonic() - t0, 1)}
         port = free_port()
         argv = _worker_argv(kafka, topics, work / "w", "rocksdb", port, app_id)
+        import psutil
+
         with ProcessGroup(log_dir=work / "logs") as procs:
             t0 = time.monotonic()
-            procs.start("fill", argv)
+            fill = procs.start("fill", argv)
             await _output_span(kafka, topics.topic_locations, set(sent), timeout)
             out["fill_s"] = round(time.monotonic() - t0, 1)
-        import psutil
+            # Memory of a worker that owns every endpoint (its row cache full at its default size).
+            out["fill_rss_mb"] = round(psutil.Process(fill.pid).memory_info().rss / 2**20, 1)
+        rocksdb = _dir_bytes(work / "w")
+        out["rocksdb_mb"] = round(rocksdb / 2**20, 1)
+        out["rocksdb_bytes_per_endpoint"] = round(rocksdb / max(endpoints, 1), 1)
+        out["row_cache_bytes_per_row"] = _row_bytes(events[:20_000])
 
         from astreg.partition import partition_for as partition_of
 
@@ -464,6 +495,7 @@ async def bench_recovery(kafka: KafkaSettings, endpoints: int = 100_000, partiti
                     out[f"{label}_worker_cpu_s"] = round(_cpu(psutil.Process(child.pid)), 1)
                     await api
                     out[f"{label}_api_s"] = round(api.result() - t0, 1)
+                    out[f"{label}_rss_mb"] = round(psutil.Process(child.pid).memory_info().rss / 2**20, 1)
                 finally:
                     api.cancel()
         return out
