@@ -21,7 +21,11 @@ way. Errors come in three classes: :class:`SinkUnavailable` (transient: retried 
 offsets held), :class:`PermanentWriteError` (that row: dead-lettered) and :class:`ConfigError`
 (fatal: one line, exit non-zero). A stop (SIGTERM) is obeyed at any moment, store up or down: the
 write in progress is abandoned (the store's transaction rolls back) and nothing is committed past
-what the store holds. Run through ``astreg sink ...``.
+what the store holds. A store that keeps its offsets is the truth of where the sink is: the
+group's offsets are committed to Kafka at most every ``COMMIT_EVERY`` s (and when partitions are
+revoked or the sink stops), for lag monitoring and for a store that lost them; at assignment the
+sink resumes from the later of the two. Committing after every batch cost a broker round trip
+per batch before the next fetch (docs/benchmarks.md). Run through ``astreg sink ...``.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ logger = logging.getLogger(__name__)
 
 # A running sink compares the store's offsets with what it wrote this often (seconds).
 CHECK_EVERY = 1.0
+COMMIT_EVERY = 1.0  # s between Kafka commits of a sink whose store keeps its own offsets
 
 
 class _Stopping(Exception):
@@ -156,6 +161,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.runner = runner
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        await self.runner._commit_pending()  # still ours: what the store holds of them is committed
         for tp in revoked:
             self.runner._rebuilding.pop(tp, None)
             self.runner._expect.pop(tp, None)
@@ -204,6 +210,8 @@ class SinkRunner:
         self._producer: AIOKafkaProducer | None = None
         self._stop = asyncio.Event()
         self._checked_at = 0.0
+        self._uncommitted: dict[TopicPartition, int] = {}  # written to the store, not committed to Kafka yet
+        self._committed_at = 0.0
         self._check_now = False  # the store was away: compare offsets before the next write
 
     def stop(self) -> None:
@@ -250,6 +258,10 @@ class SinkRunner:
 
     async def _close(self) -> None:
         """Close the consumer, producer and store; a store that is down cannot delay or fail the exit."""
+        try:
+            await asyncio.wait_for(self._commit_pending(), 5)  # only offsets the store already holds
+        except Exception as exc:  # noqa: BLE001 - closing: the store has them, the next start reads them there
+            logger.warning("sink %s: last commit: %s: %s", self.sink.kind, type(exc).__name__, exc)
         for what, close in (("consumer", self._consumer and self._consumer.stop),
                             ("producer", self._producer.stop if self._producer else None),
                             ("store", self.sink.close)):
@@ -274,9 +286,11 @@ class SinkRunner:
                 logger.warning("sink %s: the store holds partition %d up to offset %d, the group committed %d",
                                self.sink.kind, tp.partition, stored.get(tp.partition, 0), committed)
             else:
-                # The caller drops what the first fetch returned: go back to read it again.
-                self._consumer.seek(tp, committed)
-                self._expect[tp] = committed
+                # The caller drops what the first fetch returned: go back to read it again, from
+                # the store's offset when it is ahead (commits lag it by up to COMMIT_EVERY).
+                start = max(committed, stored.get(tp.partition, 0)) if self._keeps_offsets else committed
+                self._consumer.seek(tp, start)
+                self._expect[tp] = start
         self._rebuild_next = False
         if behind:
             self.metrics.store_lost.labels(self.sink.kind).inc()
@@ -341,7 +355,9 @@ class SinkRunner:
                     if tp not in exc.partitions:
                         self._consumer.seek(tp, start)
                 return
-            await self._commit(ends)
+            self._uncommitted.update(ends)
+            if not self._keeps_offsets or time.monotonic() - self._committed_at >= COMMIT_EVERY:
+                await self._commit_pending()
         await self._after_write()
 
     async def _read_stored(self) -> dict[int, int]:
@@ -511,6 +527,17 @@ class SinkRunner:
             except SinkUnavailable as exc:
                 failures += 1
                 delay = await self._outage(exc, what, failures, delay)
+
+    async def _commit_pending(self) -> None:
+        """Commit what was written since the last commit, for the partitions still assigned."""
+        if self._consumer is None or not self._uncommitted:
+            return
+        assigned = self._consumer.assignment()
+        ends = {tp: end for tp, end in self._uncommitted.items() if tp in assigned}
+        self._uncommitted.clear()
+        self._committed_at = time.monotonic()
+        if ends:
+            await self._commit(ends)
 
     async def _commit(self, ends: dict[TopicPartition, int]) -> None:
         assert self._consumer is not None

@@ -312,3 +312,43 @@ async def test_astdb_family_emptied_while_running_is_rewritten(kafka, topics, un
     finally:
         await sim.stop()
 
+
+
+async def _group_offsets(kafka: Any, group: str, topic: str, partitions: int,
+                         set_to: int | None = None) -> dict[int, int | None]:
+    """The group's committed offsets of ``topic`` (after committing ``set_to`` to each, if given),
+    read or written by a consumer outside the group's membership, as an operator's tool does."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(**kafka.aiokafka_kwargs(), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
+        if set_to is not None:
+            await consumer.commit(dict.fromkeys(tps, set_to))
+        return {tp.partition: await consumer.committed(tp) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
+async def test_a_store_ahead_of_the_group_commits_is_where_the_sink_resumes(kafka, topics, unique, sqlite_url) -> None:
+    # Commits to Kafka lag the store by up to a second (the store keeps its offsets with its
+    # rows). A sink stopped between two commits, or whose group offsets fell behind, resumes from
+    # the store's offsets: it neither replays (briefly regressing) rows the store holds, nor skips any.
+    items = [(f"PJSIP/{5000 + i}", location(f"PJSIP/{5000 + i}", "node1", version=1)) for i in range(30)]
+    group = f"g-{unique}"
+    await produce(kafka, topics.topic_locations, items)
+    async with running(SqlSink(SqlSettings(url=sqlite_url)), kafka, topics, group=group, batch_linger_ms=0) as runner:
+        await eventually(lambda: table_rows(sqlite_url), lambda r: r == expected_rows(items))
+        await until(lambda: runner.caught_up.is_set(), timeout=30)
+    ends = await _group_offsets(kafka, group, topics.topic_locations, topics.partitions)
+    assert sum(v or 0 for v in ends.values()) == len(items)  # the stop committed what the store holds
+
+    await _group_offsets(kafka, group, topics.topic_locations, topics.partitions, set_to=0)
+    later = [("PJSIP/5000", location("PJSIP/5000", "node2", version=2))]
+    await produce(kafka, topics.topic_locations, later)
+    async with running(SqlSink(SqlSettings(url=sqlite_url)), kafka, topics, group=group, batch_linger_ms=0) as runner:
+        await eventually(lambda: table_rows(sqlite_url), lambda r: r == expected_rows(items + later))
+        await until(lambda: runner.caught_up.is_set(), timeout=30)
+        assert runner.written == 1 and runner.rebuilds_done == 0
