@@ -200,7 +200,7 @@ async def _watch_redis(probe: LatencyProbe, url: str, prefix: str,
                 continue
             resource = str(msg["channel"])[len(channel):]
             endpoint = endpoint_of.get(resource)
-            if endpoint is not None:
+            if endpoint is not None and endpoint in probe.pending:  # read only keys of moves in flight
                 value = await reader.get(f"{prefix}node:{resource}")
                 probe.seen("redis", endpoint, None if value is None else str(value))
 
