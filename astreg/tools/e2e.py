@@ -26,6 +26,7 @@ from astreg.topics import ensure_topics
 
 __all__ = [
     "Pipeline", "pipeline", "sql_nodes", "redis_nodes", "redis_nodes_sync", "astdb_nodes", "astdb_want", "wait_stores",
+    "sql_nodes_of", "redis_nodes_of", "astdb_nodes_of",
     "primaries",
 ]
 
@@ -58,6 +59,47 @@ async def redis_nodes(url: str, prefix: str) -> dict[str, str]:
         return {k[len(head):]: str(v) for k, v in zip(keys, values, strict=True) if v is not None}
     finally:
         await client.aclose()
+
+
+def sql_nodes_of(path: Path, endpoints: list[str]) -> dict[str, str | None]:
+    """:func:`sql_nodes` of some endpoints only."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+    try:
+        out: dict[str, str | None] = {}
+        for i in range(0, len(endpoints), 500):
+            chunk = endpoints[i:i + 500]
+            out.update(con.execute(
+                f"SELECT endpoint, node FROM astreg_locations WHERE endpoint IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        return out
+    finally:
+        con.close()
+
+
+def redis_nodes_of(url: str, prefix: str, resources: list[str]) -> dict[str, str]:
+    """:func:`redis_nodes_sync` of some resources only."""
+    import redis
+
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        out: dict[str, str] = {}
+        for i in range(0, len(resources), 5000):
+            chunk = resources[i:i + 5000]
+            values = client.mget([f"{prefix}node:{r}" for r in chunk])
+            out.update({r: str(v) for r, v in zip(chunk, values, strict=True) if v is not None})
+        return out
+    finally:
+        client.close()
+
+
+def astdb_nodes_of(db: Any, keys: list[str], family: str = "astreg") -> dict[str, str]:
+    """:func:`astdb_nodes` of some keys only."""
+    out: dict[str, str] = {}
+    for key in keys:
+        value = db.get(family, f"node/{key}")
+        if value is not None:
+            out[key] = value
+    return out
 
 
 def redis_nodes_sync(url: str, prefix: str) -> dict[str, str]:
@@ -192,52 +234,71 @@ def pipeline(
             broker.stop()
 
 
-def _wrong(have: dict[str, Any], want: dict[str, str]) -> int:
+def _wrong_keys(have: dict[str, Any], want: dict[str, str]) -> set[str]:
     """Keys whose value differs from ``want``, missing or extra."""
-    return sum(1 for k, v in want.items() if have.get(k) != v) + sum(1 for k in have if k not in want)
+    return {k for k, v in want.items() if have.get(k) != v} | {k for k in have if k not in want}
 
 
-async def wait_stores(stores: dict[str, Callable[[], dict[str, Any]]], want: dict[str, dict[str, str]],
+Reader = Callable[[], dict[str, Any]]
+PartialReader = Callable[[list[str]], dict[str, Any]]
+
+
+async def wait_stores(stores: dict[str, Reader], want: dict[str, dict[str, str]],
                       timeout: float, poll: float = 0.05,
                       progress: Callable[[float, dict[str, int]], None] | None = None,
-                      progress_every: float = 1.0) -> dict[str, float | None]:
+                      progress_every: float = 1.0,
+                      partial: dict[str, PartialReader] | None = None) -> dict[str, float | None]:
     """Seconds until each store equals its ``want`` (None: not within ``timeout``).
 
-    ``stores``: name → a blocking reader of the store's key → node mapping; reading and
-    comparing run in a thread. A store counts as converged the first time it equals its truth.
-    ``progress`` gets, every ``progress_every`` s, the number of wrong, missing or extra keys
-    per store still waiting."""
+    ``stores``: name → a blocking reader of the store's whole key → node mapping; ``partial``:
+    name → a blocking reader of some keys only (absent keys left out). With a partial reader a
+    store is read whole once, then only its wrong keys are read again until none is left, and a
+    last whole read confirms (a key gone wrong meanwhile sends it back to the wrong ones): at
+    100,000 keys per store, reading every store whole at every poll took the CPU the in-process
+    simulator needs to answer the AstDB sinks. Reads run in a thread. A store counts as
+    converged at the read that first found it equal. ``progress`` gets, every
+    ``progress_every`` s, the number of wrong, missing or extra keys per store still waiting."""
+    partial = partial or {}
     start = time.monotonic()
     took: dict[str, float | None] = dict.fromkeys(stores)
+    wrong: dict[str, set[str] | None] = dict.fromkeys(stores)  # None: read the store whole next
+    equal_at: dict[str, float] = {}  # the partial read that found no key wrong, to be confirmed
     counted = -progress_every
 
-    def check(name: str, count: bool) -> tuple[bool, int | None]:
-        have = stores[name]()
-        if have == want[name]:
-            return True, 0
-        return False, _wrong(have, want[name]) if count else None
+    def check(name: str) -> set[str]:
+        keys = wrong[name]
+        if keys is None or name not in partial:
+            return _wrong_keys(stores[name](), want[name])
+        have = partial[name](sorted(keys))
+        return {k for k in keys if have.get(k) != want[name].get(k)}
 
     while time.monotonic() - start < timeout:
         waiting = [name for name, t in took.items() if t is None]
         if not waiting:
             break
-        count = progress is not None and time.monotonic() - start - counted >= progress_every
-        wrong: dict[str, int] = {}
+        again = False
         for name in waiting:
+            whole = wrong[name] is None or name not in partial
             try:
-                same, n = await asyncio.to_thread(check, name, count)
+                left = await asyncio.to_thread(check, name)
             except sqlite3.Error as exc:  # read while the store is being written: try again
                 logger.debug("reading %s: %s", name, exc)
                 continue
-            if same:
-                took[name] = time.monotonic() - start
-            elif n is not None:
-                wrong[name] = n
-        if count and progress is not None:
+            now = time.monotonic() - start
+            if left:
+                wrong[name] = left
+                equal_at.pop(name, None)
+            elif whole:
+                took[name] = equal_at.pop(name, now)
+            else:  # every wrong key is right now: one whole read to confirm, at once
+                wrong[name], equal_at[name] = None, now
+                again = True
+        if progress is not None and time.monotonic() - start - counted >= progress_every:
             counted = time.monotonic() - start
-            if wrong:
-                progress(counted, wrong)
-        if any(t is None for t in took.values()):
+            left_now = {n: len(w) for n, w in wrong.items() if took[n] is None and w is not None}
+            if left_now:
+                progress(counted, left_now)
+        if any(t is None for t in took.values()) and not again:
             await asyncio.sleep(poll)
     return took
 

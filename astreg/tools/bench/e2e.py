@@ -21,11 +21,14 @@ import click
 from astreg.settings import KafkaSettings
 from astreg.tools.e2e import (
     astdb_nodes,
+    astdb_nodes_of,
     astdb_want,
     pipeline,
     primaries,
+    redis_nodes_of,
     redis_nodes_sync,
     sql_nodes,
+    sql_nodes_of,
     wait_stores,
 )
 from producers.simulator.scenarios import run_scenario
@@ -72,7 +75,8 @@ async def _latency_on(sim: Any, pipe: Any, quick: bool, phones: int) -> dict[str
     want = primaries(sim.truth())
     stores = _stores(sim, pipe, pipe.astdb_sinks)
     t0 = time.monotonic()
-    loaded = await wait_stores(stores, _wants(stores, want), timeout=120)
+    loaded = await wait_stores(stores, _wants(stores, want), timeout=120,
+                               partial=_partials(sim, pipe, pipe.astdb_sinks))
     if any(v is None for v in loaded.values()):
         raise RuntimeError(f"the initial snapshot never reached every store: {loaded}")
     initial = time.monotonic() - t0
@@ -225,6 +229,16 @@ def _stores(sim: Any, pipe: Any, nodes: list[str]) -> dict[str, Callable[[], dic
     return stores
 
 
+def _partials(sim: Any, pipe: Any, nodes: list[str]) -> dict[str, Callable[[list[str]], dict[str, Any]]]:
+    """Readers of some keys of each store (see ``wait_stores``)."""
+    out: dict[str, Callable[[list[str]], dict[str, Any]]] = {"sql": lambda keys: sql_nodes_of(pipe.sqlite_path, keys)}
+    if "redis" in pipe.sinks:
+        out["redis"] = lambda keys: redis_nodes_of(pipe.redis_url, pipe.redis_prefix, keys)
+    for node in nodes:
+        out[f"astdb_{node}"] = (lambda db: lambda keys: astdb_nodes_of(db, keys))(sim.nodes[node].astdb)
+    return out
+
+
 def _wants(stores: dict[str, Any], want: dict[str, str]) -> dict[str, dict[str, str]]:
     astdb = astdb_want(want)
     redis = {ep.partition("/")[2] or ep: node for ep, node in want.items()}
@@ -234,10 +248,10 @@ def _wants(stores: dict[str, Any], want: dict[str, str]) -> dict[str, dict[str, 
 async def run_storm(quick: bool, work: Path, kafka: KafkaSettings | None = None) -> dict[str, Any]:
     """A node dies; all its phones re-register on the other nodes. Seconds from the last
     registration until every store the pipeline writes equals the simulator's truth: the SQLite
-    sink and the AstDB (key ``node/<resource>``) of every live node, each written by its own
-    AstDB sink. The dead node's AstDB cannot be written (its sink waits for it to come back).
-    Every store is read and compared in a thread, less often during the initial load, so that
-    the in-process simulator keeps answering the AstDB sinks while 100,000 keys are compared."""
+    sink, Redis and the AstDB (key ``node/<resource>``) of every live node, each written by its
+    own AstDB sink. The dead node's AstDB cannot be written (its sink waits for it to come back).
+    Each store is read whole once, then only its wrong keys, in a thread (``wait_stores``), so
+    that the in-process simulator keeps answering the AstDB sinks while 100,000 keys are compared."""
     phones = STORM_PHONES[quick]
     t_start = time.monotonic()
     sim = await _start_sim(3, phones)
@@ -275,8 +289,9 @@ async def _initial(sim: Any, pipe: Any, quick: bool) -> dict[str, Any]:
     progress = _Progress(quick, "initial")
     t0 = time.monotonic()
     loaded = await wait_stores(stores, _wants(stores, primaries(sim.truth())),
-                               timeout=120 if quick else 600, poll=0.1 if quick else 3.0,
-                               progress=progress, progress_every=1.0 if quick else 10.0)
+                               timeout=120 if quick else 600, poll=0.1 if quick else 0.5,
+                               progress=progress, progress_every=1.0 if quick else 10.0,
+                               partial=_partials(sim, pipe, pipe.astdb_sinks))
     if any(v is None for v in loaded.values()):
         raise RuntimeError(f"initial snapshot never reached every store: {loaded}")
     return {"initial_load_s": round(time.monotonic() - t0, 1),
@@ -301,7 +316,7 @@ async def _storm_on(sim: Any, pipe: Any, quick: bool, phones: int,
     progress = _Progress(quick, "storm")
     took = await wait_stores(stores, _wants(stores, primaries(sim.truth(), live_only=True)),
                              timeout=120 if quick else 300, poll=poll, progress=progress,
-                             progress_every=1.0 if quick else 5.0)
+                             progress_every=1.0 if quick else 5.0, partial=_partials(sim, pipe, live))
     figures: dict[str, Any] = {
         "phones": phones,
         "moved": moved,
