@@ -18,7 +18,7 @@ from astreg.tools.cli import main
 # The options each benchmark takes (their names are what docs and scripts call).
 OPTIONS = {
     "alerting": ["--records", "--endpoints"],
-    "e2e": ["--quick", "--storm"],
+    "e2e": ["--quick", "--storm", "--kafka", "--rate", "--seconds"],
     "producer": ["--events", "--phones", "--bootstrap", "--compression"],
     "simulator": ["--phones", "--nodes", "--seconds"],
     "sinks": ["--rows", "--kind"],

@@ -337,8 +337,35 @@ async def _storm_on(sim: Any, pipe: Any, quick: bool, phones: int,
 @click.option("--quick", is_flag=True, show_envvar=True, help="The sizes of `astreg bench --quick`.")
 @click.option("--storm", is_flag=True, show_envvar=True,
               help="Measure storm convergence instead of the steady-rate latency.")
-def main(quick: bool, storm: bool) -> None:
+@click.option("--kafka", "broker", type=click.Choice(["apache", "embedded"]), default="embedded", show_default=True,
+              show_envvar=True, help="Broker of the run, started here: Apache Kafka or the embedded one.")
+@click.option("--rate", "rates", type=float, multiple=True, show_envvar=True,
+              help="AMI events/s of the moves, once per rate given (default: the section's rates).")
+@click.option("--seconds", type=float, default=None, show_envvar=True,
+              help="Seconds of moves at each rate (default: the section's).")
+def main(quick: bool, storm: bool, broker: str, rates: tuple[float, ...], seconds: float | None) -> None:
     """AMI event to every store's row latency, or storm convergence, as JSON."""
+    sizes = E2E_QUICK if quick else E2E_FULL
+    if rates:
+        sizes["rates"] = tuple(rates)
+    if seconds is not None:
+        sizes["seconds"] = seconds
     fn = run_storm if storm else run_latency
+
+    async def run(work: Path) -> dict[str, Any]:
+        if broker == "embedded":
+            return await fn(quick=quick, work=work)
+        from astreg.kafka import ApacheKafka
+        from astreg.tools.bench.cli import BENCH_BROKER_CONFIG
+
+        cluster = ApacheKafka(brokers=1, data_dir=work / "kafka", config=BENCH_BROKER_CONFIG)
+        await asyncio.to_thread(cluster.start)
+        try:
+            return await fn(quick=quick, work=work / "run", kafka=cluster.client_settings(embedded=False))
+        finally:
+            await asyncio.to_thread(cluster.stop)
+
     with tempfile.TemporaryDirectory(prefix="astreg-bench-") as tmp:
-        click.echo(json.dumps(asyncio.run(fn(quick=quick, work=Path(tmp))), indent=2, default=str))
+        figures = asyncio.run(run(Path(tmp)))
+    figures.pop("timeline", None)
+    click.echo(json.dumps(figures, indent=2, default=str))
