@@ -135,13 +135,6 @@ NO_BROKER = {"simulator", "ami", "alerting"}
 PAIRED = {"e2e": "storm", "storm": "e2e"}  # --quick runs these two on one pipeline
 
 
-# Broker tuning of the benchmark harness (as the tests'): no initial rebalance delay, small
-# internal topics. Never a product default.
-BENCH_BROKER_CONFIG = {
-    "group.initial.rebalance.delay.ms": "0",
-    "offsets.topic.num.partitions": "4",
-    "transaction.state.log.num.partitions": "4",
-}
 
 
 async def run_sections(names: list[str], quick: bool, work: Path, console: Console,
@@ -154,9 +147,9 @@ async def run_sections(names: list[str], quick: bool, work: Path, console: Conso
     if kafka is None and any(n not in NO_BROKER for n in names):
         work.mkdir(parents=True, exist_ok=True)
         if broker_kind == "apache":
-            from astreg.kafka import ApacheKafka
+            from astreg.tools.bench.broker import apache_broker
 
-            cluster = ApacheKafka(brokers=1, data_dir=work / "kafka", config=BENCH_BROKER_CONFIG)
+            cluster = apache_broker(work)
             await asyncio.to_thread(cluster.start)
             kafka, stop = cluster.client_settings(embedded=False), cluster.stop
         else:

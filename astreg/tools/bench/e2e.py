@@ -355,10 +355,9 @@ def main(quick: bool, storm: bool, broker: str, rates: tuple[float, ...], second
     async def run(work: Path) -> dict[str, Any]:
         if broker == "embedded":
             return await fn(quick=quick, work=work)
-        from astreg.kafka import ApacheKafka
-        from astreg.tools.bench.cli import BENCH_BROKER_CONFIG
+        from astreg.tools.bench.broker import apache_broker
 
-        cluster = ApacheKafka(brokers=1, data_dir=work / "kafka", config=BENCH_BROKER_CONFIG)
+        cluster = apache_broker(work)
         await asyncio.to_thread(cluster.start)
         try:
             return await fn(quick=quick, work=work / "run", kafka=cluster.client_settings(embedded=False))
