@@ -356,8 +356,9 @@ class SinkRunner:
                         self._consumer.seek(tp, start)
                 return
             self._uncommitted.update(ends)
-            if not self._keeps_offsets or time.monotonic() - self._committed_at >= COMMIT_EVERY:
-                await self._commit_pending()
+        # Also when nothing came: the last batch before a quiet spell is committed within a second.
+        if self._uncommitted and (not self._keeps_offsets or time.monotonic() - self._committed_at >= COMMIT_EVERY):
+            await self._commit_pending()
         await self._after_write()
 
     async def _read_stored(self) -> dict[int, int]:

@@ -31,7 +31,7 @@ from typing import Any
 
 from astreg.settings import KafkaSettings
 
-__all__ = ["LatencyProbe", "CpuMeter", "measure_store_latency", "broker_latency", "summary"]
+__all__ = ["LatencyProbe", "CpuMeter", "measure_store_latency", "broker_latency", "summary", "percentile"]
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +78,11 @@ class LatencyProbe:
                 self.done.append(self.pending.pop(endpoint))
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))]
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The ``q`` quantile (0..1) of sorted values, nearest rank (NaN when empty)."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))]
 
 
 def summary(values_s: list[float]) -> dict[str, float | None]:
@@ -92,7 +92,9 @@ def summary(values_s: list[float]) -> dict[str, float | None]:
     def r(v: float | None) -> float | None:
         return None if v is None else round(v, 1)
 
-    return {"p50_ms": r(_pct(ms, 50)), "p99_ms": r(_pct(ms, 99)), "max_ms": r(max(ms) if ms else None),
+    ms.sort()
+    p50, p99 = (percentile(ms, q) if ms else None for q in (0.50, 0.99))
+    return {"p50_ms": r(p50), "p99_ms": r(p99), "max_ms": r(ms[-1] if ms else None),
             "mean_ms": r(statistics.fmean(ms) if ms else None)}
 
 

@@ -31,6 +31,7 @@ import click
 
 from astreg.auth import Keyring
 from astreg.broker import free_port, wait_port
+from astreg.tools.latency import percentile as _percentile
 
 __all__ = ["measure_node_lookups", "measure_row_index", "run", "main"]
 
@@ -45,13 +46,6 @@ def _require_loopback(url: str) -> None:
         loopback = False
     if not loopback:
         raise ValueError(f"the web benchmark only loads loopback addresses, not {host!r}")
-
-
-def _percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
-    return sorted_values[index]
 
 
 async def measure_node_lookups(
